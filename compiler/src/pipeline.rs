@@ -1,0 +1,1 @@
+//! The whole pass order in one readable function.

@@ -1,0 +1,1 @@
+//! The CPU backend: Cranelift-JIT kernels, GEMM calls, the attention kernel.

@@ -1,0 +1,6 @@
+//! Kiln's runtime: executes compiled programs and runs the train / eval / generate loops.
+//!
+//! `cpu` holds the CPU backend (Cranelift-JIT elementwise kernels, GEMM, attention). The host-side
+//! pieces (run config, data, tokenizers, checkpoints, metrics, plots, schedules) are backend-neutral.
+
+pub mod cpu;
