@@ -4,3 +4,12 @@
 //! pieces (run config, data, tokenizers, checkpoints, metrics, plots, schedules) are backend-neutral.
 
 pub mod cpu;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod metrics;
+pub mod plot;
+pub mod progress;
+pub mod schedule;
+pub mod tokenizer;
+pub mod yaml;
