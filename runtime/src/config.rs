@@ -67,10 +67,11 @@ pub struct RunConfig {
     /// clipping. Default: 1.0.
     #[serde(default = "default_grad_clip")]
     pub grad_clip: f64,
-    /// When and how much to evaluate on the validation split.
+    /// When and how much to evaluate on the validation split. Default: every 250 steps,
+    /// 200 batches.
     #[serde(default)]
     pub eval: EvalConfig,
-    /// When to write checkpoints and how many to keep.
+    /// When to write checkpoints and how many to keep. Default: every 500 steps, keep 2.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
     /// Write a `metrics.jsonl` line (and a progress line) every this many steps. Default: 1.
@@ -113,10 +114,12 @@ pub enum HyperValue {
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
     /// A UTF-8 text corpus (or any bytes, with `tokenizer: byte`), relative to this YAML file.
+    /// Default: absent (give this or `token_file`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathBuf>,
     /// A token file written by `kiln data prepare`, relative to this YAML file; it carries its own
     /// tokenizer and train/validation split, so `tokenizer` and `val_fraction` must be absent.
+    /// Default: absent (give this or `path`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_file: Option<PathBuf>,
     /// Fraction of the corpus held out for validation: the last `val_fraction` of its characters

@@ -411,3 +411,45 @@ fn later_checks_can_point_at_fields() {
 fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
+
+/// `docs/run-config.md` is generated from the doc comments of the config structs, so every
+/// field a user can write must have one that states its default (or that it is required).
+#[test]
+fn every_config_field_documents_its_default() {
+    let source = include_str!("../src/config.rs");
+    let lines: Vec<&str> = source.lines().collect();
+    let mut in_config_struct = false;
+    let mut checked = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("pub struct ") && i > 0 && lines[i - 1].contains("deny_unknown_fields")
+        {
+            in_config_struct = true;
+            continue;
+        }
+        if *line == "}" {
+            in_config_struct = false;
+        }
+        let field = line.trim_start();
+        if !in_config_struct || !field.starts_with("pub ") || !field.contains(':') {
+            continue;
+        }
+        let mut doc = String::new();
+        for prev in lines[..i].iter().rev() {
+            let prev = prev.trim_start();
+            if let Some(text) = prev.strip_prefix("///") {
+                doc = format!("{text} {doc}");
+            } else if !prev.starts_with("#[") {
+                break;
+            }
+        }
+        assert!(
+            doc.contains("Default") || doc.contains("Required"),
+            "field `{field}` (config.rs line {}) lacks a doc comment stating its default",
+            i + 1
+        );
+        checked += 1;
+    }
+    // RunConfig 20, DataConfig 4, OptimizerConfig 8, ScheduleConfig 4, EvalConfig 3,
+    // CheckpointConfig 2.
+    assert_eq!(checked, 41);
+}
