@@ -3,4 +3,13 @@
 //! `cpu` holds the CPU backend (Cranelift-JIT elementwise kernels, GEMM, attention). The host-side
 //! pieces (run config, data, tokenizers, checkpoints, metrics, plots, schedules) are backend-neutral.
 
+pub mod checkpoint;
+pub mod config;
 pub mod cpu;
+pub mod data;
+pub mod metrics;
+pub mod plot;
+pub mod progress;
+pub mod schedule;
+pub mod tokenizer;
+pub mod yaml;
