@@ -13,3 +13,4 @@ pub mod passes;
 pub mod pipeline;
 pub mod plan;
 pub mod sema;
+pub mod train;
