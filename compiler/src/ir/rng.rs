@@ -10,6 +10,12 @@
 //! - `uniform_f32(key, i) = (rand_bits(key, i) >> 40) as f32 * 2^-24`: 24 random bits, exactly
 //!   representable, in [0, 1).
 //! - `i` is the row-major flat index of the element in the bound output shape.
+//!
+//! Parameter init (`init_element`) uses `key = stream_key(seed, 0, fnv1a(param name))`; `Normal`
+//! is Box-Muller on `u1 = uniform_f64(key, 2i)`, `u2 = uniform_f64(key, 2i + 1)`:
+//! `std * sqrt(-2 ln(1 - u1)) * cos(2π u2)`; `Uniform` is `low + (high - low) * uniform_f64(key, i)`.
+
+use super::ops::Init;
 
 /// SplitMix64's increment (the golden ratio in 64-bit fixed point).
 pub const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -50,6 +56,26 @@ pub fn fnv1a(name: &str) -> u64 {
         h = h.wrapping_mul(0x0000_0100_0000_01B3);
     }
     h
+}
+
+/// The key of a parameter's init.
+pub fn param_key(seed: u64, name: &str) -> u64 {
+    stream_key(seed, 0, fnv1a(name))
+}
+
+/// Element `index` of a parameter initialised with `init` (in f64; round to the param's dtype).
+pub fn init_element(init: &Init, key: u64, index: u64) -> f64 {
+    match init {
+        Init::Normal { std } => {
+            let u1 = uniform_f64(key, 2 * index);
+            let u2 = uniform_f64(key, 2 * index + 1);
+            std * (-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+        }
+        Init::Zeros => 0.0,
+        Init::Ones => 1.0,
+        Init::Uniform { low, high } => low + (high - low) * uniform_f64(key, index),
+        Init::Const(v) => *v,
+    }
 }
 
 #[cfg(test)]
