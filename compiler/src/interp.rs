@@ -333,7 +333,7 @@ fn ravel(idx: &[usize], strides: &[usize]) -> usize {
     idx.iter().zip(strides).map(|(i, s)| i * s).sum()
 }
 
-fn floats<'a>(t: &'a Tensor) -> &'a [f64] {
+fn floats(t: &Tensor) -> &[f64] {
     match &t.data {
         TensorData::Float(v) => v,
         // Type rules guarantee float operands where this is called; an int/bool here is an IR bug
@@ -595,17 +595,16 @@ fn eval_op(
                 TensorData::Bool(c) => c,
                 _ => unreachable!("type rule requires a bool condition"),
             };
-            let map: Vec<Option<usize>> = (0..n).map(|i| Some(i)).collect();
-            let (a, b) = (args[1].data.remap(&map), args[2].data.remap(&map));
-            make(match (a, b) {
+            let pick = |i: usize| cond[i];
+            make(match (&args[1].data, &args[2].data) {
                 (TensorData::Float(a), TensorData::Float(b)) => {
-                    TensorData::Float((0..n).map(|i| if cond[i] { a[i] } else { b[i] }).collect())
+                    TensorData::Float((0..n).map(|i| if pick(i) { a[i] } else { b[i] }).collect())
                 }
                 (TensorData::Int(a), TensorData::Int(b)) => {
-                    TensorData::Int((0..n).map(|i| if cond[i] { a[i] } else { b[i] }).collect())
+                    TensorData::Int((0..n).map(|i| if pick(i) { a[i] } else { b[i] }).collect())
                 }
                 (TensorData::Bool(a), TensorData::Bool(b)) => {
-                    TensorData::Bool((0..n).map(|i| if cond[i] { a[i] } else { b[i] }).collect())
+                    TensorData::Bool((0..n).map(|i| if pick(i) { a[i] } else { b[i] }).collect())
                 }
                 _ => unreachable!("type rule requires equal branch dtypes"),
             })
