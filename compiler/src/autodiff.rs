@@ -163,8 +163,10 @@ fn vjp(
         Op::Input { .. }
         | Op::Param { .. }
         | Op::Constant { .. }
+        | Op::DimConst { .. }
         | Op::Iota { .. }
         | Op::RandUniform { .. } => vec![],
+        Op::StopGradient => vec![None],
         Op::Unary(u) => {
             let x = ins[0];
             let g = match u {
@@ -194,6 +196,15 @@ fn vjp(
                     let c = b.full_like(std::f64::consts::FRAC_2_SQRT_PI, e)?;
                     let d = b.mul(c, e)?;
                     b.mul(gy, d)?
+                }
+                UnaryOp::Sin => {
+                    let c = b.unary(UnaryOp::Cos, x)?;
+                    b.mul(gy, c)?
+                }
+                UnaryOp::Cos => {
+                    let s = b.unary(UnaryOp::Sin, x)?;
+                    let ns = b.neg(s)?;
+                    b.mul(gy, ns)?
                 }
                 UnaryOp::Abs => {
                     let zero = b.full_like(0.0, x)?;

@@ -469,6 +469,8 @@ fn eval_op(
                     UnaryOp::Tanh => x.tanh(),
                     UnaryOp::Erf => erf(x),
                     UnaryOp::Abs => x.abs(),
+                    UnaryOp::Sin => x.sin(),
+                    UnaryOp::Cos => x.cos(),
                 };
                 make(TensorData::Float(x.iter().map(|v| f(*v)).collect()))
             }
@@ -482,7 +484,9 @@ fn eval_op(
                     | UnaryOp::Sqrt
                     | UnaryOp::Recip
                     | UnaryOp::Tanh
-                    | UnaryOp::Erf => {
+                    | UnaryOp::Erf
+                    | UnaryOp::Sin
+                    | UnaryOp::Cos => {
                         unreachable!("type rule rejects {u:?} on ints")
                     }
                 };
@@ -624,7 +628,11 @@ fn eval_op(
                 .collect();
             make(x.data.remap(&map))
         }
-        Op::Reshape { .. } => make(args[0].data.clone()),
+        Op::Reshape { .. } | Op::StopGradient => make(args[0].data.clone()),
+        Op::DimConst { dim, .. } => {
+            // `Graph::bind` folds every DimConst into a Constant; one left means a symbol was unbound.
+            return Err(InterpError::Ir(IrError::UnboundSymbol { symbol: dim.to_string() }));
+        }
         Op::Permute { perm } => {
             let x = args[0];
             let xs = strides(&x.shape);

@@ -540,7 +540,16 @@ pub fn map_dims(op: &Op, f: &dyn Fn(&Dim) -> Dim) -> Op {
         },
         Op::ScatterAdd { rows } => Op::ScatterAdd { rows: f(rows) },
         Op::PutAlong { size } => Op::PutAlong { size: f(size) },
+        Op::DimConst { dim, dtype } => {
+            // Folded to a constant once its symbols are bound.
+            let d = f(dim);
+            match d.as_const() {
+                Some(c) => Op::Constant { value: c as f64, dtype: *dtype },
+                None => Op::DimConst { dim: d, dtype: *dtype },
+            }
+        }
         Op::Constant { .. }
+        | Op::StopGradient
         | Op::Unary(_)
         | Op::Cast { .. }
         | Op::PowConst { .. }

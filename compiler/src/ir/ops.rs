@@ -72,6 +72,9 @@ pub enum UnaryOp {
     Tanh,
     Erf,
     Abs,
+    /// Sine and cosine: sinusoidal and rotary position tables.
+    Sin,
+    Cos,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,7 +98,7 @@ pub enum CmpOp {
 }
 
 impl UnaryOp {
-    pub const ALL: [UnaryOp; 8] = [
+    pub const ALL: [UnaryOp; 10] = [
         UnaryOp::Neg,
         UnaryOp::Exp,
         UnaryOp::Log,
@@ -104,6 +107,8 @@ impl UnaryOp {
         UnaryOp::Tanh,
         UnaryOp::Erf,
         UnaryOp::Abs,
+        UnaryOp::Sin,
+        UnaryOp::Cos,
     ];
     pub fn name(self) -> &'static str {
         match self {
@@ -115,6 +120,8 @@ impl UnaryOp {
             UnaryOp::Tanh => "tanh",
             UnaryOp::Erf => "erf",
             UnaryOp::Abs => "abs",
+            UnaryOp::Sin => "sin",
+            UnaryOp::Cos => "cos",
         }
     }
     /// Ops that are defined on integers too (the rest need floats).
@@ -187,6 +194,14 @@ pub enum Op {
         value: f64,
         dtype: DType,
     },
+    /// A scalar whose value is a dim (`batch * seq` for a mean over tokens); binding the graph's
+    /// symbols turns it into a `Constant`.
+    DimConst {
+        dim: Dim,
+        dtype: DType,
+    },
+    /// Identity forward, zero gradient (the max subtracted inside softmax and logsumexp).
+    StopGradient,
     /// out[i_0, .., i_n] = i_axis, as `dtype` (int or float).
     Iota {
         shape: Shape,
@@ -323,6 +338,8 @@ pub fn facts(op: &Op) -> OpFacts {
         Op::Input { .. } => f("input", Exactly(0), true, false, false),
         Op::Param { .. } => f("param", Exactly(0), true, false, false),
         Op::Constant { .. } => f("constant", Exactly(0), true, false, false),
+        Op::DimConst { .. } => f("dim_const", Exactly(0), true, false, false),
+        Op::StopGradient => f("stop_gradient", Exactly(1), false, true, false),
         Op::Iota { .. } => f("iota", Exactly(0), true, false, false),
         Op::RandUniform { .. } => f("rand_uniform", Exactly(0), true, false, false),
         Op::Unary(u) => f(u.name(), Exactly(1), false, true, true),
@@ -370,6 +387,8 @@ impl Op {
                 ]
             }
             Op::Constant { value, .. } => vec![("value", fmt_f64(*value))],
+            Op::DimConst { dim, .. } => vec![("dim", dim.to_string())],
+            Op::StopGradient => vec![],
             Op::Iota { axis, .. } => vec![("axis", axis.to_string())],
             Op::RandUniform { stream, .. } => vec![("stream", stream.to_string())],
             Op::Unary(_) | Op::Binary(_) | Op::Compare(_) | Op::Select => vec![],
@@ -504,7 +523,8 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, IrError> {
             }
             Ok(t)
         }
-        Op::Constant { dtype, .. } => Ok(TensorType::new(*dtype, vec![])),
+        Op::Constant { dtype, .. } | Op::DimConst { dtype, .. } => Ok(TensorType::new(*dtype, vec![])),
+        Op::StopGradient => Ok(inputs[0].clone()),
         Op::Iota { shape, axis, dtype } => {
             let t = TensorType::new(*dtype, shape.clone());
             check_axis(op, &t, *axis)?;
@@ -809,6 +829,8 @@ pub fn flops(op: &Op, inputs: &[&[usize]], output: &[usize]) -> u64 {
         Op::Input { .. }
         | Op::Param { .. }
         | Op::Constant { .. }
+        | Op::DimConst { .. }
+        | Op::StopGradient
         | Op::Iota { .. }
         | Op::RandUniform { .. } => 0,
         Op::Unary(_)
