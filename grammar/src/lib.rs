@@ -2,6 +2,18 @@
 //! pretty-printer behind `kiln fmt`.
 //!
 //! Architecture invariant: this crate knows nothing of shapes, types or semantics. Parsing never
-//! panics: any byte string gives either a `File` or syntax diagnostics.
+//! panics: any string gives either a `File` or syntax diagnostics.
+//!
+//! API boundary: [`parse`] (text → [`ast::File`] or [`SyntaxError`]s), [`format`] (AST + its text →
+//! canonical text), [`ast_eq::without_spans`] (structural comparison for tests and tools).
 
 pub mod ast;
+pub mod ast_eq;
+pub mod error;
+pub mod fmt;
+mod lex;
+pub mod parser;
+
+pub use error::{SyntaxError, SyntaxErrorKind};
+pub use fmt::format;
+pub use parser::parse;
