@@ -85,7 +85,7 @@ fn token_at(src: &str, i: usize) -> Tok {
     }
     if b.is_ascii_digit() {
         // Generous on purpose: this token is only displayed, pest decides what a number is.
-        let mut j = i;
+        let mut j = i + 1;
         while j < bytes.len() {
             let c = bytes[j];
             let prev = bytes[j - 1];

@@ -15,5 +15,11 @@ mod lex;
 pub mod parser;
 
 pub use error::{SyntaxError, SyntaxErrorKind};
+
+/// How deep a file may nest; beyond these the parser reports `syntax::too_deep`.
+pub mod limits {
+    pub use crate::lex::MAX_NESTING;
+    pub use crate::parser::{MAX_ELSE_IF, MAX_EXPR_DEPTH};
+}
 pub use fmt::format;
 pub use parser::parse;
