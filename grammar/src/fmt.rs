@@ -1,0 +1,734 @@
+//! The canonical layout of a `.kiln` file (`kiln fmt`).
+//!
+//! The printer works from the AST and consults the source only for what the AST does not keep:
+//! where comments sit relative to code, where the user left blank lines, the braces of bodies (to
+//! place comments inside or outside them) and how integer literals were spelled (`50_257`).
+//!
+//! Layout rules:
+//! - 4-space indentation; one statement, plan entry or item header per line; `;` separators are
+//!   dropped. No line wrapping: a statement stays on one line however long.
+//! - One space around every binary operator, `**` included (`x ** 3`, `hd ** -0.5`); none after
+//!   unary `-`; `not x`; `name = value` for named arguments and defaults; `a:b:c` slices without
+//!   spaces; `, ` between list elements; no trailing commas.
+//! - Parentheses exactly as written (`Paren` nodes): none are added or removed. This is safe
+//!   because every tree the parser builds already carries the parentheses it needs.
+//! - Items are separated by one blank line, except that consecutive `fn` items, and consecutive
+//!   `config` items, keep the user's choice (none or one). Inside bodies, a user's blank line
+//!   between statements is kept (several become one); none is kept after `{` or before `}`.
+//! - Comments stay in order. An own-line comment stays on its own line before the code that
+//!   followed it; an end-of-line comment stays at the end of its line (two spaces, then `#`).
+//!   A comment written inside a statement or a header that spans lines (between arguments, say)
+//!   moves to its own line just before that statement, since the statement becomes one line.
+//! - Empty bodies print as `{}` unless they hold a comment; the file ends with one newline.
+//!
+//! `format(parse(format(x)))` equals `format(x)`, and `parse(format(x))` equals `parse(x)` up to
+//! spans: both are tested on every example and fuzzed (`tests/fuzz.rs`).
+
+use crate::ast::*;
+
+/// Formats a parsed file. `source` must be the text `file` was parsed from (it is used for comment
+/// placement, blank lines and integer spelling; a mismatched source degrades layout, never panics).
+pub fn format(file: &File, source: &str) -> String {
+    let mut p = Printer {
+        src: source,
+        comments: &file.comments,
+        next: 0,
+        out: String::new(),
+        last_end: 0,
+    };
+    p.file(file);
+    let mut out = p.out;
+    let trimmed = out.trim_end().len();
+    out.truncate(trimmed);
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}
+
+/// Formats one expression on one line (no comments, integers as values).
+pub fn format_expr(expr: &Expr) -> String {
+    let p = Printer {
+        src: "",
+        comments: &[],
+        next: 0,
+        out: String::new(),
+        last_end: 0,
+    };
+    let mut out = String::new();
+    p.expr(expr, &mut out);
+    out
+}
+
+/// What was printed last at the top level, for the blank-line rule between items.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Last {
+    Nothing,
+    Comment,
+    /// An item; `true` for the one-line kinds (`fn`, `config`) that may sit in tight groups.
+    Item(ItemKind),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum ItemKind {
+    Fn,
+    Config,
+    Other,
+}
+
+fn item_kind(item: &Item) -> ItemKind {
+    match item {
+        Item::Fn(_) => ItemKind::Fn,
+        Item::Config(_) => ItemKind::Config,
+        Item::Block(_) | Item::Plan(_) => ItemKind::Other,
+    }
+}
+
+struct Printer<'a> {
+    src: &'a str,
+    comments: &'a [Comment],
+    /// The next comment not yet printed: comments are printed once each, in source order.
+    next: usize,
+    out: String,
+    /// Source offset just past the last printed statement, comment or brace.
+    last_end: usize,
+}
+
+const INDENT: &str = "    ";
+
+impl<'a> Printer<'a> {
+    fn indent(&mut self, level: usize) {
+        for _ in 0..level {
+            self.out.push_str(INDENT);
+        }
+    }
+
+    /// Whether the source between `from` and `to` holds a line with nothing but whitespace.
+    fn has_blank_line(&self, from: usize, to: usize) -> bool {
+        let Some(text) = self.src.get(from..to) else {
+            return false;
+        };
+        let segments: Vec<&str> = text.split('\n').collect();
+        segments.len() > 2
+            && segments[1..segments.len() - 1]
+                .iter()
+                .any(|s| s.trim().is_empty())
+    }
+
+    fn next_comment_before(&self, pos: usize) -> Option<&'a Comment> {
+        self.comments.get(self.next).filter(|c| c.span.start < pos)
+    }
+
+    fn comment_line(&mut self, c: &Comment, level: usize) {
+        self.indent(level);
+        self.out.push('#');
+        self.out.push_str(&c.text);
+        self.out.push('\n');
+        self.last_end = c.span.end;
+        self.next += 1;
+    }
+
+    /// Own-line comments before `pos`, at `level`, keeping the user's blank lines between them
+    /// (none before the first one when `*first`).
+    fn own_line_comments(&mut self, pos: usize, level: usize, first: &mut bool) {
+        while let Some(c) = self.next_comment_before(pos) {
+            if !*first && self.has_blank_line(self.last_end, c.span.start) {
+                self.out.push('\n');
+            }
+            self.comment_line(c, level);
+            *first = false;
+        }
+    }
+
+    /// Comments inside a construct that is printed on one line move before it, without blank lines.
+    fn hoist_comments(&mut self, pos: usize, level: usize) {
+        while let Some(c) = self.next_comment_before(pos) {
+            self.comment_line(c, level);
+        }
+    }
+
+    /// Ends the current line, taking the comment that followed `after` on the same source line.
+    fn end_line(&mut self, after: usize) {
+        self.last_end = self.last_end.max(after);
+        if let Some(c) = self.comments.get(self.next) {
+            let same_line = c.span.start >= after
+                && self
+                    .src
+                    .get(after..c.span.start)
+                    .is_some_and(|gap| gap.chars().all(|ch| matches!(ch, ' ' | '\t' | '\r' | ';')));
+            if same_line {
+                self.out.push_str("  #");
+                self.out.push_str(&c.text);
+                self.last_end = c.span.end;
+                self.next += 1;
+            }
+        }
+        self.out.push('\n');
+    }
+
+    // ---- source scanning (braces are never inside expressions, so the next `{` opens the body) ----
+
+    /// The first `c` at or after `from` outside strings and comments.
+    fn find_char(&self, from: usize, c: u8) -> Option<usize> {
+        let bytes = self.src.as_bytes();
+        let mut i = from;
+        while i < bytes.len() {
+            match bytes[i] {
+                b if b == c => return Some(i),
+                b'"' => i = self.skip_string(i),
+                b'#' => i = self.src[i..].find('\n').map_or(bytes.len(), |n| i + n),
+                _ => i += 1,
+            }
+        }
+        None
+    }
+
+    /// The offset just past the string starting at `i`.
+    fn skip_string(&self, i: usize) -> usize {
+        let bytes = self.src.as_bytes();
+        let mut j = i + 1;
+        while j < bytes.len() {
+            match bytes[j] {
+                b'"' | b'\n' => return j + 1,
+                b'\\' => j += 2,
+                _ => j += 1,
+            }
+        }
+        bytes.len()
+    }
+
+    /// The `}` matching the `{` at `open`.
+    fn matching_close(&self, open: usize) -> Option<usize> {
+        let bytes = self.src.as_bytes();
+        let mut depth = 0usize;
+        let mut i = open;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'{' => depth += 1,
+                b'}' => {
+                    depth = depth.saturating_sub(1);
+                    if depth == 0 {
+                        return Some(i);
+                    }
+                }
+                b'"' => {
+                    i = self.skip_string(i);
+                    continue;
+                }
+                b'#' => {
+                    i = self.src[i..].find('\n').map_or(bytes.len(), |n| i + n);
+                    continue;
+                }
+                _ => {}
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// The braces of the body that follows `from` inside a construct ending at `end`.
+    fn braces(&self, from: usize, end: usize) -> (usize, usize) {
+        let open = self
+            .find_char(from, b'{')
+            .filter(|&o| o < end)
+            .unwrap_or(from);
+        let close = self
+            .matching_close(open)
+            .unwrap_or(end.saturating_sub(1).max(open));
+        (open, close)
+    }
+
+    /// The first non-blank, non-comment offset at or after `from`.
+    fn skip_trivia(&self, from: usize) -> usize {
+        let bytes = self.src.as_bytes();
+        let mut i = from;
+        while i < bytes.len() {
+            match bytes[i] {
+                b' ' | b'\t' | b'\r' | b'\n' | b';' => i += 1,
+                b'#' => i = self.src[i..].find('\n').map_or(bytes.len(), |n| i + n),
+                _ => break,
+            }
+        }
+        i
+    }
+
+    // ---- items ----
+
+    fn file(&mut self, file: &File) {
+        let mut last = Last::Nothing;
+        for item in &file.items {
+            let kind = item_kind(item);
+            // Comments before the item.
+            while let Some(c) = self.next_comment_before(item.span().start) {
+                if self.blank_before(last, None, c.span.start) {
+                    self.out.push('\n');
+                }
+                self.comment_line(c, 0);
+                last = Last::Comment;
+            }
+            if self.blank_before(last, Some(kind), item.span().start) {
+                self.out.push('\n');
+            }
+            self.item(item);
+            last = Last::Item(kind);
+        }
+        let mut first = last == Last::Nothing;
+        while let Some(c) = self.comments.get(self.next) {
+            if !first && self.blank_before(last, None, c.span.start) {
+                self.out.push('\n');
+            }
+            self.comment_line(c, 0);
+            first = false;
+            last = Last::Comment;
+        }
+    }
+
+    /// The blank-line rule at the top level; `next` is the next item's kind, `None` for a comment.
+    fn blank_before(&self, last: Last, next: Option<ItemKind>, start: usize) -> bool {
+        let user = self.has_blank_line(self.last_end, start);
+        match (last, next) {
+            (Last::Nothing, _) => false,
+            (Last::Comment, _) => user,
+            (Last::Item(ItemKind::Other), _) => true,
+            (Last::Item(prev), Some(next)) if prev != next => true,
+            (Last::Item(_), _) => user,
+        }
+    }
+
+    fn item(&mut self, item: &Item) {
+        match item {
+            Item::Fn(f) => {
+                self.hoist_comments(f.span.end, 0);
+                let mut line = format!("fn {}(", f.name.name);
+                self.params(&f.params, &mut line);
+                line.push_str(") = ");
+                self.expr(&f.body, &mut line);
+                self.out.push_str(&line);
+                self.end_line(f.span.end);
+            }
+            Item::Config(c) => {
+                self.hoist_comments(c.span.end, 0);
+                let mut line = format!("config {} = {}(", c.name.name, c.base.name);
+                self.args(&c.args, &mut line);
+                line.push(')');
+                self.out.push_str(&line);
+                self.end_line(c.span.end);
+            }
+            Item::Block(b) => {
+                let (open, close) = self.braces(b.name.span.end, b.span.end);
+                self.hoist_comments(open, 0);
+                let mut line = format!("{} {}(", b.kind.keyword(), b.name.name);
+                self.params(&b.params, &mut line);
+                line.push_str(") {");
+                self.out.push_str(&line);
+                self.body(&b.body, open, close, 0);
+            }
+            Item::Plan(p) => {
+                let (open, close) = self.braces(p.target.span.end, p.span.end);
+                self.hoist_comments(open, 0);
+                self.out
+                    .push_str(&format!("plan {} for {} {{", p.name.name, p.target.name));
+                if p.entries.is_empty() && self.next_comment_before(close).is_none() {
+                    self.out.push('}');
+                    self.end_line(close + 1);
+                    return;
+                }
+                self.end_line(open + 1);
+                let mut first = true;
+                for e in &p.entries {
+                    self.own_line_comments(e.span.start, 1, &mut first);
+                    if !first && self.has_blank_line(self.last_end, e.span.start) {
+                        self.out.push('\n');
+                    }
+                    first = false;
+                    self.hoist_comments(e.span.end, 1);
+                    self.indent(1);
+                    let mut line = format!("{} = ", e.key.name);
+                    self.expr(&e.value, &mut line);
+                    self.out.push_str(&line);
+                    self.end_line(e.span.end);
+                }
+                self.own_line_comments(close, 1, &mut first);
+                self.out.push('}');
+                self.end_line(close + 1);
+            }
+        }
+    }
+
+    /// Prints ` {`-ended header's body: the rest of the header line, the statements, and `}`
+    /// (whose line is ended, with its trailing comment, by `close_line`).
+    fn body(&mut self, stmts: &[Stmt], open: usize, close: usize, level: usize) {
+        if stmts.is_empty() && self.next_comment_before(close).is_none() {
+            self.out.push('}');
+            self.end_line(close + 1);
+            return;
+        }
+        self.body_open(stmts, open, close, level);
+        self.indent(level);
+        self.out.push('}');
+        self.end_line(close + 1);
+    }
+
+    /// The header line's end and the statements, stopping before the closing `}`; comments up to
+    /// `comments_until` (at least `close`) go inside the body.
+    fn body_open(&mut self, stmts: &[Stmt], open: usize, comments_until: usize, level: usize) {
+        self.end_line(open + 1);
+        let mut first = true;
+        for s in stmts {
+            self.own_line_comments(s.span().start, level + 1, &mut first);
+            if !first && self.has_blank_line(self.last_end, s.span().start) {
+                self.out.push('\n');
+            }
+            first = false;
+            self.stmt(s, level + 1);
+        }
+        self.own_line_comments(comments_until, level + 1, &mut first);
+    }
+
+    fn params(&self, params: &[ParamDecl], out: &mut String) {
+        for (i, p) in params.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&p.name.name);
+            if let Some(ty) = &p.ty {
+                out.push_str(": ");
+                self.tensor_type(ty, out);
+            }
+            if let Some(d) = &p.default {
+                out.push_str(" = ");
+                self.expr(d, out);
+            }
+        }
+    }
+
+    fn tensor_type(&self, ty: &TensorType, out: &mut String) {
+        if let Some(d) = &ty.dtype {
+            out.push_str(&d.name);
+        }
+        out.push('[');
+        for (i, dim) in ty.dims.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            match dim {
+                DimPat::Ellipsis(_) => out.push_str("..."),
+                DimPat::Expr(e) => self.expr(e, out),
+            }
+        }
+        out.push(']');
+    }
+
+    // ---- statements ----
+
+    fn stmt(&mut self, s: &Stmt, level: usize) {
+        let mut line = String::new();
+        match s {
+            Stmt::Input { name, ty, span } => {
+                line.push_str(&format!("input {}: ", name.name));
+                self.tensor_type(ty, &mut line);
+                self.simple_line(line, *span, level);
+            }
+            Stmt::Param {
+                name,
+                ty,
+                init,
+                span,
+            } => {
+                line.push_str(&format!("param {}: ", name.name));
+                self.tensor_type(ty, &mut line);
+                line.push_str(" = ");
+                self.expr(init, &mut line);
+                self.simple_line(line, *span, level);
+            }
+            Stmt::Assign {
+                target,
+                value,
+                span,
+            } => {
+                line.push_str(&target.name);
+                line.push_str(" = ");
+                self.expr(value, &mut line);
+                self.simple_line(line, *span, level);
+            }
+            Stmt::Return { value, span } => {
+                line.push_str("return ");
+                self.expr(value, &mut line);
+                self.simple_line(line, *span, level);
+            }
+            Stmt::Assert {
+                cond,
+                message,
+                span,
+            } => {
+                line.push_str("assert ");
+                self.expr(cond, &mut line);
+                if let Some(m) = message {
+                    line.push_str(", ");
+                    write_string(m, &mut line);
+                }
+                self.simple_line(line, *span, level);
+            }
+            Stmt::Data { call, span } => {
+                line.push_str("data ");
+                self.expr(call, &mut line);
+                self.simple_line(line, *span, level);
+            }
+            Stmt::Repeat {
+                var,
+                count,
+                label,
+                body,
+                span,
+            } => {
+                let header_end = label.as_ref().map_or(count.span.end, |l| l.span.end);
+                let (open, close) = self.braces(header_end, span.end);
+                self.hoist_comments(open, level);
+                self.indent(level);
+                line.push_str("repeat ");
+                if let Some(v) = var {
+                    line.push_str(&v.name);
+                    line.push_str(" in ");
+                }
+                self.expr(count, &mut line);
+                if let Some(l) = label {
+                    line.push_str(" as ");
+                    line.push_str(&l.name);
+                }
+                line.push_str(" {");
+                self.out.push_str(&line);
+                self.body(body, open, close, level);
+            }
+            Stmt::If { .. } => self.if_chain(s, level),
+        }
+    }
+
+    fn simple_line(&mut self, line: String, span: Span, level: usize) {
+        self.hoist_comments(span.end, level);
+        self.indent(level);
+        self.out.push_str(&line);
+        self.end_line(span.end);
+    }
+
+    /// `if a { } else if b { } else { }`. An `else` whose body is a lone `if` written as `else if`
+    /// prints as `else if`; written as `else { if .. }` it keeps its braces.
+    fn if_chain(&mut self, s: &Stmt, level: usize) {
+        let Stmt::If {
+            cond,
+            then_body,
+            else_body,
+            span,
+        } = s
+        else {
+            return;
+        };
+        let (open, close) = self.braces(cond.span.end, span.end);
+        self.hoist_comments(open, level);
+        self.indent(level);
+        let mut line = String::from("if ");
+        self.expr(cond, &mut line);
+        line.push_str(" {");
+        self.out.push_str(&line);
+        let (mut cur_then, mut cur_else, mut cur_open, mut cur_close, mut cur_end) =
+            (then_body, else_body, open, close, span.end);
+        loop {
+            let Some(else_stmts) = cur_else else {
+                self.body(cur_then, cur_open, cur_close, level);
+                return;
+            };
+            let after_else = self.skip_trivia(self.skip_trivia(cur_close + 1) + "else".len());
+            let written_as_block = self.src.as_bytes().get(after_else) == Some(&b'{');
+            match else_stmts.as_slice() {
+                [Stmt::If {
+                    cond: c2,
+                    then_body: t2,
+                    else_body: e2,
+                    span: s2,
+                }] if !written_as_block => {
+                    let (open2, close2) = self.braces(c2.span.end, s2.end);
+                    // Comments between this body's end and the next `{` stay inside this body.
+                    self.body_open(cur_then, cur_open, open2.max(cur_close), level);
+                    self.indent(level);
+                    let mut line = String::from("} else if ");
+                    self.expr(c2, &mut line);
+                    line.push_str(" {");
+                    self.out.push_str(&line);
+                    (cur_then, cur_else, cur_open, cur_close, cur_end) =
+                        (t2, e2, open2, close2, s2.end);
+                }
+                _ => {
+                    let else_open = self
+                        .find_char(cur_close + 1, b'{')
+                        .filter(|&o| o < cur_end)
+                        .unwrap_or(cur_close);
+                    let else_close = self
+                        .matching_close(else_open)
+                        .unwrap_or(cur_end.saturating_sub(1).max(else_open));
+                    self.body_open(cur_then, cur_open, else_open.max(cur_close), level);
+                    self.indent(level);
+                    self.out.push_str("} else {");
+                    self.body(else_stmts, else_open, else_close, level);
+                    return;
+                }
+            }
+        }
+    }
+
+    // ---- expressions ----
+
+    fn args(&self, args: &[Arg], out: &mut String) {
+        for (i, a) in args.iter().enumerate() {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            if let Some(n) = &a.name {
+                out.push_str(&n.name);
+                out.push_str(" = ");
+            }
+            self.expr(&a.value, out);
+        }
+    }
+
+    fn expr(&self, e: &Expr, out: &mut String) {
+        match &e.kind {
+            ExprKind::Int(v) => {
+                // Keep the user's digit grouping (`50_257`) when the text still says the same.
+                let text = self.src.get(e.span.start..e.span.end).filter(|t| {
+                    t.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+                        && t.replace('_', "").parse::<i64>().ok() == Some(*v)
+                });
+                match text {
+                    Some(t) => out.push_str(t),
+                    None => out.push_str(&v.to_string()),
+                }
+            }
+            ExprKind::Float(v, text) => {
+                if text.is_empty() {
+                    out.push_str(&format!("{v:?}"));
+                } else {
+                    out.push_str(text);
+                }
+            }
+            ExprKind::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+            ExprKind::Str(s) => write_string(s, out),
+            ExprKind::None => out.push_str("none"),
+            ExprKind::Name(id) => out.push_str(&id.name),
+            ExprKind::List(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    self.expr(item, out);
+                }
+                out.push(']');
+            }
+            ExprKind::Unary { op, operand } => {
+                let double_minus = *op == UnaryOp::Neg
+                    && matches!(
+                        operand.kind,
+                        ExprKind::Unary {
+                            op: UnaryOp::Neg,
+                            ..
+                        }
+                    );
+                out.push_str(match op {
+                    // `- -x`, not `--x`, which reads as a decrement.
+                    UnaryOp::Neg if double_minus => "- ",
+                    UnaryOp::Neg => "-",
+                    UnaryOp::Not => "not ",
+                });
+                self.expr(operand, out);
+            }
+            ExprKind::Binary { op, lhs, rhs } => {
+                self.expr(lhs, out);
+                out.push(' ');
+                out.push_str(op.symbol());
+                out.push(' ');
+                self.expr(rhs, out);
+            }
+            ExprKind::Call {
+                callee,
+                args,
+                label,
+            } => {
+                out.push_str(&callee.name);
+                out.push('(');
+                self.args(args, out);
+                out.push(')');
+                if let Some(l) = label {
+                    out.push_str(" as ");
+                    out.push_str(&l.name);
+                }
+            }
+            ExprKind::Index { base, items } => {
+                self.expr(base, out);
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push_str(", ");
+                    }
+                    match item {
+                        IndexItem::Expr(e) => self.expr(e, out),
+                        IndexItem::Ellipsis(_) => out.push_str("..."),
+                        IndexItem::Slice {
+                            start,
+                            end,
+                            step,
+                            span: _,
+                        } => {
+                            if let Some(s) = start {
+                                self.expr(s, out);
+                            }
+                            out.push(':');
+                            if let Some(e) = end {
+                                self.expr(e, out);
+                            }
+                            if let Some(s) = step {
+                                out.push(':');
+                                self.expr(s, out);
+                            }
+                        }
+                    }
+                }
+                out.push(']');
+            }
+            ExprKind::Member { base, name } => {
+                self.expr(base, out);
+                out.push('.');
+                out.push_str(&name.name);
+            }
+            ExprKind::IfElse {
+                cond,
+                then_expr,
+                else_expr,
+            } => {
+                out.push_str("if ");
+                self.expr(cond, out);
+                out.push_str(" then ");
+                self.expr(then_expr, out);
+                out.push_str(" else ");
+                self.expr(else_expr, out);
+            }
+            ExprKind::Paren(inner) => {
+                out.push('(');
+                self.expr(inner, out);
+                out.push(')');
+            }
+        }
+    }
+}
+
+fn write_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
