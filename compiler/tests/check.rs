@@ -7,13 +7,15 @@ use std::path::{Path, PathBuf};
 use kiln_compiler::sema::{render, Workspace};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("repo root")
 }
 
 /// Check one file as a user would (`kiln check FILE`), returning its rendered diagnostics.
 fn check_file(path: &Path) -> (usize, String) {
     let text = std::fs::read_to_string(path).expect("readable test input");
-    let rel = path.strip_prefix(root()).unwrap_or(path).display().to_string();
+    // Snapshots name files relative to the repo root, so they are the same on every machine.
+    let path = path.canonicalize().expect("test input path");
+    let rel = path.strip_prefix(root()).expect("inside the repo").display().to_string();
     let mut ws = Workspace::new();
     let id = ws.add_file(&rel, &text);
     let diags = ws.check(&[id]);

@@ -14,7 +14,7 @@ fn count(spec: &str, config: &str) -> u64 {
     assert!(ws.load_diagnostics.is_empty(), "{spec}: {:?}", ws.load_diagnostics);
     let inst = ws
         .instantiate(&Request { config: config.into(), ..Default::default() })
-        .unwrap_or_else(|ds| panic!("{config}: {}", ds.iter().map(kiln_compiler::sema::render).collect::<String>()));
+        .unwrap_or_else(|ds| panic!("{config}: {}", ds.iter().map(|d| kiln_compiler::sema::render(d)).collect::<String>()));
     param_counts(&inst.graph).total
 }
 

@@ -14,7 +14,7 @@ use kiln_grammar::ast::{self, BinaryOp, BlockKind, Expr, ExprKind, IndexItem, It
 use super::builtins;
 use super::diag::{did_you_mean, FileId, Loc};
 use super::lower::Lower;
-use super::value::{Mask, Value};
+use super::value::Value;
 use super::Workspace;
 use crate::ir::{BinaryOp as IrBin, CmpOp, DType, Dim, IrError, Op, UnaryOp as IrUn, ValueId};
 
@@ -162,6 +162,15 @@ impl<'w> Eval<'w> {
             _ => "shape::invalid",
         };
         self.err(code, loc, e.to_string())
+    }
+
+    /// The place a user would recognise: `loc` itself in a user file, else the innermost call from
+    /// a user file.
+    fn user_loc(&self, loc: Loc) -> Loc {
+        if !self.ws.files[loc.file].is_stdlib {
+            return loc;
+        }
+        self.stack.iter().rev().find(|f| !self.ws.files[f.call.file].is_stdlib).map(|f| f.call).unwrap_or(loc)
     }
 
     fn tick(&mut self, loc: Loc) -> R<()> {
@@ -705,10 +714,10 @@ impl<'w> Eval<'w> {
                 format!("parameter `{full}` is declared twice"),
                 "give one of the calls a different label with `as`",
             );
-            e.notes.push((*prev, "first declared here".into()));
+            e.notes.push((*prev, "first declared by this call".into()));
             return Err(e);
         }
-        self.param_decls.insert(full.clone(), loc);
+        self.param_decls.insert(full.clone(), self.user_loc(loc));
         let v = self
             .lower
             .node(Op::Param { name: full, shape, dtype, init, trainable: true }, &[])
@@ -791,7 +800,18 @@ impl<'w> Eval<'w> {
             ExprKind::Binary { op, lhs, rhs } => {
                 let a = self.eval(file, lhs, env)?;
                 let b = self.eval(file, rhs, env)?;
-                self.binary(*op, a, b, loc, Loc { file, span: lhs.span }, Loc { file, span: rhs.span })
+                let r = self.binary(*op, a.clone(), b.clone(), loc, Loc { file, span: lhs.span }, Loc { file, span: rhs.span });
+                r.map_err(|mut err| {
+                    if err.code == "sema::not_divisible" {
+                        // Name both operands as written: "`d` (96) is not divisible by `heads` (5)".
+                        let text = &self.ws.files[file].text;
+                        let src = |e: &Expr| text.get(e.span.start..e.span.end).unwrap_or("?").to_string();
+                        let (ls, rs) = (src(lhs), src(rhs));
+                        let show = |s: &str, v: &Value| if s == v.to_string() { s.to_string() } else { format!("`{s}` ({v})") };
+                        err.message = format!("{} is not divisible by {}", show(&ls, &a), show(&rs, &b));
+                    }
+                    err
+                })
             }
             ExprKind::IfElse { cond, then_expr, else_expr } => {
                 if self.eval_bool(file, cond, env)? {
@@ -903,6 +923,15 @@ impl<'w> Eval<'w> {
 
     pub fn binary(&mut self, op: BinaryOp, a: Value, b: Value, loc: Loc, la: Loc, lb: Loc) -> R<Value> {
         use BinaryOp::*;
+        // `x == none`, `mask == causal`: compile-time identity tests, even when one side is a tensor.
+        let static_eq = |v: &Value| matches!(v, Value::None | Value::Str(_) | Value::Mask(_) | Value::DType(_) | Value::List(_));
+        if matches!(op, Eq | Ne) && (static_eq(&a) || static_eq(&b)) {
+            let eq = match (&a, &b) {
+                (Value::Tensor(x), Value::Tensor(y)) => x == y,
+                _ => a == b,
+            };
+            return Ok(Value::Bool(if op == Eq { eq } else { !eq }));
+        }
         match (&a, &b) {
             (Value::Tensor(_), _) | (_, Value::Tensor(_)) => return self.tensor_binary(op, a, b, loc, la, lb),
             _ => {}

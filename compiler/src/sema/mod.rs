@@ -563,12 +563,14 @@ fn dedup(ds: Vec<SemaDiagnostic>) -> Vec<SemaDiagnostic> {
 fn syntax_diag(file: &SourceFile, e: &kiln_grammar::SyntaxError) -> SemaDiagnostic {
     SemaDiagnostic {
         code: e.code(),
-        message: e.message(),
+        message: e.message.clone(),
         severity: Severity::Error,
         file_name: file.name.clone(),
         source: file.text.clone(),
-        labels: vec![Label { span: e.span(), text: e.label() }],
-        help: e.help_text(),
+        labels: std::iter::once(Label { span: e.span, text: e.label.clone() })
+            .chain(e.labels.iter().map(|(s, t)| Label { span: *s, text: t.clone() }))
+            .collect(),
+        help: e.help.clone(),
         related: Vec::new(),
     }
 }

@@ -388,9 +388,11 @@ impl<'w> Resolver<'w> {
                 let Some(edges) = graph.get(&cur) else { continue };
                 for (callee, loc) in edges {
                     if callee == start {
-                        if reported.insert(start.clone()) {
+                        if !reported.contains(start) {
                             let mut cycle = path.clone();
                             cycle.push(start.clone());
+                            // One report per cycle, at the alphabetically first member.
+                            reported.extend(cycle.iter().cloned());
                             let mut d = self.ws.simple_diag(
                                 "sema::recursion",
                                 *loc,
