@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod cpu;
 pub mod data;
+pub mod hf;
 pub mod metrics;
 pub mod plot;
 pub mod progress;
