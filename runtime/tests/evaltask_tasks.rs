@@ -536,3 +536,50 @@ fn a_bigram_generator_runs_the_speaker_task_deterministically() {
         assert!(d.prediction.chars().count() <= spec.max_tokens);
     }
 }
+
+// ------------------------------------------------------------------------------------------
+// No input panics
+// ------------------------------------------------------------------------------------------
+
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn task_parsing_never_panics(text in "(\\{|\\}|\"|:|,|\\[|\\]|label|choices|context|input|target|-?[0-9]{1,3}|[a-z ]|\n){0,80}") {
+            let _ = parse_multiple_choice("p", &text);
+            let _ = parse_text_to_text("p", &text);
+        }
+
+        #[test]
+        fn sampling_never_panics(
+            logits in proptest::collection::vec(prop_oneof![
+                -1e30f32..1e30,
+                Just(f32::NEG_INFINITY),
+                Just(f32::INFINITY),
+                Just(f32::NAN),
+            ], 0..20),
+            temperature in prop_oneof![Just(0.0f32), 0.01f32..10.0, Just(-1.0)],
+            top_k in proptest::option::of(0usize..25),
+            top_p in proptest::option::of(-0.5f32..1.5),
+            seed in 0u64..4,
+        ) {
+            if let Ok(mut s) = TokenSampler::new(SamplingConfig { temperature, top_k, top_p, seed }) {
+                if let Ok(id) = s.sample(&logits) {
+                    prop_assert!((id as usize) < logits.len());
+                    prop_assert!(logits[id as usize] != f32::NEG_INFINITY);
+                }
+            }
+        }
+
+        #[test]
+        fn metrics_never_panic(a in "\\PC{0,30}", b in "\\PC{0,30}") {
+            let f = token_f1(&a, &b);
+            prop_assert!((0.0..=1.0).contains(&f));
+            prop_assert!(exact_match(&a, &b) <= f + 1e-12 || normalize_answer(&a).is_empty());
+        }
+    }
+}

@@ -553,3 +553,37 @@ fn objective_names_parse() {
         Err(ObjectiveError::Unknown { .. })
     ));
 }
+
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+
+        #[test]
+        fn span_corruption_never_panics_and_loses_nothing(
+            len in 0usize..300,
+            density in prop_oneof![0.01f64..0.99, Just(0.0), Just(1.0), Just(f64::NAN)],
+            mean in prop_oneof![0.5f64..20.0, Just(f64::INFINITY)],
+            sentinels in 1u32..200,
+            seed in 0u64..1000,
+        ) {
+            let sc = SpanCorruption {
+                noise_density: density,
+                mean_noise_span_length: mean,
+                sentinel_start: 1_000_000,
+                num_sentinels: sentinels,
+                inputs_eos: None,
+                targets_eos: None,
+            };
+            let ids: Vec<u32> = (0..len as u32).collect();
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            if let Ok((i, t)) = sc.apply(&ids, &mut rng) {
+                prop_assert_eq!((i.len(), t.len()), corrupted_lengths(&sc, len));
+                prop_assert_eq!(uncorrupt(&i, &t, sc.lowest_sentinel()), ids);
+            }
+            let _ = random_spans_helper(len, density, mean, 1, 1);
+        }
+    }
+}
