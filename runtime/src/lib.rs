@@ -3,6 +3,7 @@
 //! `cpu` holds the CPU backend (Cranelift-JIT elementwise kernels, GEMM, attention). The host-side
 //! pieces (run config, data, tokenizers, checkpoints, metrics, plots, schedules) are backend-neutral.
 
+pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
