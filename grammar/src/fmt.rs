@@ -6,10 +6,12 @@
 //!
 //! Layout rules:
 //! - 4-space indentation; one statement, plan entry or item header per line; `;` separators are
-//!   dropped. No line wrapping: a statement stays on one line however long.
+//!   dropped. A line longer than 100 columns breaks its outermost bracketed list (arguments,
+//!   parameters, list literal) one element per line with a trailing comma, Black-style
+//!   (`doc.rs`); operators and index brackets never break.
 //! - One space around every binary operator, `**` included (`x ** 3`, `hd ** -0.5`); none after
 //!   unary `-`; `not x`; `name = value` for named arguments and defaults; `a:b:c` slices without
-//!   spaces; `, ` between list elements; no trailing commas.
+//!   spaces; `, ` between list elements; no trailing comma on one line.
 //! - Parentheses exactly as written (`Paren` nodes): none are added or removed. This is safe
 //!   because every tree the parser builds already carries the parentheses it needs.
 //! - Items are separated by one blank line, except that consecutive `fn` items, and consecutive
@@ -25,6 +27,10 @@
 //! spans: both are tested on every example and fuzzed (`tests/fuzz.rs`).
 
 use crate::ast::*;
+use crate::doc::{render, Doc};
+
+/// Lines longer than this break their outermost bracketed list, one element per line.
+const WIDTH: usize = 100;
 
 /// Formats a parsed file. `source` must be the text `file` was parsed from (it is used for comment
 /// placement, blank lines and integer spelling; a mismatched source degrades layout, never panics).
@@ -46,7 +52,7 @@ pub fn format(file: &File, source: &str) -> String {
     out
 }
 
-/// Formats one expression on one line (no comments, integers as values).
+/// Formats one expression on one line (no comments; integers as values).
 pub fn format_expr(expr: &Expr) -> String {
     let p = Printer {
         src: "",
@@ -55,9 +61,7 @@ pub fn format_expr(expr: &Expr) -> String {
         out: String::new(),
         last_end: 0,
     };
-    let mut out = String::new();
-    p.expr(expr, &mut out);
-    out
+    flat(&p.expr(expr))
 }
 
 /// What was printed last at the top level, for the blank-line rule between items.
@@ -299,40 +303,45 @@ impl<'a> Printer<'a> {
         match item {
             Item::Fn(f) => {
                 self.hoist_comments(f.span.end, 0);
-                let mut line = format!("fn {}(", f.name.name);
-                self.params(&f.params, &mut line);
-                line.push_str(") = ");
-                self.expr(&f.body, &mut line);
-                self.out.push_str(&line);
+                let line = Doc::Concat(vec![
+                    Doc::text(format!("fn {}", f.name.name)),
+                    self.params(&f.params),
+                    Doc::text(" ="),
+                    self.value(&f.body),
+                ]);
+                self.emit(&line, 0);
                 self.end_line(f.span.end);
             }
             Item::Config(c) => {
                 self.hoist_comments(c.span.end, 0);
-                let mut line = format!("config {} = {}(", c.name.name, c.base.name);
-                self.args(&c.args, &mut line);
-                line.push(')');
-                self.out.push_str(&line);
+                let line = Doc::Concat(vec![
+                    Doc::text(format!("config {} = {}", c.name.name, c.base.name)),
+                    self.args(&c.args),
+                ]);
+                self.emit(&line, 0);
                 self.end_line(c.span.end);
             }
             Item::Block(b) => {
                 let (open, close) = self.braces(b.name.span.end, b.span.end);
                 self.hoist_comments(open, 0);
-                let mut line = format!("{} {}(", b.kind.keyword(), b.name.name);
-                self.params(&b.params, &mut line);
-                line.push_str(") {");
-                self.out.push_str(&line);
-                self.body(&b.body, open, close, 0);
+                let header = Doc::Concat(vec![
+                    Doc::text(format!("{} {}", b.kind.keyword(), b.name.name)),
+                    self.params(&b.params),
+                ]);
+                self.block(header, &b.body, open, close, 0);
             }
             Item::Plan(p) => {
                 let (open, close) = self.braces(p.target.span.end, p.span.end);
                 self.hoist_comments(open, 0);
-                self.out
-                    .push_str(&format!("plan {} for {} {{", p.name.name, p.target.name));
+                let header = format!("plan {} for {}", p.name.name, p.target.name);
                 if p.entries.is_empty() && self.next_comment_before(close).is_none() {
-                    self.out.push('}');
+                    self.out.push_str(&header);
+                    self.out.push_str(" {}");
                     self.end_line(close + 1);
                     return;
                 }
+                self.out.push_str(&header);
+                self.out.push_str(" {");
                 self.end_line(open + 1);
                 let mut first = true;
                 for e in &p.entries {
@@ -341,12 +350,11 @@ impl<'a> Printer<'a> {
                         self.out.push('\n');
                     }
                     first = false;
-                    self.hoist_comments(e.span.end, 1);
-                    self.indent(1);
-                    let mut line = format!("{} = ", e.key.name);
-                    self.expr(&e.value, &mut line);
-                    self.out.push_str(&line);
-                    self.end_line(e.span.end);
+                    let line = Doc::Concat(vec![
+                        Doc::text(format!("{} = ", e.key.name)),
+                        self.expr(&e.value),
+                    ]);
+                    self.simple_line(&line, e.span, 1);
                 }
                 self.own_line_comments(close, 1, &mut first);
                 self.out.push('}');
@@ -355,22 +363,27 @@ impl<'a> Printer<'a> {
         }
     }
 
-    /// Prints ` {`-ended header's body: the rest of the header line, the statements, and `}`
-    /// (whose line is ended, with its trailing comment, by `close_line`).
-    fn body(&mut self, stmts: &[Stmt], open: usize, close: usize, level: usize) {
-        if stmts.is_empty() && self.next_comment_before(close).is_none() {
-            self.out.push('}');
-            self.end_line(close + 1);
-            return;
-        }
-        self.body_open(stmts, open, close, level);
+    /// Prints `doc` at the current position, which is the start of a line at `level`.
+    fn emit(&mut self, doc: &Doc, level: usize) {
         self.indent(level);
-        self.out.push('}');
+        self.out.push_str(&render(doc, level * INDENT.len(), WIDTH));
+    }
+
+    /// A header and its `{ body }`: `{}` when the body is empty and holds no comment.
+    fn block(&mut self, header: Doc, stmts: &[Stmt], open: usize, close: usize, level: usize) {
+        let empty = stmts.is_empty() && self.next_comment_before(close).is_none();
+        let header = Doc::Concat(vec![header, Doc::text(if empty { " {}" } else { " {" })]);
+        self.emit(&header, level);
+        if !empty {
+            self.body_open(stmts, open, close, level);
+            self.indent(level);
+            self.out.push('}');
+        }
         self.end_line(close + 1);
     }
 
-    /// The header line's end and the statements, stopping before the closing `}`; comments up to
-    /// `comments_until` (at least `close`) go inside the body.
+    /// The end of the header line and the statements, stopping before the closing `}`; comments
+    /// before `comments_until` (at least the `}`) go inside the body.
     fn body_open(&mut self, stmts: &[Stmt], open: usize, comments_until: usize, level: usize) {
         self.end_line(open + 1);
         let mut first = true;
@@ -385,49 +398,58 @@ impl<'a> Printer<'a> {
         self.own_line_comments(comments_until, level + 1, &mut first);
     }
 
-    fn params(&self, params: &[ParamDecl], out: &mut String) {
-        for (i, p) in params.iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            out.push_str(&p.name.name);
-            if let Some(ty) = &p.ty {
-                out.push_str(": ");
-                self.tensor_type(ty, out);
-            }
-            if let Some(d) = &p.default {
-                out.push_str(" = ");
-                self.expr(d, out);
-            }
-        }
+    fn params(&self, params: &[ParamDecl]) -> Doc {
+        let items = params
+            .iter()
+            .map(|p| {
+                let mut parts = vec![Doc::text(p.name.name.clone())];
+                if let Some(ty) = &p.ty {
+                    parts.push(Doc::text(": "));
+                    parts.push(self.tensor_type(ty));
+                }
+                if let Some(d) = &p.default {
+                    parts.push(Doc::text(" = "));
+                    parts.push(self.expr(d));
+                }
+                Doc::Concat(parts)
+            })
+            .collect();
+        Doc::bracketed("(", items, ")")
     }
 
-    fn tensor_type(&self, ty: &TensorType, out: &mut String) {
+    /// Types stay on one line: their dims are short.
+    fn tensor_type(&self, ty: &TensorType) -> Doc {
+        let mut s = String::new();
         if let Some(d) = &ty.dtype {
-            out.push_str(&d.name);
+            s.push_str(&d.name);
         }
-        out.push('[');
+        s.push('[');
         for (i, dim) in ty.dims.iter().enumerate() {
             if i > 0 {
-                out.push_str(", ");
+                s.push_str(", ");
             }
             match dim {
-                DimPat::Ellipsis(_) => out.push_str("..."),
-                DimPat::Expr(e) => self.expr(e, out),
+                DimPat::Ellipsis(_) => s.push_str("..."),
+                DimPat::Expr(e) => s.push_str(&flat(&self.expr(e))),
             }
         }
-        out.push(']');
+        s.push(']');
+        Doc::Text(s)
     }
 
     // ---- statements ----
 
     fn stmt(&mut self, s: &Stmt, level: usize) {
-        let mut line = String::new();
+        fn t(s: impl Into<String>) -> Doc {
+            Doc::text(s)
+        }
         match s {
             Stmt::Input { name, ty, span } => {
-                line.push_str(&format!("input {}: ", name.name));
-                self.tensor_type(ty, &mut line);
-                self.simple_line(line, *span, level);
+                let line = Doc::Concat(vec![
+                    t(format!("input {}: ", name.name)),
+                    self.tensor_type(ty),
+                ]);
+                self.simple_line(&line, *span, level);
             }
             Stmt::Param {
                 name,
@@ -435,44 +457,42 @@ impl<'a> Printer<'a> {
                 init,
                 span,
             } => {
-                line.push_str(&format!("param {}: ", name.name));
-                self.tensor_type(ty, &mut line);
-                line.push_str(" = ");
-                self.expr(init, &mut line);
-                self.simple_line(line, *span, level);
+                let line = Doc::Concat(vec![
+                    t(format!("param {}: ", name.name)),
+                    self.tensor_type(ty),
+                    t(" ="),
+                    self.value(init),
+                ]);
+                self.simple_line(&line, *span, level);
             }
             Stmt::Assign {
                 target,
                 value,
                 span,
             } => {
-                line.push_str(&target.name);
-                line.push_str(" = ");
-                self.expr(value, &mut line);
-                self.simple_line(line, *span, level);
+                let line = Doc::Concat(vec![t(format!("{} =", target.name)), self.value(value)]);
+                self.simple_line(&line, *span, level);
             }
             Stmt::Return { value, span } => {
-                line.push_str("return ");
-                self.expr(value, &mut line);
-                self.simple_line(line, *span, level);
+                let line = Doc::Concat(vec![t("return "), self.expr(value)]);
+                self.simple_line(&line, *span, level);
             }
             Stmt::Assert {
                 cond,
                 message,
                 span,
             } => {
-                line.push_str("assert ");
-                self.expr(cond, &mut line);
+                let mut parts = vec![t("assert "), self.expr(cond)];
                 if let Some(m) = message {
-                    line.push_str(", ");
-                    write_string(m, &mut line);
+                    let mut quoted = String::from(", ");
+                    write_string(m, &mut quoted);
+                    parts.push(Doc::Text(quoted));
                 }
-                self.simple_line(line, *span, level);
+                self.simple_line(&Doc::Concat(parts), *span, level);
             }
             Stmt::Data { call, span } => {
-                line.push_str("data ");
-                self.expr(call, &mut line);
-                self.simple_line(line, *span, level);
+                let line = Doc::Concat(vec![t("data "), self.expr(call)]);
+                self.simple_line(&line, *span, level);
             }
             Stmt::Repeat {
                 var,
@@ -484,29 +504,23 @@ impl<'a> Printer<'a> {
                 let header_end = label.as_ref().map_or(count.span.end, |l| l.span.end);
                 let (open, close) = self.braces(header_end, span.end);
                 self.hoist_comments(open, level);
-                self.indent(level);
-                line.push_str("repeat ");
+                let mut parts = vec![t("repeat ")];
                 if let Some(v) = var {
-                    line.push_str(&v.name);
-                    line.push_str(" in ");
+                    parts.push(t(format!("{} in ", v.name)));
                 }
-                self.expr(count, &mut line);
+                parts.push(self.expr(count));
                 if let Some(l) = label {
-                    line.push_str(" as ");
-                    line.push_str(&l.name);
+                    parts.push(t(format!(" as {}", l.name)));
                 }
-                line.push_str(" {");
-                self.out.push_str(&line);
-                self.body(body, open, close, level);
+                self.block(Doc::Concat(parts), body, open, close, level);
             }
             Stmt::If { .. } => self.if_chain(s, level),
         }
     }
 
-    fn simple_line(&mut self, line: String, span: Span, level: usize) {
+    fn simple_line(&mut self, line: &Doc, span: Span, level: usize) {
         self.hoist_comments(span.end, level);
-        self.indent(level);
-        self.out.push_str(&line);
+        self.emit(line, level);
         self.end_line(span.end);
     }
 
@@ -524,16 +538,20 @@ impl<'a> Printer<'a> {
         };
         let (open, close) = self.braces(cond.span.end, span.end);
         self.hoist_comments(open, level);
-        self.indent(level);
-        let mut line = String::from("if ");
-        self.expr(cond, &mut line);
-        line.push_str(" {");
-        self.out.push_str(&line);
+        let header = Doc::Concat(vec![Doc::text("if "), self.expr(cond)]);
+        if else_body.is_none() {
+            self.block(header, then_body, open, close, level);
+            return;
+        }
+        self.emit(&Doc::Concat(vec![header, Doc::text(" {")]), level);
         let (mut cur_then, mut cur_else, mut cur_open, mut cur_close, mut cur_end) =
             (then_body, else_body, open, close, span.end);
         loop {
             let Some(else_stmts) = cur_else else {
-                self.body(cur_then, cur_open, cur_close, level);
+                self.body_open(cur_then, cur_open, cur_close, level);
+                self.indent(level);
+                self.out.push('}');
+                self.end_line(cur_close + 1);
                 return;
             };
             let after_else = self.skip_trivia(self.skip_trivia(cur_close + 1) + "else".len());
@@ -548,11 +566,12 @@ impl<'a> Printer<'a> {
                     let (open2, close2) = self.braces(c2.span.end, s2.end);
                     // Comments between this body's end and the next `{` stay inside this body.
                     self.body_open(cur_then, cur_open, open2.max(cur_close), level);
-                    self.indent(level);
-                    let mut line = String::from("} else if ");
-                    self.expr(c2, &mut line);
-                    line.push_str(" {");
-                    self.out.push_str(&line);
+                    let line = Doc::Concat(vec![
+                        Doc::text("} else if "),
+                        self.expr(c2),
+                        Doc::text(" {"),
+                    ]);
+                    self.emit(&line, level);
                     (cur_then, cur_else, cur_open, cur_close, cur_end) =
                         (t2, e2, open2, close2, s2.end);
                 }
@@ -565,9 +584,13 @@ impl<'a> Printer<'a> {
                         .matching_close(else_open)
                         .unwrap_or(cur_end.saturating_sub(1).max(else_open));
                     self.body_open(cur_then, cur_open, else_open.max(cur_close), level);
-                    self.indent(level);
-                    self.out.push_str("} else {");
-                    self.body(else_stmts, else_open, else_close, level);
+                    self.block(
+                        Doc::text("} else"),
+                        else_stmts,
+                        else_open,
+                        else_close,
+                        level,
+                    );
                     return;
                 }
             }
@@ -576,52 +599,62 @@ impl<'a> Printer<'a> {
 
     // ---- expressions ----
 
-    fn args(&self, args: &[Arg], out: &mut String) {
-        for (i, a) in args.iter().enumerate() {
-            if i > 0 {
-                out.push_str(", ");
-            }
-            if let Some(n) = &a.name {
-                out.push_str(&n.name);
-                out.push_str(" = ");
-            }
-            self.expr(&a.value, out);
+    /// The right side of `=`, after the `=`. A value with a bracketed list stays on the line and
+    /// breaks inside its brackets when too long; a value without one moves to the next line,
+    /// indented, when it does not fit after the `=`.
+    fn value(&self, e: &Expr) -> Doc {
+        if has_bracketed_list(e) {
+            Doc::Concat(vec![Doc::text(" "), self.expr(e)])
+        } else {
+            Doc::Group(Box::new(Doc::Indent(Box::new(Doc::Concat(vec![
+                Doc::Line,
+                self.expr(e),
+            ])))))
         }
     }
 
-    fn expr(&self, e: &Expr, out: &mut String) {
+    fn args(&self, args: &[Arg]) -> Doc {
+        let items = args
+            .iter()
+            .map(|a| match &a.name {
+                Some(n) => Doc::Concat(vec![
+                    Doc::text(format!("{} = ", n.name)),
+                    self.expr(&a.value),
+                ]),
+                None => self.expr(&a.value),
+            })
+            .collect();
+        Doc::bracketed("(", items, ")")
+    }
+
+    fn expr(&self, e: &Expr) -> Doc {
+        fn t(s: impl Into<String>) -> Doc {
+            Doc::text(s)
+        }
         match &e.kind {
             ExprKind::Int(v) => {
                 // Keep the user's digit grouping (`50_257`) when the text still says the same.
-                let text = self.src.get(e.span.start..e.span.end).filter(|t| {
-                    t.bytes().all(|b| b.is_ascii_digit() || b == b'_')
-                        && t.replace('_', "").parse::<i64>().ok() == Some(*v)
+                let text = self.src.get(e.span.start..e.span.end).filter(|s| {
+                    s.bytes().all(|b| b.is_ascii_digit() || b == b'_')
+                        && s.replace('_', "").parse::<i64>().ok() == Some(*v)
                 });
                 match text {
-                    Some(t) => out.push_str(t),
-                    None => out.push_str(&v.to_string()),
+                    Some(s) => t(s),
+                    None => t(v.to_string()),
                 }
             }
-            ExprKind::Float(v, text) => {
-                if text.is_empty() {
-                    out.push_str(&format!("{v:?}"));
-                } else {
-                    out.push_str(text);
-                }
+            ExprKind::Float(v, text) if text.is_empty() => t(format!("{v:?}")),
+            ExprKind::Float(_, text) => t(text.clone()),
+            ExprKind::Bool(b) => t(if *b { "true" } else { "false" }),
+            ExprKind::Str(s) => {
+                let mut quoted = String::new();
+                write_string(s, &mut quoted);
+                Doc::Text(quoted)
             }
-            ExprKind::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            ExprKind::Str(s) => write_string(s, out),
-            ExprKind::None => out.push_str("none"),
-            ExprKind::Name(id) => out.push_str(&id.name),
+            ExprKind::None => t("none"),
+            ExprKind::Name(id) => t(id.name.clone()),
             ExprKind::List(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push_str(", ");
-                    }
-                    self.expr(item, out);
-                }
-                out.push(']');
+                Doc::bracketed("[", items.iter().map(|i| self.expr(i)).collect(), "]")
             }
             ExprKind::Unary { op, operand } => {
                 let double_minus = *op == UnaryOp::Neg
@@ -632,91 +665,113 @@ impl<'a> Printer<'a> {
                             ..
                         }
                     );
-                out.push_str(match op {
+                let sign = match op {
                     // `- -x`, not `--x`, which reads as a decrement.
                     UnaryOp::Neg if double_minus => "- ",
                     UnaryOp::Neg => "-",
                     UnaryOp::Not => "not ",
-                });
-                self.expr(operand, out);
+                };
+                Doc::Concat(vec![t(sign), self.expr(operand)])
             }
-            ExprKind::Binary { op, lhs, rhs } => {
-                self.expr(lhs, out);
-                out.push(' ');
-                out.push_str(op.symbol());
-                out.push(' ');
-                self.expr(rhs, out);
-            }
+            ExprKind::Binary { op, lhs, rhs } => Doc::Concat(vec![
+                self.expr(lhs),
+                t(format!(" {} ", op.symbol())),
+                self.expr(rhs),
+            ]),
             ExprKind::Call {
                 callee,
                 args,
                 label,
             } => {
-                out.push_str(&callee.name);
-                out.push('(');
-                self.args(args, out);
-                out.push(')');
+                let mut parts = vec![t(callee.name.clone()), self.args(args)];
                 if let Some(l) = label {
-                    out.push_str(" as ");
-                    out.push_str(&l.name);
+                    parts.push(t(format!(" as {}", l.name)));
                 }
+                Doc::Concat(parts)
             }
             ExprKind::Index { base, items } => {
-                self.expr(base, out);
-                out.push('[');
+                // Index lists stay on one line: they are short, and `x[\n...]` reads badly.
+                let mut s = String::from("[");
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
-                        out.push_str(", ");
+                        s.push_str(", ");
                     }
                     match item {
-                        IndexItem::Expr(e) => self.expr(e, out),
-                        IndexItem::Ellipsis(_) => out.push_str("..."),
+                        IndexItem::Expr(e) => s.push_str(&flat(&self.expr(e))),
+                        IndexItem::Ellipsis(_) => s.push_str("..."),
                         IndexItem::Slice {
                             start,
                             end,
                             step,
                             span: _,
                         } => {
-                            if let Some(s) = start {
-                                self.expr(s, out);
+                            if let Some(x) = start {
+                                s.push_str(&flat(&self.expr(x)));
                             }
-                            out.push(':');
-                            if let Some(e) = end {
-                                self.expr(e, out);
+                            s.push(':');
+                            if let Some(x) = end {
+                                s.push_str(&flat(&self.expr(x)));
                             }
-                            if let Some(s) = step {
-                                out.push(':');
-                                self.expr(s, out);
+                            if let Some(x) = step {
+                                s.push(':');
+                                s.push_str(&flat(&self.expr(x)));
                             }
                         }
                     }
                 }
-                out.push(']');
+                s.push(']');
+                Doc::Concat(vec![self.expr(base), Doc::Text(s)])
             }
             ExprKind::Member { base, name } => {
-                self.expr(base, out);
-                out.push('.');
-                out.push_str(&name.name);
+                Doc::Concat(vec![self.expr(base), t(format!(".{}", name.name))])
             }
             ExprKind::IfElse {
                 cond,
                 then_expr,
                 else_expr,
-            } => {
-                out.push_str("if ");
-                self.expr(cond, out);
-                out.push_str(" then ");
-                self.expr(then_expr, out);
-                out.push_str(" else ");
-                self.expr(else_expr, out);
-            }
-            ExprKind::Paren(inner) => {
-                out.push('(');
-                self.expr(inner, out);
-                out.push(')');
-            }
+            } => Doc::Concat(vec![
+                t("if "),
+                self.expr(cond),
+                t(" then "),
+                self.expr(then_expr),
+                t(" else "),
+                self.expr(else_expr),
+            ]),
+            ExprKind::Paren(inner) => Doc::Concat(vec![t("("), self.expr(inner), t(")")]),
         }
     }
+}
+
+/// Whether `e` holds an argument list or list literal that the layout can break.
+fn has_bracketed_list(e: &Expr) -> bool {
+    match &e.kind {
+        ExprKind::Call { args, .. } => !args.is_empty(),
+        ExprKind::List(items) => !items.is_empty(),
+        ExprKind::Int(_)
+        | ExprKind::Float(..)
+        | ExprKind::Bool(_)
+        | ExprKind::Str(_)
+        | ExprKind::None
+        | ExprKind::Name(_) => false,
+        ExprKind::Unary { operand, .. } => has_bracketed_list(operand),
+        ExprKind::Binary { lhs, rhs, .. } => has_bracketed_list(lhs) || has_bracketed_list(rhs),
+        ExprKind::Index { base, .. } | ExprKind::Member { base, .. } => has_bracketed_list(base),
+        ExprKind::IfElse {
+            cond,
+            then_expr,
+            else_expr,
+        } => {
+            has_bracketed_list(cond)
+                || has_bracketed_list(then_expr)
+                || has_bracketed_list(else_expr)
+        }
+        ExprKind::Paren(inner) => has_bracketed_list(inner),
+    }
+}
+
+/// A doc laid out on one line.
+fn flat(doc: &Doc) -> String {
+    render(doc, 0, usize::MAX)
 }
 
 fn write_string(s: &str, out: &mut String) {
