@@ -65,16 +65,41 @@ pub fn is_keyword(word: &str) -> bool {
     KEYWORDS.contains(&word)
 }
 
+/// Most pest errors reported for one file (see `recovery_region`).
+const MAX_SYNTAX_ERRORS: usize = 10;
+
 /// Parses a whole `.kiln` file. On failure the errors are sorted by position; there is at least one.
+///
+/// After a pest error the parser recovers at item granularity: the broken item (from the last
+/// item keyword at the start of a line before the error, to the next one after it) is blanked
+/// out, positions unchanged, and the file is parsed again, so one run reports an error in each
+/// broken item. Recovery stops when the broken item runs to the end of the file or its text does
+/// not balance its brackets, because guessing further would report errors that are not there.
 pub fn parse(source: &str) -> Result<File, Vec<SyntaxError>> {
     let tokens = lex::tokenize(source);
     let pre = lex::prescan(source, &tokens);
     if !pre.is_empty() {
         return Err(pre);
     }
-    let mut pairs = match KilnParser::parse(Rule::file, source) {
-        Ok(pairs) => pairs,
-        Err(e) => return Err(vec![from_pest_error(source, &e)]),
+    let item_starts = item_starts(source, &tokens);
+    let mut errors = Vec::new();
+    let mut text = std::borrow::Cow::Borrowed(source);
+    let pairs = loop {
+        match KilnParser::parse(Rule::file, &text) {
+            Ok(pairs) => break Some(pairs),
+            Err(e) => {
+                let err = from_pest_error(&text, &e);
+                let pos = err.span.start;
+                errors.push(err);
+                if errors.len() >= MAX_SYNTAX_ERRORS {
+                    break None;
+                }
+                match recovery_region(&text, &tokens, &item_starts, pos) {
+                    Some((from, to)) => text = std::borrow::Cow::Owned(blank_out(&text, from, to)),
+                    None => break None,
+                }
+            }
+        }
     };
     let mut b = Builder {
         token_ends: tokens
@@ -83,8 +108,11 @@ pub fn parse(source: &str) -> Result<File, Vec<SyntaxError>> {
             .map(|t| t.end)
             .collect(),
         _src: std::marker::PhantomData,
-        errors: Vec::new(),
+        errors,
         reported_too_deep: false,
+    };
+    let Some(mut pairs) = pairs else {
+        return Err(b.sorted_errors());
     };
     let items = match pairs.next() {
         Some(file) => b.file(file),
@@ -104,6 +132,82 @@ pub fn parse(source: &str) -> Result<File, Vec<SyntaxError>> {
             Err(b.sorted_errors())
         }
     }
+}
+
+/// Offsets of the item keywords that start a line: where recovery may resume.
+fn item_starts(src: &str, tokens: &[lex::Tok]) -> Vec<usize> {
+    tokens
+        .iter()
+        .filter(|t| {
+            t.kind == lex::TokKind::Word
+                && (t.start == 0 || src.as_bytes()[t.start - 1] == b'\n')
+                && matches!(
+                    &src[t.start..t.end],
+                    "fn" | "block" | "model" | "objective" | "config" | "plan"
+                )
+        })
+        .map(|t| t.start)
+        .collect()
+}
+
+/// The broken item around an error at `pos`: from the last item start before `pos` (or the file's
+/// start) to the first item start at or after it. `None` when there is no next item, when the region
+/// is already blank, or when its brackets do not balance.
+fn recovery_region(
+    text: &str,
+    tokens: &[lex::Tok],
+    starts: &[usize],
+    pos: usize,
+) -> Option<(usize, usize)> {
+    // Items already blanked out no longer start anything.
+    let live = |&&s: &&usize| {
+        text.as_bytes()
+            .get(s)
+            .is_some_and(|b| !b.is_ascii_whitespace())
+    };
+    let from = starts
+        .iter()
+        .filter(live)
+        .filter(|&&s| s < pos)
+        .next_back()
+        .copied()
+        .unwrap_or(0);
+    let to = *starts
+        .iter()
+        .filter(live)
+        .find(|&&s| s >= pos && s > from)?;
+    let region = text.get(from..to)?;
+    if region.trim().is_empty() {
+        return None;
+    }
+    let mut depth = 0i64;
+    for t in tokens
+        .iter()
+        .filter(|t| t.start >= from && t.end <= to && t.kind == lex::TokKind::Punct)
+    {
+        match &text[t.start..t.end] {
+            "(" | "[" | "{" => depth += 1,
+            ")" | "]" | "}" => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return None;
+        }
+    }
+    (depth == 0).then_some((from, to))
+}
+
+/// `text` with `from..to` replaced by spaces, newlines kept: every offset stays valid.
+fn blank_out(text: &str, from: usize, to: usize) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    for b in &mut bytes[from..to] {
+        if *b != b'\n' {
+            *b = b' ';
+        }
+    }
+    // Only whole characters were replaced (the region starts and ends at token boundaries), and
+    // every replacement is ASCII, so this cannot fail; fall back to the input to stay panic-free.
+    String::from_utf8(bytes).unwrap_or_else(|_| text.to_string())
 }
 
 /// How a rule reads in "expected ..." messages. Exhaustive on purpose: a new rule must say how it
@@ -369,6 +473,22 @@ fn from_pest_error(src: &str, e: &pest::error::Error<Rule>) -> SyntaxError {
         )
     };
     let mut err = SyntaxError::new(SyntaxErrorKind::Unexpected, message, found_span, label);
+    // When the unexpected token is on a later line, the mistake is usually at the end of the
+    // previous one (`x = a +` followed by the next item): point there too.
+    let tokens = lex::tokenize(src);
+    let previous = tokens
+        .iter()
+        .filter(|t| t.kind != lex::TokKind::Comment && t.end <= found_span.start)
+        .last();
+    if let Some(prev) = previous {
+        if found_span.start >= src.trim_end().len() {
+            // Nothing to point at after the end of the file: point at the last token.
+            err.span = Span::new(prev.start, prev.end);
+            err.label = format!("{} after this", err.label);
+        } else if src[prev.end..found_span.start].contains('\n') {
+            err = err.with_label(Span::new(prev.start, prev.end), "after this");
+        }
+    }
     let before = &src[..pos.min(src.len())];
     let prev_two: Vec<char> = before.trim_end().chars().rev().take(2).collect();
     if is_keyword(found_text) && expects_name {

@@ -142,3 +142,10 @@ fn huge_inputs_are_refused_without_overflow() {
         );
     }
 }
+
+#[test]
+fn plan_keys_named_if_do_not_count_as_nesting() {
+    // The pre-scan counts pending `if`s; a plan key spelled `if` is not one.
+    let src = format!("plan p for m {{ {} }}", "if = 1; ".repeat(MAX_NESTING * 2));
+    assert!(codes(&src).is_empty(), "{:?}", codes(&src));
+}
