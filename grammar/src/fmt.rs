@@ -69,7 +69,7 @@ pub fn format_expr(expr: &Expr) -> String {
 enum Last {
     Nothing,
     Comment,
-    /// An item; `true` for the one-line kinds (`fn`, `config`) that may sit in tight groups.
+    /// An item; `fn`s and `config`s may sit in tight groups of their own kind.
     Item(ItemKind),
 }
 

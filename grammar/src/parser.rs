@@ -107,7 +107,6 @@ pub fn parse(source: &str) -> Result<File, Vec<SyntaxError>> {
             .filter(|t| t.kind != lex::TokKind::Comment)
             .map(|t| t.end)
             .collect(),
-        _src: std::marker::PhantomData,
         errors,
         reported_too_deep: false,
     };
@@ -168,8 +167,7 @@ fn recovery_region(
     let from = starts
         .iter()
         .filter(live)
-        .filter(|&&s| s < pos)
-        .next_back()
+        .rfind(|&&s| s < pos)
         .copied()
         .unwrap_or(0);
     let to = *starts
@@ -478,8 +476,7 @@ fn from_pest_error(src: &str, e: &pest::error::Error<Rule>) -> SyntaxError {
     let tokens = lex::tokenize(src);
     let previous = tokens
         .iter()
-        .filter(|t| t.kind != lex::TokKind::Comment && t.end <= found_span.start)
-        .last();
+        .rfind(|t| t.kind != lex::TokKind::Comment && t.end <= found_span.start);
     if let Some(prev) = previous {
         if found_span.start >= src.trim_end().len() {
             // Nothing to point at after the end of the file: point at the last token.
@@ -502,7 +499,10 @@ fn from_pest_error(src: &str, e: &pest::error::Error<Rule>) -> SyntaxError {
         err = err.with_help("a float needs a digit before the point: write `0.5`, not `.5`");
     } else if found_text == "=" && expected.contains(&"an operator") {
         err = err.with_help("`=` binds a name; write `==` to compare");
-    } else if found_text == "(" && expected.contains(&"an operator") && before.ends_with(')') {
+    } else if found_text == "("
+        && expected.contains(&"an operator")
+        && before.trim_end().ends_with(')')
+    {
         err = err.with_help("only a name can be called: `f(x)`");
     } else if expected.contains(&"an item")
         && !expected.contains(&"an operator")
@@ -535,10 +535,9 @@ type R<T> = Result<T, SyntaxError>;
 /// An expression and the depth of its tree (a leaf has depth 1).
 type Ex = (Expr, u32);
 
-struct Builder<'s> {
+struct Builder {
     /// Ends of the non-comment tokens, ascending: where a pair's span may end.
     token_ends: Vec<usize>,
-    _src: std::marker::PhantomData<&'s str>,
     /// Recoverable errors: building goes on so that one parse reports all of them.
     errors: Vec<SyntaxError>,
     reported_too_deep: bool,
@@ -577,7 +576,7 @@ fn unexpected_child(c: &Pair<Rule>, parent: &str) -> SyntaxError {
     SyntaxError::internal(span(c), format!("unexpected {:?} in {parent}", c.as_rule()))
 }
 
-impl<'s> Builder<'s> {
+impl Builder {
     /// The span of a pair without the whitespace and comments that pest's implicit skipping
     /// leaves at the end of a rule followed by an optional or a repetition.
     fn span(&self, p: &Pair<Rule>) -> Span {
@@ -596,7 +595,7 @@ impl<'s> Builder<'s> {
         self.errors
     }
 
-    fn file(&mut self, p: Pair<'s, Rule>) -> R<Vec<Item>> {
+    fn file<'s>(&mut self, p: Pair<'s, Rule>) -> R<Vec<Item>> {
         expect(&p, Rule::file)?;
         let mut items = Vec::new();
         for c in kids(&p) {
@@ -612,7 +611,7 @@ impl<'s> Builder<'s> {
         Ok(items)
     }
 
-    fn ident(&mut self, p: &Pair<'s, Rule>) -> R<Ident> {
+    fn ident<'s>(&mut self, p: &Pair<'s, Rule>) -> R<Ident> {
         match p.as_rule() {
             Rule::ident | Rule::plan_key | Rule::kw_model => Ok(Ident {
                 name: p.as_str().to_string(),
@@ -625,7 +624,7 @@ impl<'s> Builder<'s> {
         }
     }
 
-    fn fn_def(&mut self, p: Pair<'s, Rule>) -> R<FnDef> {
+    fn fn_def<'s>(&mut self, p: Pair<'s, Rule>) -> R<FnDef> {
         expect(&p, Rule::fn_def)?;
         let k = kids(&p);
         let [name, params, body] = k.as_slice() else {
@@ -639,7 +638,7 @@ impl<'s> Builder<'s> {
         })
     }
 
-    fn block_def(&mut self, p: Pair<'s, Rule>) -> R<BlockDef> {
+    fn block_def<'s>(&mut self, p: Pair<'s, Rule>) -> R<BlockDef> {
         expect(&p, Rule::block_def)?;
         let k = kids(&p);
         let [kw, name, params, body] = k.as_slice() else {
@@ -661,7 +660,7 @@ impl<'s> Builder<'s> {
         })
     }
 
-    fn config_def(&mut self, p: Pair<'s, Rule>) -> R<ConfigDef> {
+    fn config_def<'s>(&mut self, p: Pair<'s, Rule>) -> R<ConfigDef> {
         expect(&p, Rule::config_def)?;
         let k = kids(&p);
         let [name, base, args] = k.as_slice() else {
@@ -675,7 +674,7 @@ impl<'s> Builder<'s> {
         })
     }
 
-    fn plan_def(&mut self, p: Pair<'s, Rule>) -> R<PlanDef> {
+    fn plan_def<'s>(&mut self, p: Pair<'s, Rule>) -> R<PlanDef> {
         expect(&p, Rule::plan_def)?;
         let k = kids(&p);
         let [name, target, entries @ ..] = k.as_slice() else {
@@ -702,12 +701,12 @@ impl<'s> Builder<'s> {
         })
     }
 
-    fn param_list(&mut self, p: &Pair<'s, Rule>) -> R<Vec<ParamDecl>> {
+    fn param_list<'s>(&mut self, p: &Pair<'s, Rule>) -> R<Vec<ParamDecl>> {
         expect(p, Rule::param_list)?;
         kids(p).iter().map(|d| self.param_decl(d)).collect()
     }
 
-    fn param_decl(&mut self, p: &Pair<'s, Rule>) -> R<ParamDecl> {
+    fn param_decl<'s>(&mut self, p: &Pair<'s, Rule>) -> R<ParamDecl> {
         expect(p, Rule::param_decl)?;
         let k = kids(p);
         let Some((name, rest)) = k.split_first() else {
@@ -729,7 +728,7 @@ impl<'s> Builder<'s> {
         Ok(decl)
     }
 
-    fn tensor_type(&mut self, p: &Pair<'s, Rule>) -> R<TensorType> {
+    fn tensor_type<'s>(&mut self, p: &Pair<'s, Rule>) -> R<TensorType> {
         expect(p, Rule::tensor_type)?;
         let mut ty = TensorType {
             dtype: None,
@@ -747,12 +746,12 @@ impl<'s> Builder<'s> {
         Ok(ty)
     }
 
-    fn body(&mut self, p: &Pair<'s, Rule>) -> R<Vec<Stmt>> {
+    fn body<'s>(&mut self, p: &Pair<'s, Rule>) -> R<Vec<Stmt>> {
         expect(p, Rule::body)?;
         kids(p).into_iter().map(|s| self.stmt(s)).collect()
     }
 
-    fn stmt(&mut self, p: Pair<'s, Rule>) -> R<Stmt> {
+    fn stmt<'s>(&mut self, p: Pair<'s, Rule>) -> R<Stmt> {
         let sp = self.span(&p);
         let k = kids(&p);
         match (p.as_rule(), k.as_slice()) {
@@ -806,7 +805,7 @@ impl<'s> Builder<'s> {
         }
     }
 
-    fn repeat(&mut self, p: &Pair<'s, Rule>, k: &[Pair<'s, Rule>]) -> R<Stmt> {
+    fn repeat<'s>(&mut self, p: &Pair<'s, Rule>, k: &[Pair<'s, Rule>]) -> R<Stmt> {
         let mut var = None;
         let mut count = None;
         let mut label = None;
@@ -844,7 +843,7 @@ impl<'s> Builder<'s> {
 
     /// `if a {..} else if b {..} else {..}`: the grammar lists the `else if` parts flat; fold them
     /// from the right into nested `If`s, each spanning from its `if` to the end of the chain.
-    fn if_stmt(&mut self, p: &Pair<'s, Rule>, k: &[Pair<'s, Rule>]) -> R<Stmt> {
+    fn if_stmt<'s>(&mut self, p: &Pair<'s, Rule>, k: &[Pair<'s, Rule>]) -> R<Stmt> {
         let [cond, then_body, rest @ ..] = k else {
             return Err(missing(p, "a condition and a body"));
         };
@@ -906,7 +905,7 @@ impl<'s> Builder<'s> {
         })
     }
 
-    fn string(&mut self, p: &Pair<'s, Rule>) -> R<String> {
+    fn string<'s>(&mut self, p: &Pair<'s, Rule>) -> R<String> {
         expect(p, Rule::string)?;
         let raw = p.as_str();
         let start = p.as_span().start();
@@ -1013,7 +1012,7 @@ impl<'s> Builder<'s> {
         )
     }
 
-    fn expr(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn expr<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         match p.as_rule() {
             Rule::expr => {
                 let mut k = kids(&p);
@@ -1033,7 +1032,7 @@ impl<'s> Builder<'s> {
     }
 
     /// `(kw_if cond kw_then value kw_else)+ otherwise`, folded from the right.
-    fn if_expr(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn if_expr<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         let if_starts: Vec<usize> = p
             .clone()
             .into_inner()
@@ -1044,7 +1043,7 @@ impl<'s> Builder<'s> {
         let Some(last) = k.pop() else {
             return Err(missing(&p, "an else value"));
         };
-        if k.len() % 2 != 0 || k.len() / 2 != if_starts.len() {
+        if !k.len().is_multiple_of(2) || k.len() / 2 != if_starts.len() {
             return Err(missing(&p, "matching `if`/`then` pairs"));
         }
         let mut acc = self.expr(last)?;
@@ -1072,7 +1071,7 @@ impl<'s> Builder<'s> {
     }
 
     /// `a op b op c` for the left-associative levels.
-    fn left_fold(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn left_fold<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         let mut parts = kids(&p).into_iter();
         let Some(first) = parts.next() else {
             return Err(missing(&p, "an operand"));
@@ -1089,7 +1088,7 @@ impl<'s> Builder<'s> {
         Ok(acc)
     }
 
-    fn not_expr(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn not_expr<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         let mut k = kids(&p);
         let Some(operand) = k.pop() else {
             return Err(missing(&p, "an operand"));
@@ -1104,7 +1103,7 @@ impl<'s> Builder<'s> {
 
     /// Comparisons do not associate: `a < b < c` is an error (Python would read it as
     /// `a < b and b < c`, Rust refuses it; refusing is the choice that cannot surprise).
-    fn comparison(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn comparison<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         let k = kids(&p);
         match k.as_slice() {
             [single] => self.expr(single.clone()),
@@ -1145,7 +1144,7 @@ impl<'s> Builder<'s> {
 
     /// `neg_op* postfix (pow_op neg_op* postfix)*`: `**` is right-associative and binds tighter
     /// than the minus signs on its left.
-    fn unary(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn unary<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         // Segments: the minus signs before an operand, the operand.
         let mut segments: Vec<(Vec<usize>, Pair<'s, Rule>)> = Vec::new();
         let mut negs = Vec::new();
@@ -1179,7 +1178,7 @@ impl<'s> Builder<'s> {
         acc.ok_or_else(|| missing(&p, "an operand"))
     }
 
-    fn postfix(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn postfix<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         expect(&p, Rule::postfix)?;
         let mut parts = kids(&p).into_iter();
         let Some(primary) = parts.next() else {
@@ -1228,7 +1227,7 @@ impl<'s> Builder<'s> {
         Ok(acc)
     }
 
-    fn index_item(&mut self, p: &Pair<'s, Rule>) -> R<(IndexItem, u32)> {
+    fn index_item<'s>(&mut self, p: &Pair<'s, Rule>) -> R<(IndexItem, u32)> {
         expect(p, Rule::index_item)?;
         let k = kids(p);
         let slice =
@@ -1272,7 +1271,7 @@ impl<'s> Builder<'s> {
         }
     }
 
-    fn primary(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn primary<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         let sp = self.span(&p);
         let leaf = |kind| Ok((Expr { kind, span: sp }, 1));
         match p.as_rule() {
@@ -1351,7 +1350,7 @@ impl<'s> Builder<'s> {
         }
     }
 
-    fn call(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn call<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         expect(&p, Rule::call)?;
         let k = kids(&p);
         let (callee, args, label) = match k.as_slice() {
@@ -1388,11 +1387,11 @@ impl<'s> Builder<'s> {
         ))
     }
 
-    fn args(&mut self, p: &Pair<'s, Rule>) -> R<Vec<Arg>> {
+    fn args<'s>(&mut self, p: &Pair<'s, Rule>) -> R<Vec<Arg>> {
         Ok(self.args_with_depth(p)?.0)
     }
 
-    fn args_with_depth(&mut self, p: &Pair<'s, Rule>) -> R<(Vec<Arg>, u32)> {
+    fn args_with_depth<'s>(&mut self, p: &Pair<'s, Rule>) -> R<(Vec<Arg>, u32)> {
         expect(p, Rule::args)?;
         let mut out: Vec<Arg> = Vec::new();
         let mut depth = 0;
