@@ -15,6 +15,8 @@ pub(crate) enum Doc {
     Line,
     /// Nothing when its group is flat, a newline when broken.
     SoftLine,
+    /// Always a newline; the groups around it break (it follows an end-of-line comment).
+    HardLine,
     /// Text printed only when its group is broken (a trailing comma).
     IfBreak(&'static str),
     /// Lines inside are indented one more level.
@@ -74,7 +76,7 @@ pub(crate) fn render(doc: &Doc, indent: usize, width: usize) -> String {
                 out.push_str(s);
                 col += s.chars().count();
             }
-            Doc::Line | Doc::SoftLine if mode == Mode::Break => {
+            Doc::HardLine | Doc::Line | Doc::SoftLine if mode == Mode::Break => {
                 out.push('\n');
                 out.extend(std::iter::repeat_n(' ', ind));
                 col = ind;
@@ -92,13 +94,20 @@ pub(crate) fn render(doc: &Doc, indent: usize, width: usize) -> String {
             }
             Doc::Indent(inner) => stack.push((ind + INDENT, mode, inner)),
             Doc::Concat(parts) => stack.extend(parts.iter().rev().map(|p| (ind, mode, p))),
+            Doc::HardLine => {
+                // Only reachable in a flat group, which cannot hold one (see `Group`); stay safe.
+                out.push('\n');
+                out.extend(std::iter::repeat_n(' ', ind));
+                col = ind;
+            }
             Doc::Group(inner) => {
-                let flat = mode == Mode::Flat
-                    || fits(
-                        width.saturating_sub(col) as isize,
-                        (ind, Mode::Flat, inner),
-                        &stack,
-                    );
+                let flat = !has_hard_line(inner)
+                    && (mode == Mode::Flat
+                        || fits(
+                            width.saturating_sub(col) as isize,
+                            (ind, Mode::Flat, inner),
+                            &stack,
+                        ));
                 stack.push((ind, if flat { Mode::Flat } else { Mode::Break }, inner));
             }
         }
@@ -124,6 +133,7 @@ fn fits(mut room: isize, first: (usize, Mode, &Doc), rest: &[(usize, Mode, &Doc)
         };
         match d {
             Doc::Text(s) => room -= s.chars().count() as isize,
+            Doc::HardLine => return true,
             Doc::Line | Doc::SoftLine if mode == Mode::Break => return true,
             Doc::Line => room -= 1,
             Doc::SoftLine => {}
@@ -137,6 +147,16 @@ fn fits(mut room: isize, first: (usize, Mode, &Doc), rest: &[(usize, Mode, &Doc)
             // A group not yet laid out: its first break in break mode ends the line.
             Doc::Group(inner) => local.push((ind, mode, inner)),
         }
+    }
+}
+
+/// Whether a hard line break lies inside: such a group cannot be flat.
+fn has_hard_line(doc: &Doc) -> bool {
+    match doc {
+        Doc::HardLine => true,
+        Doc::Text(_) | Doc::Line | Doc::SoftLine | Doc::IfBreak(_) => false,
+        Doc::Indent(inner) | Doc::Group(inner) => has_hard_line(inner),
+        Doc::Concat(parts) => parts.iter().any(has_hard_line),
     }
 }
 

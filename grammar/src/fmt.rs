@@ -1,30 +1,34 @@
 //! The canonical layout of a `.kiln` file (`kiln fmt`).
 //!
 //! The printer works from the AST and consults the source only for what the AST does not keep:
-//! where comments sit relative to code, where the user left blank lines, the braces of bodies (to
-//! place comments inside or outside them) and how integer literals were spelled (`50_257`).
+//! where comments sit relative to code, where the user left blank lines, the brackets of bodies and
+//! lists (to place comments inside or outside them) and how integer literals were spelled
+//! (`50_257`).
 //!
 //! Layout rules:
 //! - 4-space indentation; one statement, plan entry or item header per line; `;` separators are
 //!   dropped. A line longer than 100 columns breaks its outermost bracketed list (arguments,
 //!   parameters, list literal) one element per line with a trailing comma, Black-style
-//!   (`doc.rs`); operators and index brackets never break.
+//!   (`doc.rs`); a `fn` body or an assigned value without such a list moves to the next line,
+//!   indented, instead. Operators and index brackets never break.
 //! - One space around every binary operator, `**` included (`x ** 3`, `hd ** -0.5`); none after
-//!   unary `-`; `not x`; `name = value` for named arguments and defaults; `a:b:c` slices without
-//!   spaces; `, ` between list elements; no trailing comma on one line.
+//!   unary `-` (but `- -x`); `not x`; `name = value` for named arguments and defaults; `a:b:c`
+//!   slices without spaces; `, ` between list elements; no trailing comma on one line.
 //! - Parentheses exactly as written (`Paren` nodes): none are added or removed. This is safe
 //!   because every tree the parser builds already carries the parentheses it needs.
 //! - Items are separated by one blank line, except that consecutive `fn` items, and consecutive
 //!   `config` items, keep the user's choice (none or one). Inside bodies, a user's blank line
 //!   between statements is kept (several become one); none is kept after `{` or before `}`.
-//! - Comments stay in order. An own-line comment stays on its own line before the code that
+//! - Comments keep their place: an own-line comment stays on its own line before the code that
 //!   followed it; an end-of-line comment stays at the end of its line (two spaces, then `#`).
-//!   A comment written inside a statement or a header that spans lines (between arguments, say)
-//!   moves to its own line just before that statement, since the statement becomes one line.
+//!   Comments between the elements of a bracketed list (a hyperparameter's note in a `model`
+//!   header, say) stay with their element, and force the list to break. Any other comment inside
+//!   a statement (between operands, say) moves to its own line just before the statement.
 //! - Empty bodies print as `{}` unless they hold a comment; the file ends with one newline.
 //!
 //! `format(parse(format(x)))` equals `format(x)`, and `parse(format(x))` equals `parse(x)` up to
-//! spans: both are tested on every example and fuzzed (`tests/fuzz.rs`).
+//! spans (and up to the order of comments, when a statement has both kinds of inner comment):
+//! both are tested on every example and fuzzed (`tests/fuzz.rs`).
 
 use crate::ast::*;
 use crate::doc::{render, Doc};
@@ -32,16 +36,12 @@ use crate::doc::{render, Doc};
 /// Lines longer than this break their outermost bracketed list, one element per line.
 const WIDTH: usize = 100;
 
+const INDENT: &str = "    ";
+
 /// Formats a parsed file. `source` must be the text `file` was parsed from (it is used for comment
 /// placement, blank lines and integer spelling; a mismatched source degrades layout, never panics).
 pub fn format(file: &File, source: &str) -> String {
-    let mut p = Printer {
-        src: source,
-        comments: &file.comments,
-        next: 0,
-        out: String::new(),
-        last_end: 0,
-    };
+    let mut p = Printer::new(source, &file.comments);
     p.file(file);
     let mut out = p.out;
     let trimmed = out.trim_end().len();
@@ -54,14 +54,9 @@ pub fn format(file: &File, source: &str) -> String {
 
 /// Formats one expression on one line (no comments; integers as values).
 pub fn format_expr(expr: &Expr) -> String {
-    let p = Printer {
-        src: "",
-        comments: &[],
-        next: 0,
-        out: String::new(),
-        last_end: 0,
-    };
-    flat(&p.expr(expr))
+    let mut p = Printer::new("", &[]);
+    let doc = p.expr(expr);
+    flat(&doc)
 }
 
 /// What was printed last at the top level, for the blank-line rule between items.
@@ -91,16 +86,31 @@ fn item_kind(item: &Item) -> ItemKind {
 struct Printer<'a> {
     src: &'a str,
     comments: &'a [Comment],
-    /// The next comment not yet printed: comments are printed once each, in source order.
+    /// Comments printed, or claimed by a list whose layout will print them: each prints once.
+    printed: Vec<bool>,
+    /// Every comment before this index is printed.
     next: usize,
     out: String,
     /// Source offset just past the last printed statement, comment or brace.
     last_end: usize,
+    /// Above zero while laying out something that stays on one line (index items, dims): lists
+    /// there leave their comments to be hoisted before the statement.
+    one_line: usize,
 }
 
-const INDENT: &str = "    ";
-
 impl<'a> Printer<'a> {
+    fn new(src: &'a str, comments: &'a [Comment]) -> Self {
+        Printer {
+            src,
+            comments,
+            printed: vec![false; comments.len()],
+            next: 0,
+            out: String::new(),
+            last_end: 0,
+            one_line: 0,
+        }
+    }
+
     fn indent(&mut self, level: usize) {
         for _ in 0..level {
             self.out.push_str(INDENT);
@@ -119,24 +129,41 @@ impl<'a> Printer<'a> {
                 .any(|s| s.trim().is_empty())
     }
 
-    fn next_comment_before(&self, pos: usize) -> Option<&'a Comment> {
-        self.comments.get(self.next).filter(|c| c.span.start < pos)
+    // ---- comments ----
+
+    /// The first comment not printed yet.
+    fn first_unprinted(&self) -> Option<(usize, &'a Comment)> {
+        (self.next..self.comments.len())
+            .find(|&i| !self.printed[i])
+            .map(|i| (i, &self.comments[i]))
     }
 
-    fn comment_line(&mut self, c: &Comment, level: usize) {
+    /// The first comment not printed yet, if it starts before `pos`.
+    fn next_comment_before(&self, pos: usize) -> Option<(usize, &'a Comment)> {
+        self.first_unprinted().filter(|(_, c)| c.span.start < pos)
+    }
+
+    fn mark_printed(&mut self, i: usize) {
+        self.printed[i] = true;
+        while self.next < self.printed.len() && self.printed[self.next] {
+            self.next += 1;
+        }
+    }
+
+    fn comment_line(&mut self, (i, c): (usize, &Comment), level: usize) {
         self.indent(level);
         self.out.push('#');
         self.out.push_str(&c.text);
         self.out.push('\n');
-        self.last_end = c.span.end;
-        self.next += 1;
+        self.last_end = self.last_end.max(c.span.end);
+        self.mark_printed(i);
     }
 
     /// Own-line comments before `pos`, at `level`, keeping the user's blank lines between them
     /// (none before the first one when `*first`).
     fn own_line_comments(&mut self, pos: usize, level: usize, first: &mut bool) {
         while let Some(c) = self.next_comment_before(pos) {
-            if !*first && self.has_blank_line(self.last_end, c.span.start) {
+            if !*first && self.has_blank_line(self.last_end, c.1.span.start) {
                 self.out.push('\n');
             }
             self.comment_line(c, level);
@@ -151,26 +178,30 @@ impl<'a> Printer<'a> {
         }
     }
 
+    /// Whether only spaces, tabs and the given separators lie between `from` and `to`.
+    fn same_line(&self, from: usize, to: usize, separators: &[char]) -> bool {
+        from <= to
+            && self.src.get(from..to).is_some_and(|gap| {
+                gap.chars()
+                    .all(|ch| matches!(ch, ' ' | '\t' | '\r') || separators.contains(&ch))
+            })
+    }
+
     /// Ends the current line, taking the comment that followed `after` on the same source line.
     fn end_line(&mut self, after: usize) {
         self.last_end = self.last_end.max(after);
-        if let Some(c) = self.comments.get(self.next) {
-            let same_line = c.span.start >= after
-                && self
-                    .src
-                    .get(after..c.span.start)
-                    .is_some_and(|gap| gap.chars().all(|ch| matches!(ch, ' ' | '\t' | '\r' | ';')));
-            if same_line {
+        if let Some((i, c)) = self.first_unprinted() {
+            if self.same_line(after, c.span.start, &[';']) {
                 self.out.push_str("  #");
                 self.out.push_str(&c.text);
                 self.last_end = c.span.end;
-                self.next += 1;
+                self.mark_printed(i);
             }
         }
         self.out.push('\n');
     }
 
-    // ---- source scanning (braces are never inside expressions, so the next `{` opens the body) ----
+    // ---- source scanning (brackets of bodies and lists; strings and comments skipped) ----
 
     /// The first `c` at or after `from` outside strings and comments.
     fn find_char(&self, from: usize, c: u8) -> Option<usize> {
@@ -201,16 +232,16 @@ impl<'a> Printer<'a> {
         bytes.len()
     }
 
-    /// The `}` matching the `{` at `open`.
-    fn matching_close(&self, open: usize) -> Option<usize> {
+    /// The bracket matching the one at `open` (any of `(`, `[`, `{`).
+    fn matching(&self, open: usize) -> Option<usize> {
         let bytes = self.src.as_bytes();
         let mut depth = 0usize;
         let mut i = open;
         while i < bytes.len() {
             match bytes[i] {
-                b'{' => depth += 1,
-                b'}' => {
-                    depth = depth.saturating_sub(1);
+                b'(' | b'[' | b'{' => depth += 1,
+                b')' | b']' | b'}' => {
+                    depth = depth.checked_sub(1)?;
                     if depth == 0 {
                         return Some(i);
                     }
@@ -237,9 +268,15 @@ impl<'a> Printer<'a> {
             .filter(|&o| o < end)
             .unwrap_or(from);
         let close = self
-            .matching_close(open)
+            .matching(open)
             .unwrap_or(end.saturating_sub(1).max(open));
         (open, close)
+    }
+
+    /// The brackets of a list whose opening bracket `c` is the first one at or after `from`.
+    fn list_brackets(&self, from: usize, c: u8) -> Option<(usize, usize)> {
+        let open = self.find_char(from, c)?;
+        Some((open, self.matching(open)?))
     }
 
     /// The first non-blank, non-comment offset at or after `from`.
@@ -262,9 +299,8 @@ impl<'a> Printer<'a> {
         let mut last = Last::Nothing;
         for item in &file.items {
             let kind = item_kind(item);
-            // Comments before the item.
             while let Some(c) = self.next_comment_before(item.span().start) {
-                if self.blank_before(last, None, c.span.start) {
+                if self.blank_before(last, None, c.1.span.start) {
                     self.out.push('\n');
                 }
                 self.comment_line(c, 0);
@@ -277,8 +313,8 @@ impl<'a> Printer<'a> {
             last = Last::Item(kind);
         }
         let mut first = last == Last::Nothing;
-        while let Some(c) = self.comments.get(self.next) {
-            if !first && self.blank_before(last, None, c.span.start) {
+        while let Some(c) = self.first_unprinted() {
+            if !first && self.blank_before(last, None, c.1.span.start) {
                 self.out.push('\n');
             }
             self.comment_line(c, 0);
@@ -302,32 +338,31 @@ impl<'a> Printer<'a> {
     fn item(&mut self, item: &Item) {
         match item {
             Item::Fn(f) => {
-                self.hoist_comments(f.span.end, 0);
+                let params = self.params(&f.params, f.name.span.end);
                 let line = Doc::Concat(vec![
                     Doc::text(format!("fn {}", f.name.name)),
-                    self.params(&f.params),
+                    params,
                     Doc::text(" ="),
                     self.value(&f.body),
                 ]);
-                self.emit(&line, 0);
-                self.end_line(f.span.end);
+                self.simple_line(&line, f.span, 0);
             }
             Item::Config(c) => {
-                self.hoist_comments(c.span.end, 0);
+                let args = self.args(&c.args, c.base.span.end);
                 let line = Doc::Concat(vec![
                     Doc::text(format!("config {} = {}", c.name.name, c.base.name)),
-                    self.args(&c.args),
+                    args,
                 ]);
-                self.emit(&line, 0);
-                self.end_line(c.span.end);
+                self.simple_line(&line, c.span, 0);
             }
             Item::Block(b) => {
                 let (open, close) = self.braces(b.name.span.end, b.span.end);
-                self.hoist_comments(open, 0);
+                let params = self.params(&b.params, b.name.span.end);
                 let header = Doc::Concat(vec![
                     Doc::text(format!("{} {}", b.kind.keyword(), b.name.name)),
-                    self.params(&b.params),
+                    params,
                 ]);
+                self.hoist_comments(open, 0);
                 self.block(header, &b.body, open, close, 0);
             }
             Item::Plan(p) => {
@@ -398,27 +433,101 @@ impl<'a> Printer<'a> {
         self.own_line_comments(comments_until, level + 1, &mut first);
     }
 
-    fn params(&self, params: &[ParamDecl]) -> Doc {
-        let items = params
-            .iter()
-            .map(|p| {
-                let mut parts = vec![Doc::text(p.name.name.clone())];
-                if let Some(ty) = &p.ty {
-                    parts.push(Doc::text(": "));
-                    parts.push(self.tensor_type(ty));
-                }
-                if let Some(d) = &p.default {
-                    parts.push(Doc::text(" = "));
-                    parts.push(self.expr(d));
-                }
-                Doc::Concat(parts)
-            })
+    /// A parameter list whose `(` is the first one after `after`.
+    fn params(&mut self, params: &[ParamDecl], after: usize) -> Doc {
+        let mut items = Vec::new();
+        for p in params {
+            let mut parts = vec![Doc::text(p.name.name.clone())];
+            if let Some(ty) = &p.ty {
+                parts.push(Doc::text(": "));
+                parts.push(self.tensor_type(ty));
+            }
+            if let Some(d) = &p.default {
+                parts.push(Doc::text(" = "));
+                parts.push(self.expr(d));
+            }
+            items.push((p.span, Doc::Concat(parts)));
+        }
+        let brackets = self.list_brackets(after, b'(');
+        self.list("(", items, ")", brackets)
+    }
+
+    /// `open item, item close`, with the comments between the items kept beside them.
+    /// `brackets` are the source offsets of the two brackets, when known.
+    fn list(
+        &mut self,
+        open: &str,
+        items: Vec<(Span, Doc)>,
+        close: &str,
+        brackets: Option<(usize, usize)>,
+    ) -> Doc {
+        let sane = brackets.filter(|&(o, c)| {
+            o < c
+                && items.first().is_none_or(|f| o < f.0.start)
+                && items.last().is_none_or(|l| l.0.end <= c)
+        });
+        let Some((open_pos, close_pos)) = sane.filter(|_| self.one_line == 0) else {
+            return Doc::bracketed(open, items.into_iter().map(|i| i.1).collect(), close);
+        };
+        // The comments of this list lie between its items: none inside an item's span.
+        let between = |c: &Comment| {
+            c.span.start > open_pos
+                && c.span.start < close_pos
+                && !items
+                    .iter()
+                    .any(|(s, _)| s.start <= c.span.start && c.span.start < s.end)
+        };
+        let mine: Vec<usize> = (self.next..self.comments.len())
+            .filter(|&i| !self.printed[i] && between(&self.comments[i]))
             .collect();
-        Doc::bracketed("(", items, ")")
+        if mine.is_empty() {
+            return Doc::bracketed(open, items.into_iter().map(|i| i.1).collect(), close);
+        }
+        let mut lines: Vec<Doc> = Vec::new();
+        let mut pending = mine.into_iter().peekable();
+        for (span, doc) in items {
+            // Own-line comments before the item.
+            while let Some(&i) = pending.peek() {
+                if self.comments[i].span.start >= span.start {
+                    break;
+                }
+                lines.push(Doc::text(format!("#{}", self.comments[i].text)));
+                self.mark_printed(i);
+                pending.next();
+            }
+            let mut line = vec![doc, Doc::text(",")];
+            // The comment right after the item (and its comma) on the same line.
+            if let Some(&i) = pending.peek() {
+                let c = &self.comments[i];
+                if self.same_line(span.end, c.span.start, &[',']) {
+                    line.push(Doc::text(format!("  #{}", c.text)));
+                    self.mark_printed(i);
+                    pending.next();
+                }
+            }
+            lines.push(Doc::Concat(line));
+        }
+        // Comments after the last item.
+        for i in pending {
+            lines.push(Doc::text(format!("#{}", self.comments[i].text)));
+            self.mark_printed(i);
+        }
+        let mut inner = Vec::new();
+        for l in lines {
+            inner.push(Doc::HardLine);
+            inner.push(l);
+        }
+        Doc::Concat(vec![
+            Doc::text(open),
+            Doc::Indent(Box::new(Doc::Concat(inner))),
+            Doc::HardLine,
+            Doc::text(close),
+        ])
     }
 
     /// Types stay on one line: their dims are short.
-    fn tensor_type(&self, ty: &TensorType) -> Doc {
+    fn tensor_type(&mut self, ty: &TensorType) -> Doc {
+        self.one_line += 1;
         let mut s = String::new();
         if let Some(d) = &ty.dtype {
             s.push_str(&d.name);
@@ -430,10 +539,14 @@ impl<'a> Printer<'a> {
             }
             match dim {
                 DimPat::Ellipsis(_) => s.push_str("..."),
-                DimPat::Expr(e) => s.push_str(&flat(&self.expr(e))),
+                DimPat::Expr(e) => {
+                    let d = self.expr(e);
+                    s.push_str(&flat(&d));
+                }
             }
         }
         s.push(']');
+        self.one_line -= 1;
         Doc::Text(s)
     }
 
@@ -503,7 +616,6 @@ impl<'a> Printer<'a> {
             } => {
                 let header_end = label.as_ref().map_or(count.span.end, |l| l.span.end);
                 let (open, close) = self.braces(header_end, span.end);
-                self.hoist_comments(open, level);
                 let mut parts = vec![t("repeat ")];
                 if let Some(v) = var {
                     parts.push(t(format!("{} in ", v.name)));
@@ -512,12 +624,14 @@ impl<'a> Printer<'a> {
                 if let Some(l) = label {
                     parts.push(t(format!(" as {}", l.name)));
                 }
+                self.hoist_comments(open, level);
                 self.block(Doc::Concat(parts), body, open, close, level);
             }
             Stmt::If { .. } => self.if_chain(s, level),
         }
     }
 
+    /// A construct printed as one (possibly broken) line: its remaining inner comments first.
     fn simple_line(&mut self, line: &Doc, span: Span, level: usize) {
         self.hoist_comments(span.end, level);
         self.emit(line, level);
@@ -537,8 +651,8 @@ impl<'a> Printer<'a> {
             return;
         };
         let (open, close) = self.braces(cond.span.end, span.end);
-        self.hoist_comments(open, level);
         let header = Doc::Concat(vec![Doc::text("if "), self.expr(cond)]);
+        self.hoist_comments(open, level);
         if else_body.is_none() {
             self.block(header, then_body, open, close, level);
             return;
@@ -581,7 +695,7 @@ impl<'a> Printer<'a> {
                         .filter(|&o| o < cur_end)
                         .unwrap_or(cur_close);
                     let else_close = self
-                        .matching_close(else_open)
+                        .matching(else_open)
                         .unwrap_or(cur_end.saturating_sub(1).max(else_open));
                     self.body_open(cur_then, cur_open, else_open.max(cur_close), level);
                     self.block(
@@ -602,32 +716,34 @@ impl<'a> Printer<'a> {
     /// The right side of `=`, after the `=`. A value with a bracketed list stays on the line and
     /// breaks inside its brackets when too long; a value without one moves to the next line,
     /// indented, when it does not fit after the `=`.
-    fn value(&self, e: &Expr) -> Doc {
+    fn value(&mut self, e: &Expr) -> Doc {
+        let doc = self.expr(e);
         if has_bracketed_list(e) {
-            Doc::Concat(vec![Doc::text(" "), self.expr(e)])
+            Doc::Concat(vec![Doc::text(" "), doc])
         } else {
             Doc::Group(Box::new(Doc::Indent(Box::new(Doc::Concat(vec![
                 Doc::Line,
-                self.expr(e),
+                doc,
             ])))))
         }
     }
 
-    fn args(&self, args: &[Arg]) -> Doc {
-        let items = args
-            .iter()
-            .map(|a| match &a.name {
-                Some(n) => Doc::Concat(vec![
-                    Doc::text(format!("{} = ", n.name)),
-                    self.expr(&a.value),
-                ]),
-                None => self.expr(&a.value),
-            })
-            .collect();
-        Doc::bracketed("(", items, ")")
+    /// An argument list whose `(` is the first one after `after`.
+    fn args(&mut self, args: &[Arg], after: usize) -> Doc {
+        let mut items = Vec::new();
+        for a in args {
+            let value = self.expr(&a.value);
+            let doc = match &a.name {
+                Some(n) => Doc::Concat(vec![Doc::text(format!("{} = ", n.name)), value]),
+                None => value,
+            };
+            items.push((a.span, doc));
+        }
+        let brackets = self.list_brackets(after, b'(');
+        self.list("(", items, ")", brackets)
     }
 
-    fn expr(&self, e: &Expr) -> Doc {
+    fn expr(&mut self, e: &Expr) -> Doc {
         fn t(s: impl Into<String>) -> Doc {
             Doc::text(s)
         }
@@ -654,7 +770,17 @@ impl<'a> Printer<'a> {
             ExprKind::None => t("none"),
             ExprKind::Name(id) => t(id.name.clone()),
             ExprKind::List(items) => {
-                Doc::bracketed("[", items.iter().map(|i| self.expr(i)).collect(), "]")
+                let docs = items.iter().map(|i| (i.span, self.expr(i))).collect();
+                let brackets = self
+                    .src
+                    .as_bytes()
+                    .get(e.span.start)
+                    .filter(|&&b| b == b'[')
+                    .and_then(|_| {
+                        let close = self.matching(e.span.start)?;
+                        Some((e.span.start, close))
+                    });
+                self.list("[", docs, "]", brackets)
             }
             ExprKind::Unary { op, operand } => {
                 let double_minus = *op == UnaryOp::Neg
@@ -683,7 +809,7 @@ impl<'a> Printer<'a> {
                 args,
                 label,
             } => {
-                let mut parts = vec![t(callee.name.clone()), self.args(args)];
+                let mut parts = vec![t(callee.name.clone()), self.args(args, callee.span.end)];
                 if let Some(l) = label {
                     parts.push(t(format!(" as {}", l.name)));
                 }
@@ -691,13 +817,18 @@ impl<'a> Printer<'a> {
             }
             ExprKind::Index { base, items } => {
                 // Index lists stay on one line: they are short, and `x[\n...]` reads badly.
+                let base = self.expr(base);
+                self.one_line += 1;
                 let mut s = String::from("[");
                 for (i, item) in items.iter().enumerate() {
                     if i > 0 {
                         s.push_str(", ");
                     }
                     match item {
-                        IndexItem::Expr(e) => s.push_str(&flat(&self.expr(e))),
+                        IndexItem::Expr(e) => {
+                            let d = self.expr(e);
+                            s.push_str(&flat(&d));
+                        }
                         IndexItem::Ellipsis(_) => s.push_str("..."),
                         IndexItem::Slice {
                             start,
@@ -706,21 +837,25 @@ impl<'a> Printer<'a> {
                             span: _,
                         } => {
                             if let Some(x) = start {
-                                s.push_str(&flat(&self.expr(x)));
+                                let d = self.expr(x);
+                                s.push_str(&flat(&d));
                             }
                             s.push(':');
                             if let Some(x) = end {
-                                s.push_str(&flat(&self.expr(x)));
+                                let d = self.expr(x);
+                                s.push_str(&flat(&d));
                             }
                             if let Some(x) = step {
                                 s.push(':');
-                                s.push_str(&flat(&self.expr(x)));
+                                let d = self.expr(x);
+                                s.push_str(&flat(&d));
                             }
                         }
                     }
                 }
                 s.push(']');
-                Doc::Concat(vec![self.expr(base), Doc::Text(s)])
+                self.one_line -= 1;
+                Doc::Concat(vec![base, Doc::Text(s)])
             }
             ExprKind::Member { base, name } => {
                 Doc::Concat(vec![self.expr(base), t(format!(".{}", name.name))])
@@ -769,7 +904,7 @@ fn has_bracketed_list(e: &Expr) -> bool {
     }
 }
 
-/// A doc laid out on one line.
+/// A doc laid out on one line (a comment inside still ends its line).
 fn flat(doc: &Doc) -> String {
     render(doc, 0, usize::MAX)
 }
