@@ -477,7 +477,16 @@ impl<'a> Printer<'a> {
                     .iter()
                     .any(|(s, _)| s.start <= c.span.start && c.span.start < s.end)
         };
-        let mine: Vec<usize> = (self.next..self.comments.len())
+        // Comments are in source order: look only at those inside the brackets.
+        let lo = self
+            .comments
+            .partition_point(|c| c.span.start <= open_pos)
+            .max(self.next);
+        let hi = self
+            .comments
+            .partition_point(|c| c.span.start < close_pos)
+            .max(lo);
+        let mine: Vec<usize> = (lo..hi)
             .filter(|&i| !self.printed[i] && between(&self.comments[i]))
             .collect();
         if mine.is_empty() {

@@ -248,6 +248,7 @@ fn mutated_inputs_never_panic_or_hang() {
             let started = Instant::now();
             let mut parsed = 0usize;
             let mut slowest = Duration::ZERO;
+            let mut slowest_input = String::new();
             let mut failure = None;
             for i in 0..iters {
                 // One generator per iteration, so a failure is reproduced by its iteration alone.
@@ -257,7 +258,10 @@ fn mutated_inputs_never_panic_or_hang() {
                 let source = String::from_utf8_lossy(&bytes).into_owned();
                 let one = Instant::now();
                 let outcome = catch_unwind(AssertUnwindSafe(|| check_one(&source, i % 16 == 0)));
-                slowest = slowest.max(one.elapsed());
+                if one.elapsed() > slowest {
+                    slowest = one.elapsed();
+                    slowest_input.clone_from(&source);
+                }
                 match outcome {
                     Ok(Ok(true)) => parsed += 1,
                     Ok(Ok(false)) => {}
@@ -269,6 +273,8 @@ fn mutated_inputs_never_panic_or_hang() {
                 }
                 progress_w.store(i + 1, Ordering::Relaxed);
             }
+            let slowest_path = std::env::temp_dir().join(format!("kiln-fuzz-{seed}-slowest.kiln"));
+            let _ = std::fs::write(&slowest_path, &slowest_input);
             let _ = done_tx.send((parsed, started.elapsed(), slowest, failure));
         })
         .expect("spawn the fuzz thread");
