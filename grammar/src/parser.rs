@@ -77,8 +77,9 @@ const MAX_SYNTAX_ERRORS: usize = 10;
 /// not balance its brackets, because guessing further would report errors that are not there.
 pub fn parse(source: &str) -> Result<File, Vec<SyntaxError>> {
     let tokens = lex::tokenize(source);
-    let pre = lex::prescan(source, &tokens);
+    let mut pre = lex::prescan(source, &tokens);
     if !pre.is_empty() {
+        pre.sort_by_key(|e| (e.span.start, e.span.end));
         return Err(pre);
     }
     let item_starts = item_starts(source, &tokens);
