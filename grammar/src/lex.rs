@@ -196,7 +196,7 @@ pub(crate) fn prescan(src: &str, tokens: &[Tok]) -> Vec<SyntaxError> {
     let mut pending_ifs = 0usize; // at the top level (outside every bracket)
     let mut ifs_in_stack = 0usize; // the sum of the stack's pending `if`s, kept to stay linear
     let mut too_deep_reported = false;
-    for t in tokens {
+    for (idx, t) in tokens.iter().enumerate() {
         let text = &src[t.start..t.end];
         let span = Span::new(t.start, t.end);
         match t.kind {
@@ -276,6 +276,8 @@ pub(crate) fn prescan(src: &str, tokens: &[Tok]) -> Vec<SyntaxError> {
                 }
             }
             TokKind::Word => match text {
+                // `if = 2` is a plan entry whose key happens to be a keyword, not an `if`.
+                "if" if next_is_assign(src, &tokens[idx + 1..]) => {}
                 "if" => match stack.last_mut() {
                     Some(top) => {
                         top.1 += 1;
@@ -324,6 +326,13 @@ pub(crate) fn prescan(src: &str, tokens: &[Tok]) -> Vec<SyntaxError> {
         );
     }
     errors
+}
+
+/// Whether the next token that is not a comment is a lone `=`.
+fn next_is_assign(src: &str, rest: &[Tok]) -> bool {
+    rest.iter()
+        .find(|t| t.kind != TokKind::Comment)
+        .is_some_and(|t| &src[t.start..t.end] == "=")
 }
 
 /// The position of the innermost bracket `open` still open before `before`.

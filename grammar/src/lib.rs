@@ -9,6 +9,7 @@
 
 pub mod ast;
 pub mod ast_eq;
+mod doc;
 pub mod error;
 pub mod fmt;
 mod lex;

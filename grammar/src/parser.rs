@@ -65,16 +65,42 @@ pub fn is_keyword(word: &str) -> bool {
     KEYWORDS.contains(&word)
 }
 
+/// Most pest errors reported for one file (see `recovery_region`).
+const MAX_SYNTAX_ERRORS: usize = 10;
+
 /// Parses a whole `.kiln` file. On failure the errors are sorted by position; there is at least one.
+///
+/// After a pest error the parser recovers at item granularity: the broken item (from the last
+/// item keyword at the start of a line before the error, to the next one after it) is blanked
+/// out, positions unchanged, and the file is parsed again, so one run reports an error in each
+/// broken item. Recovery stops when the broken item runs to the end of the file or its text does
+/// not balance its brackets, because guessing further would report errors that are not there.
 pub fn parse(source: &str) -> Result<File, Vec<SyntaxError>> {
     let tokens = lex::tokenize(source);
-    let pre = lex::prescan(source, &tokens);
+    let mut pre = lex::prescan(source, &tokens);
     if !pre.is_empty() {
+        pre.sort_by_key(|e| (e.span.start, e.span.end));
         return Err(pre);
     }
-    let mut pairs = match KilnParser::parse(Rule::file, source) {
-        Ok(pairs) => pairs,
-        Err(e) => return Err(vec![from_pest_error(source, &e)]),
+    let item_starts = item_starts(source, &tokens);
+    let mut errors = Vec::new();
+    let mut text = std::borrow::Cow::Borrowed(source);
+    let pairs = loop {
+        match KilnParser::parse(Rule::file, &text) {
+            Ok(pairs) => break Some(pairs),
+            Err(e) => {
+                let err = from_pest_error(&text, &e);
+                let pos = err.span.start;
+                errors.push(err);
+                if errors.len() >= MAX_SYNTAX_ERRORS {
+                    break None;
+                }
+                match recovery_region(&text, &tokens, &item_starts, pos) {
+                    Some((from, to)) => text = std::borrow::Cow::Owned(blank_out(&text, from, to)),
+                    None => break None,
+                }
+            }
+        }
     };
     let mut b = Builder {
         token_ends: tokens
@@ -82,9 +108,11 @@ pub fn parse(source: &str) -> Result<File, Vec<SyntaxError>> {
             .filter(|t| t.kind != lex::TokKind::Comment)
             .map(|t| t.end)
             .collect(),
-        _src: std::marker::PhantomData,
-        errors: Vec::new(),
+        errors,
         reported_too_deep: false,
+    };
+    let Some(mut pairs) = pairs else {
+        return Err(b.sorted_errors());
     };
     let items = match pairs.next() {
         Some(file) => b.file(file),
@@ -104,6 +132,81 @@ pub fn parse(source: &str) -> Result<File, Vec<SyntaxError>> {
             Err(b.sorted_errors())
         }
     }
+}
+
+/// Offsets of the item keywords that start a line: where recovery may resume.
+fn item_starts(src: &str, tokens: &[lex::Tok]) -> Vec<usize> {
+    tokens
+        .iter()
+        .filter(|t| {
+            t.kind == lex::TokKind::Word
+                && (t.start == 0 || src.as_bytes()[t.start - 1] == b'\n')
+                && matches!(
+                    &src[t.start..t.end],
+                    "fn" | "block" | "model" | "objective" | "config" | "plan"
+                )
+        })
+        .map(|t| t.start)
+        .collect()
+}
+
+/// The broken item around an error at `pos`: from the last item start before `pos` (or the file's
+/// start) to the first item start at or after it. `None` when there is no next item, when the region
+/// is already blank, or when its brackets do not balance.
+fn recovery_region(
+    text: &str,
+    tokens: &[lex::Tok],
+    starts: &[usize],
+    pos: usize,
+) -> Option<(usize, usize)> {
+    // Items already blanked out no longer start anything.
+    let live = |&&s: &&usize| {
+        text.as_bytes()
+            .get(s)
+            .is_some_and(|b| !b.is_ascii_whitespace())
+    };
+    let from = starts
+        .iter()
+        .filter(live)
+        .rfind(|&&s| s < pos)
+        .copied()
+        .unwrap_or(0);
+    let to = *starts
+        .iter()
+        .filter(live)
+        .find(|&&s| s >= pos && s > from)?;
+    let region = text.get(from..to)?;
+    if region.trim().is_empty() {
+        return None;
+    }
+    let mut depth = 0i64;
+    for t in tokens
+        .iter()
+        .filter(|t| t.start >= from && t.end <= to && t.kind == lex::TokKind::Punct)
+    {
+        match &text[t.start..t.end] {
+            "(" | "[" | "{" => depth += 1,
+            ")" | "]" | "}" => depth -= 1,
+            _ => {}
+        }
+        if depth < 0 {
+            return None;
+        }
+    }
+    (depth == 0).then_some((from, to))
+}
+
+/// `text` with `from..to` replaced by spaces, newlines kept: every offset stays valid.
+fn blank_out(text: &str, from: usize, to: usize) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    for b in &mut bytes[from..to] {
+        if *b != b'\n' {
+            *b = b' ';
+        }
+    }
+    // Only whole characters were replaced (the region starts and ends at token boundaries), and
+    // every replacement is ASCII, so this cannot fail; fall back to the input to stay panic-free.
+    String::from_utf8(bytes).unwrap_or_else(|_| text.to_string())
 }
 
 /// How a rule reads in "expected ..." messages. Exhaustive on purpose: a new rule must say how it
@@ -369,6 +472,21 @@ fn from_pest_error(src: &str, e: &pest::error::Error<Rule>) -> SyntaxError {
         )
     };
     let mut err = SyntaxError::new(SyntaxErrorKind::Unexpected, message, found_span, label);
+    // When the unexpected token is on a later line, the mistake is usually at the end of the
+    // previous one (`x = a +` followed by the next item): point there too.
+    let tokens = lex::tokenize(src);
+    let previous = tokens
+        .iter()
+        .rfind(|t| t.kind != lex::TokKind::Comment && t.end <= found_span.start);
+    if let Some(prev) = previous {
+        if found_span.start >= src.trim_end().len() {
+            // Nothing to point at after the end of the file: point at the last token.
+            err.span = Span::new(prev.start, prev.end);
+            err.label = format!("{} after this", err.label);
+        } else if src[prev.end..found_span.start].contains('\n') {
+            err = err.with_label(Span::new(prev.start, prev.end), "after this");
+        }
+    }
     let before = &src[..pos.min(src.len())];
     let prev_two: Vec<char> = before.trim_end().chars().rev().take(2).collect();
     if is_keyword(found_text) && expects_name {
@@ -382,7 +500,10 @@ fn from_pest_error(src: &str, e: &pest::error::Error<Rule>) -> SyntaxError {
         err = err.with_help("a float needs a digit before the point: write `0.5`, not `.5`");
     } else if found_text == "=" && expected.contains(&"an operator") {
         err = err.with_help("`=` binds a name; write `==` to compare");
-    } else if found_text == "(" && expected.contains(&"an operator") && before.ends_with(')') {
+    } else if found_text == "("
+        && expected.contains(&"an operator")
+        && before.trim_end().ends_with(')')
+    {
         err = err.with_help("only a name can be called: `f(x)`");
     } else if expected.contains(&"an item")
         && !expected.contains(&"an operator")
@@ -415,10 +536,9 @@ type R<T> = Result<T, SyntaxError>;
 /// An expression and the depth of its tree (a leaf has depth 1).
 type Ex = (Expr, u32);
 
-struct Builder<'s> {
+struct Builder {
     /// Ends of the non-comment tokens, ascending: where a pair's span may end.
     token_ends: Vec<usize>,
-    _src: std::marker::PhantomData<&'s str>,
     /// Recoverable errors: building goes on so that one parse reports all of them.
     errors: Vec<SyntaxError>,
     reported_too_deep: bool,
@@ -457,7 +577,7 @@ fn unexpected_child(c: &Pair<Rule>, parent: &str) -> SyntaxError {
     SyntaxError::internal(span(c), format!("unexpected {:?} in {parent}", c.as_rule()))
 }
 
-impl<'s> Builder<'s> {
+impl Builder {
     /// The span of a pair without the whitespace and comments that pest's implicit skipping
     /// leaves at the end of a rule followed by an optional or a repetition.
     fn span(&self, p: &Pair<Rule>) -> Span {
@@ -476,7 +596,7 @@ impl<'s> Builder<'s> {
         self.errors
     }
 
-    fn file(&mut self, p: Pair<'s, Rule>) -> R<Vec<Item>> {
+    fn file<'s>(&mut self, p: Pair<'s, Rule>) -> R<Vec<Item>> {
         expect(&p, Rule::file)?;
         let mut items = Vec::new();
         for c in kids(&p) {
@@ -492,7 +612,7 @@ impl<'s> Builder<'s> {
         Ok(items)
     }
 
-    fn ident(&mut self, p: &Pair<'s, Rule>) -> R<Ident> {
+    fn ident<'s>(&mut self, p: &Pair<'s, Rule>) -> R<Ident> {
         match p.as_rule() {
             Rule::ident | Rule::plan_key | Rule::kw_model => Ok(Ident {
                 name: p.as_str().to_string(),
@@ -505,7 +625,7 @@ impl<'s> Builder<'s> {
         }
     }
 
-    fn fn_def(&mut self, p: Pair<'s, Rule>) -> R<FnDef> {
+    fn fn_def<'s>(&mut self, p: Pair<'s, Rule>) -> R<FnDef> {
         expect(&p, Rule::fn_def)?;
         let k = kids(&p);
         let [name, params, body] = k.as_slice() else {
@@ -519,7 +639,7 @@ impl<'s> Builder<'s> {
         })
     }
 
-    fn block_def(&mut self, p: Pair<'s, Rule>) -> R<BlockDef> {
+    fn block_def<'s>(&mut self, p: Pair<'s, Rule>) -> R<BlockDef> {
         expect(&p, Rule::block_def)?;
         let k = kids(&p);
         let [kw, name, params, body] = k.as_slice() else {
@@ -541,7 +661,7 @@ impl<'s> Builder<'s> {
         })
     }
 
-    fn config_def(&mut self, p: Pair<'s, Rule>) -> R<ConfigDef> {
+    fn config_def<'s>(&mut self, p: Pair<'s, Rule>) -> R<ConfigDef> {
         expect(&p, Rule::config_def)?;
         let k = kids(&p);
         let [name, base, args] = k.as_slice() else {
@@ -555,7 +675,7 @@ impl<'s> Builder<'s> {
         })
     }
 
-    fn plan_def(&mut self, p: Pair<'s, Rule>) -> R<PlanDef> {
+    fn plan_def<'s>(&mut self, p: Pair<'s, Rule>) -> R<PlanDef> {
         expect(&p, Rule::plan_def)?;
         let k = kids(&p);
         let [name, target, entries @ ..] = k.as_slice() else {
@@ -582,12 +702,12 @@ impl<'s> Builder<'s> {
         })
     }
 
-    fn param_list(&mut self, p: &Pair<'s, Rule>) -> R<Vec<ParamDecl>> {
+    fn param_list<'s>(&mut self, p: &Pair<'s, Rule>) -> R<Vec<ParamDecl>> {
         expect(p, Rule::param_list)?;
         kids(p).iter().map(|d| self.param_decl(d)).collect()
     }
 
-    fn param_decl(&mut self, p: &Pair<'s, Rule>) -> R<ParamDecl> {
+    fn param_decl<'s>(&mut self, p: &Pair<'s, Rule>) -> R<ParamDecl> {
         expect(p, Rule::param_decl)?;
         let k = kids(p);
         let Some((name, rest)) = k.split_first() else {
@@ -609,7 +729,7 @@ impl<'s> Builder<'s> {
         Ok(decl)
     }
 
-    fn tensor_type(&mut self, p: &Pair<'s, Rule>) -> R<TensorType> {
+    fn tensor_type<'s>(&mut self, p: &Pair<'s, Rule>) -> R<TensorType> {
         expect(p, Rule::tensor_type)?;
         let mut ty = TensorType {
             dtype: None,
@@ -627,12 +747,12 @@ impl<'s> Builder<'s> {
         Ok(ty)
     }
 
-    fn body(&mut self, p: &Pair<'s, Rule>) -> R<Vec<Stmt>> {
+    fn body<'s>(&mut self, p: &Pair<'s, Rule>) -> R<Vec<Stmt>> {
         expect(p, Rule::body)?;
         kids(p).into_iter().map(|s| self.stmt(s)).collect()
     }
 
-    fn stmt(&mut self, p: Pair<'s, Rule>) -> R<Stmt> {
+    fn stmt<'s>(&mut self, p: Pair<'s, Rule>) -> R<Stmt> {
         let sp = self.span(&p);
         let k = kids(&p);
         match (p.as_rule(), k.as_slice()) {
@@ -686,7 +806,7 @@ impl<'s> Builder<'s> {
         }
     }
 
-    fn repeat(&mut self, p: &Pair<'s, Rule>, k: &[Pair<'s, Rule>]) -> R<Stmt> {
+    fn repeat<'s>(&mut self, p: &Pair<'s, Rule>, k: &[Pair<'s, Rule>]) -> R<Stmt> {
         let mut var = None;
         let mut count = None;
         let mut label = None;
@@ -724,7 +844,7 @@ impl<'s> Builder<'s> {
 
     /// `if a {..} else if b {..} else {..}`: the grammar lists the `else if` parts flat; fold them
     /// from the right into nested `If`s, each spanning from its `if` to the end of the chain.
-    fn if_stmt(&mut self, p: &Pair<'s, Rule>, k: &[Pair<'s, Rule>]) -> R<Stmt> {
+    fn if_stmt<'s>(&mut self, p: &Pair<'s, Rule>, k: &[Pair<'s, Rule>]) -> R<Stmt> {
         let [cond, then_body, rest @ ..] = k else {
             return Err(missing(p, "a condition and a body"));
         };
@@ -786,7 +906,7 @@ impl<'s> Builder<'s> {
         })
     }
 
-    fn string(&mut self, p: &Pair<'s, Rule>) -> R<String> {
+    fn string<'s>(&mut self, p: &Pair<'s, Rule>) -> R<String> {
         expect(p, Rule::string)?;
         let raw = p.as_str();
         let start = p.as_span().start();
@@ -893,7 +1013,7 @@ impl<'s> Builder<'s> {
         )
     }
 
-    fn expr(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn expr<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         match p.as_rule() {
             Rule::expr => {
                 let mut k = kids(&p);
@@ -913,7 +1033,7 @@ impl<'s> Builder<'s> {
     }
 
     /// `(kw_if cond kw_then value kw_else)+ otherwise`, folded from the right.
-    fn if_expr(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn if_expr<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         let if_starts: Vec<usize> = p
             .clone()
             .into_inner()
@@ -924,7 +1044,7 @@ impl<'s> Builder<'s> {
         let Some(last) = k.pop() else {
             return Err(missing(&p, "an else value"));
         };
-        if k.len() % 2 != 0 || k.len() / 2 != if_starts.len() {
+        if !k.len().is_multiple_of(2) || k.len() / 2 != if_starts.len() {
             return Err(missing(&p, "matching `if`/`then` pairs"));
         }
         let mut acc = self.expr(last)?;
@@ -952,7 +1072,7 @@ impl<'s> Builder<'s> {
     }
 
     /// `a op b op c` for the left-associative levels.
-    fn left_fold(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn left_fold<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         let mut parts = kids(&p).into_iter();
         let Some(first) = parts.next() else {
             return Err(missing(&p, "an operand"));
@@ -969,7 +1089,7 @@ impl<'s> Builder<'s> {
         Ok(acc)
     }
 
-    fn not_expr(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn not_expr<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         let mut k = kids(&p);
         let Some(operand) = k.pop() else {
             return Err(missing(&p, "an operand"));
@@ -984,7 +1104,7 @@ impl<'s> Builder<'s> {
 
     /// Comparisons do not associate: `a < b < c` is an error (Python would read it as
     /// `a < b and b < c`, Rust refuses it; refusing is the choice that cannot surprise).
-    fn comparison(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn comparison<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         let k = kids(&p);
         match k.as_slice() {
             [single] => self.expr(single.clone()),
@@ -1025,7 +1145,7 @@ impl<'s> Builder<'s> {
 
     /// `neg_op* postfix (pow_op neg_op* postfix)*`: `**` is right-associative and binds tighter
     /// than the minus signs on its left.
-    fn unary(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn unary<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         // Segments: the minus signs before an operand, the operand.
         let mut segments: Vec<(Vec<usize>, Pair<'s, Rule>)> = Vec::new();
         let mut negs = Vec::new();
@@ -1059,7 +1179,7 @@ impl<'s> Builder<'s> {
         acc.ok_or_else(|| missing(&p, "an operand"))
     }
 
-    fn postfix(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn postfix<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         expect(&p, Rule::postfix)?;
         let mut parts = kids(&p).into_iter();
         let Some(primary) = parts.next() else {
@@ -1108,7 +1228,7 @@ impl<'s> Builder<'s> {
         Ok(acc)
     }
 
-    fn index_item(&mut self, p: &Pair<'s, Rule>) -> R<(IndexItem, u32)> {
+    fn index_item<'s>(&mut self, p: &Pair<'s, Rule>) -> R<(IndexItem, u32)> {
         expect(p, Rule::index_item)?;
         let k = kids(p);
         let slice =
@@ -1152,7 +1272,7 @@ impl<'s> Builder<'s> {
         }
     }
 
-    fn primary(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn primary<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         let sp = self.span(&p);
         let leaf = |kind| Ok((Expr { kind, span: sp }, 1));
         match p.as_rule() {
@@ -1231,7 +1351,7 @@ impl<'s> Builder<'s> {
         }
     }
 
-    fn call(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
+    fn call<'s>(&mut self, p: Pair<'s, Rule>) -> R<Ex> {
         expect(&p, Rule::call)?;
         let k = kids(&p);
         let (callee, args, label) = match k.as_slice() {
@@ -1268,11 +1388,11 @@ impl<'s> Builder<'s> {
         ))
     }
 
-    fn args(&mut self, p: &Pair<'s, Rule>) -> R<Vec<Arg>> {
+    fn args<'s>(&mut self, p: &Pair<'s, Rule>) -> R<Vec<Arg>> {
         Ok(self.args_with_depth(p)?.0)
     }
 
-    fn args_with_depth(&mut self, p: &Pair<'s, Rule>) -> R<(Vec<Arg>, u32)> {
+    fn args_with_depth<'s>(&mut self, p: &Pair<'s, Rule>) -> R<(Vec<Arg>, u32)> {
         expect(p, Rule::args)?;
         let mut out: Vec<Arg> = Vec::new();
         let mut depth = 0;
