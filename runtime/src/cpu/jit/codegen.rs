@@ -27,7 +27,7 @@ use kiln_compiler::kernel::{
     RowProgram, Schedule, UnaryOp, ValueId, ValueType,
 };
 
-use super::math::{self, fk, ik, ik4, Target};
+use super::math::{self, fk, ik, ik4, Cx};
 
 /// The generated function's Rust type.
 pub(crate) type RawKernelFn = unsafe extern "C" fn(*const *mut u8, i64, i64, i64, i64, i64);
@@ -104,7 +104,7 @@ struct RowState {
 struct Gen<'p> {
     prog: &'p RowProgram,
     sched: &'p Schedule,
-    target: Target,
+    cx: Cx,
     unroll: u32,
     /// Base pointer of every buffer: inputs, then outputs.
     ptr: Vec<Value>,
@@ -117,12 +117,136 @@ struct Gen<'p> {
     rand_key: Vec<Option<Value>>,
     /// 16-byte stack slot per buffer, for tails.
     slot: Vec<Option<StackSlot>>,
+    plan: CachePlan,
+    /// Index of the column pass being emitted (into `plan.elems`).
+    pass_index: usize,
+    /// Row scratch for cached values and its per-value stride in bytes.
+    cache: Option<(Value, Value)>,
+}
+
+/// Which element values a column pass computes, and which are kept in a per-row scratch
+/// instead of being recomputed by a later pass.
+///
+/// The schedule recomputes per-element values in every pass that needs them, which is right for
+/// loads and arithmetic but wasteful for transcendentals (softmax would evaluate `exp` twice).
+/// Here an *expensive* value needed by a later pass is stored to a row scratch (L1-resident:
+/// `cols` floats) by the first pass that computes it and loaded by later passes, which then
+/// also skip everything it was computed from.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CachePlan {
+    /// Per pass, the element values it computes or loads from the scratch, in body order.
+    pub elems: Vec<Vec<ValueId>>,
+    /// Scratch row of each cached value.
+    pub slot: Vec<Option<u32>>,
+    /// The pass that first computes each element value.
+    pub first: Vec<usize>,
+    /// Number of cached values (scratch rows per task).
+    pub count: usize,
+}
+
+fn expensive(prog: &RowProgram, sched: &Schedule, v: ValueId) -> bool {
+    match prog.body[v.index()] {
+        Inst::Unary(op, _) => matches!(
+            op,
+            UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Erf | UnaryOp::Sigmoid
+        ),
+        Inst::RandUniform { .. } => true,
+        Inst::Binary(BinaryOp::Div | BinaryOp::Rem, a, _) => {
+            sched.typing.ty[a.index()] == ValueType::I32
+        }
+        _ => false,
+    }
+}
+
+pub(crate) fn cache_plan(prog: &RowProgram, sched: &Schedule) -> CachePlan {
+    let n = prog.body.len();
+    let level = |v: ValueId| sched.typing.level[v.index()];
+    let passes: Vec<&ColumnPass> = sched.passes().collect();
+    let mut first = vec![usize::MAX; n];
+    for (p, pass) in passes.iter().enumerate() {
+        for &v in &pass.elem_values {
+            first[v.index()] = first[v.index()].min(p);
+        }
+    }
+    let mut cached: Vec<bool> = (0..n)
+        .map(|i| {
+            let v = ValueId(i as u32);
+            first[i] != usize::MAX
+                && expensive(prog, sched, v)
+                && passes[first[i] + 1..]
+                    .iter()
+                    .any(|pass| pass.elem_values.contains(&v))
+        })
+        .collect();
+    loop {
+        let elems: Vec<Vec<ValueId>> = passes
+            .iter()
+            .enumerate()
+            .map(|(p, pass)| {
+                let mut need = vec![false; n];
+                let mut stack: Vec<ValueId> = pass
+                    .reductions
+                    .iter()
+                    .filter_map(|&r| match prog.body[r.index()] {
+                        Inst::Reduce(_, a) => Some(a),
+                        _ => None,
+                    })
+                    .chain(pass.outputs.iter().map(|&o| prog.outputs[o].value))
+                    .filter(|&v| level(v) == Level::Elem)
+                    .collect();
+                while let Some(v) = stack.pop() {
+                    if need[v.index()] {
+                        continue;
+                    }
+                    need[v.index()] = true;
+                    if cached[v.index()] && first[v.index()] < p {
+                        continue;
+                    }
+                    for op in prog.body[v.index()].operands() {
+                        if level(op) == Level::Elem {
+                            stack.push(op);
+                        }
+                    }
+                }
+                (0..n)
+                    .filter(|&i| need[i])
+                    .map(|i| ValueId(i as u32))
+                    .collect()
+            })
+            .collect();
+        // A cached value that no later pass loads (a cached value above it made it
+        // unnecessary) is not worth its store.
+        let mut changed = false;
+        for i in 0..n {
+            if cached[i] {
+                let v = ValueId(i as u32);
+                let loaded = elems[first[i] + 1..].iter().any(|e| e.contains(&v));
+                if !loaded {
+                    cached[i] = false;
+                    changed = true;
+                }
+            }
+        }
+        if !changed {
+            let mut slot = vec![None; n];
+            let mut count = 0;
+            for (i, c) in cached.iter().enumerate() {
+                if *c {
+                    slot[i] = Some(count as u32);
+                    count += 1;
+                }
+            }
+            return CachePlan {
+                elems,
+                slot,
+                first,
+                count,
+            };
+        }
+    }
 }
 
 impl<'p> Gen<'p> {
-    fn ty(&self, v: ValueId) -> ValueType {
-        self.sched.typing.ty[v.index()]
-    }
     fn level(&self, v: ValueId) -> Level {
         self.sched.typing.level[v.index()]
     }
@@ -138,14 +262,15 @@ impl<'p> Gen<'p> {
     }
 
     /// The operations whose result does not depend on where they run.
-    fn pure_op(&self, b: &mut FunctionBuilder<'_>, inst: &Inst, ops: &[Value]) -> Value {
-        let t = self.target;
+    fn pure_op(&mut self, b: &mut FunctionBuilder<'_>, inst: &Inst, ops: &[Value]) -> Value {
+        let float_ty = |v: ValueId| self.sched.typing.ty[v.index()] == ValueType::F32;
+        let t = &mut self.cx;
         match *inst {
-            Inst::ConstF32(c) => fk(b, c),
-            Inst::ConstI32(c) => ik(b, c),
+            Inst::ConstF32(c) => fk(b, t, c),
+            Inst::ConstI32(c) => ik(b, t, c),
             Inst::Unary(op, a) => {
                 let x = ops[0];
-                let float = self.ty(a) == ValueType::F32;
+                let float = float_ty(a);
                 match op {
                     UnaryOp::Neg if float => b.ins().fneg(x),
                     UnaryOp::Neg => b.ins().ineg(x),
@@ -155,8 +280,8 @@ impl<'p> Gen<'p> {
                     UnaryOp::Exp => math::exp(b, t, x),
                     UnaryOp::Log => math::log(b, t, x),
                     UnaryOp::Sqrt => b.ins().sqrt(x),
-                    UnaryOp::Rsqrt => math::rsqrt(b, x),
-                    UnaryOp::Recip => math::recip(b, x),
+                    UnaryOp::Rsqrt => math::rsqrt(b, t, x),
+                    UnaryOp::Recip => math::recip(b, t, x),
                     UnaryOp::Tanh => math::tanh(b, t, x),
                     UnaryOp::Erf => math::erf(b, t, x),
                     UnaryOp::Sigmoid => math::sigmoid(b, t, x),
@@ -164,7 +289,7 @@ impl<'p> Gen<'p> {
             }
             Inst::Binary(op, a, _) => {
                 let (x, y) = (ops[0], ops[1]);
-                match self.ty(a) {
+                match self.sched.typing.ty[a.index()] {
                     ValueType::F32 => match op {
                         BinaryOp::Add => b.ins().fadd(x, y),
                         BinaryOp::Sub => b.ins().fsub(x, y),
@@ -194,14 +319,29 @@ impl<'p> Gen<'p> {
                 }
             }
             Inst::Fma(..) => math::fmadd(b, t, ops[0], ops[1], ops[2]),
-            Inst::Cmp(op, a, _) => match self.ty(a) {
+            Inst::Cmp(op, a, _) => match self.sched.typing.ty[a.index()] {
                 ValueType::F32 => b.ins().fcmp(float_cc(op), ops[0], ops[1]),
                 _ => b.ins().icmp(int_cc(op), ops[0], ops[1]),
             },
-            Inst::Select(_, a, _) => match self.ty(a) {
-                ValueType::F32 => math::fsel(b, ops[0], ops[1], ops[2]),
-                _ => b.ins().bitselect(ops[0], ops[1], ops[2]),
-            },
+            Inst::Select(m, a, _) => {
+                // x64 emits a single blend only for `bitselect` whose mask is visibly a compare
+                // of the same lane type (`fcmp` for f32 arms, `icmp` for i32 arms); an f32 select
+                // on an integer compare is therefore done on the arms' bits.
+                let int_mask = matches!(
+                    self.prog.body[m.index()],
+                    Inst::Cmp(_, x, _) if self.sched.typing.ty[x.index()] == ValueType::I32
+                );
+                match self.sched.typing.ty[a.index()] {
+                    ValueType::F32 if int_mask => {
+                        let x = math::as_i(b, ops[1]);
+                        let y = math::as_i(b, ops[2]);
+                        let r = b.ins().bitselect(ops[0], x, y);
+                        math::as_f(b, r)
+                    }
+                    ValueType::F32 => math::fsel(b, ops[0], ops[1], ops[2]),
+                    _ => b.ins().bitselect(ops[0], ops[1], ops[2]),
+                }
+            }
             Inst::I32ToF32(_) => b.ins().fcvt_from_sint(types::F32X4, ops[0]),
             Inst::Load(_) | Inst::Index(_) | Inst::RandUniform { .. } | Inst::Reduce(..) => {
                 unreachable!("position-dependent instructions are emitted by their context")
@@ -280,14 +420,14 @@ impl<'p> Gen<'p> {
         let (Some(s), Some(t)) = (self.uni[seed.index()], self.uni[step.index()]) else {
             unreachable!("schedule: rand_uniform's seed and step precede it")
         };
-        let golden = ik(b, 0x9e37_79b9_u32 as i32);
+        let golden = ik(b, &mut self.cx, 0x9e37_79b9_u32 as i32);
         let k = b.ins().bxor(s, golden);
-        let k = math::mix32(b, k);
+        let k = math::mix32(b, &mut self.cx, k);
         let k = b.ins().bxor(k, t);
-        let k = math::mix32(b, k);
-        let sc = ik(b, stream.wrapping_mul(0x85eb_ca6b) as i32);
+        let k = math::mix32(b, &mut self.cx, k);
+        let sc = ik(b, &mut self.cx, stream.wrapping_mul(0x85eb_ca6b) as i32);
         let k = b.ins().bxor(k, sc);
-        let k = math::mix32(b, k);
+        let k = math::mix32(b, &mut self.cx, k);
         self.rand_key[v.index()] = Some(k);
     }
 
@@ -316,8 +456,7 @@ impl<'p> Gen<'p> {
 
     /// Buffers a pass reads per column (`Full`/`PerCol` inputs), and writes (outputs).
     fn pass_buffers(&self, pass: &ColumnPass) -> (Vec<usize>, Vec<usize>) {
-        let mut ins: Vec<usize> = pass
-            .elem_values
+        let mut ins: Vec<usize> = self.plan.elems[self.pass_index]
             .iter()
             .filter_map(|&v| match self.prog.body[v.index()] {
                 Inst::Load(i) => Some(i.index()),
@@ -351,17 +490,42 @@ impl<'p> Gen<'p> {
                 .map(|&(_, a)| a)
                 .expect("tail slots cover every buffer of the pass")
         };
-        let col_vec = |b: &mut FunctionBuilder<'_>, gen: &Self| {
+        let col_vec = |b: &mut FunctionBuilder<'_>, gen: &mut Self| {
             let k = match mem {
                 Mem::Direct { k } => k as i32,
                 Mem::Tail { .. } => 0,
             };
             let base = gen.splat_i64_as_i32(b, c);
-            let iota = ik4(b, [4 * k, 4 * k + 1, 4 * k + 2, 4 * k + 3]);
+            let iota = ik4(b, &mut gen.cx, [4 * k, 4 * k + 1, 4 * k + 2, 4 * k + 3]);
             b.ins().iadd(base, iota)
         };
-        for &v in &pass.elem_values {
+        let elems = self.plan.elems[self.pass_index].clone();
+        for &v in &elems {
             let inst = self.prog.body[v.index()];
+            let cache_slot = self.plan.slot[v.index()];
+            let cache_addr = |b: &mut FunctionBuilder<'_>, gen: &Self, slot: u32| {
+                let (base, stride) = gen
+                    .cache
+                    .expect("cache pointer is set when values are cached");
+                let row = b.ins().imul_imm_s(stride, slot as i64);
+                let a = b.ins().iadd(base, row);
+                let off = b.ins().ishl_imm_u(c, 2);
+                let a = b.ins().iadd(a, off);
+                let k = match mem {
+                    Mem::Direct { k } => 16 * k as i32,
+                    // The scratch is padded to whole vectors: the tail addresses it directly.
+                    Mem::Tail { .. } => 0,
+                };
+                (a, k)
+            };
+            if let Some(slot) = cache_slot {
+                if self.plan.first[v.index()] < self.pass_index {
+                    let (a, k) = cache_addr(b, self, slot);
+                    let ty = vec_type(self.sched.typing.ty[v.index()]);
+                    local[v.index()] = Some(b.ins().load(ty, data(), a, k));
+                    continue;
+                }
+            }
             let val = match inst {
                 Inst::Load(input) => {
                     let ty = vec_type(self.prog.inputs[input.index()].dtype.into());
@@ -383,12 +547,12 @@ impl<'p> Gen<'p> {
                     let flat = row.row_flat.expect("row_flat is set when rand is used");
                     let idx = b.ins().iadd(flat, cv);
                     let x = b.ins().bxor(idx, key);
-                    let x = math::mix32(b, x);
+                    let x = math::mix32(b, &mut self.cx, x);
                     let x = b.ins().iadd(x, key);
-                    let x = math::mix32(b, x);
+                    let x = math::mix32(b, &mut self.cx, x);
                     let top = b.ins().ushr_imm_u(x, 8);
                     let f = b.ins().fcvt_from_sint(types::F32X4, top);
-                    let scale = fk(b, 1.0 / 16_777_216.0);
+                    let scale = fk(b, &mut self.cx, 1.0 / 16_777_216.0);
                     b.ins().fmul(f, scale)
                 }
                 _ => {
@@ -396,6 +560,10 @@ impl<'p> Gen<'p> {
                     self.pure_op(b, &inst, &ops)
                 }
             };
+            if let Some(slot) = cache_slot {
+                let (a, k) = cache_addr(b, self, slot);
+                b.ins().store(data(), val, a, k);
+            }
             local[v.index()] = Some(val);
         }
         let value_of = |gen: &Self, v: ValueId| {
@@ -417,8 +585,8 @@ impl<'p> Gen<'p> {
             let mut x = value_of(self, a);
             if let Mem::Tail { valid } = mem {
                 let neutral = match op {
-                    ReduceOp::Sum => fk(b, 0.0),
-                    ReduceOp::Max => fk(b, f32::NEG_INFINITY),
+                    ReduceOp::Sum => fk(b, &mut self.cx, 0.0),
+                    ReduceOp::Max => fk(b, &mut self.cx, f32::NEG_INFINITY),
                 };
                 x = math::fsel(b, valid, x, neutral);
             }
@@ -480,8 +648,10 @@ impl<'p> Gen<'p> {
     }
 
     fn emit_pass(&mut self, b: &mut FunctionBuilder<'_>, pass: &ColumnPass, row: &RowState) {
-        for &v in &pass.elem_values {
-            if matches!(self.prog.body[v.index()], Inst::RandUniform { .. }) {
+        for v in self.plan.elems[self.pass_index].clone() {
+            let recomputed = self.plan.slot[v.index()].is_none()
+                || self.plan.first[v.index()] == self.pass_index;
+            if recomputed && matches!(self.prog.body[v.index()], Inst::RandUniform { .. }) {
                 self.emit_rand_key(b, v);
             }
         }
@@ -500,7 +670,7 @@ impl<'p> Gen<'p> {
                 let vars = (0..u)
                     .map(|_| {
                         let var = b.declare_var(types::F32X4);
-                        let z = fk(b, init);
+                        let z = fk(b, &mut self.cx, init);
                         b.def_var(var, z);
                         var
                     })
@@ -535,7 +705,7 @@ impl<'p> Gen<'p> {
         b.switch_to_block(tail);
         let (ins, outs) = self.pass_buffers(pass);
         let mut slot_addrs = vec![];
-        let zero_v = fk(b, 0.0);
+        let zero_v = fk(b, &mut self.cx, 0.0);
         for &buf in ins.iter().chain(&outs) {
             let a = self.slot_addr(b, buf);
             b.ins().store(data(), zero_v, a, 0);
@@ -574,7 +744,7 @@ impl<'p> Gen<'p> {
         copy(self, b, &copy_in, true);
         let rem32 = b.ins().ireduce(types::I32, rem);
         let rem_v = b.ins().splat(types::I32X4, rem32);
-        let iota = ik4(b, [0, 1, 2, 3]);
+        let iota = ik4(b, &mut self.cx, [0, 1, 2, 3]);
         let valid = b.ins().icmp(IntCC::SignedLessThan, iota, rem_v);
         self.step(b, pass, row, n_vec, Mem::Tail { valid }, &slot_addrs, &accs);
         copy(self, b, &outs, false);
@@ -610,6 +780,7 @@ impl<'p> Gen<'p> {
             let v = b.ins().splat(types::F32X4, s);
             self.uni[red.index()] = Some(v);
         }
+        self.pass_index += 1;
     }
 
     fn emit_row(&mut self, b: &mut FunctionBuilder<'_>, r: Value) {
@@ -718,11 +889,15 @@ fn int_div_rem(b: &mut FunctionBuilder<'_>, op: BinaryOp, x: Value, y: Value) ->
 }
 
 /// Emits the kernel function body into `b` (entry block not yet created).
+/// Emits the kernel function into `b`. With `plan.count > 0` the function expects, after the
+/// buffer pointers in `args`, a per-call scratch of `plan.count` rows of `cols` rounded up to a
+/// multiple of 4 floats.
 pub(crate) fn emit(
     b: &mut FunctionBuilder<'_>,
     prog: &RowProgram,
     sched: &Schedule,
-    target: Target,
+    plan: &CachePlan,
+    target: math::Target,
     unroll: u32,
 ) {
     let entry = b.create_block();
@@ -739,10 +914,22 @@ pub(crate) fn emit(
                 .load(types::I64, MemFlagsData::trusted(), args, (8 * i) as i32)
         })
         .collect();
+    let cache = (plan.count > 0).then(|| {
+        let base = b.ins().load(
+            types::I64,
+            MemFlagsData::trusted(),
+            args,
+            (8 * n_bufs) as i32,
+        );
+        let padded = b.ins().iadd_imm_s(cols, 3);
+        let padded = b.ins().band_imm_s(padded, !3i64);
+        let stride = b.ins().ishl_imm_u(padded, 2);
+        (base, stride)
+    });
     let mut g = Gen {
         prog,
         sched,
-        target,
+        cx: Cx::new(target),
         unroll,
         ptr,
         cols,
@@ -751,6 +938,9 @@ pub(crate) fn emit(
         uni: vec![None; prog.body.len()],
         rand_key: vec![None; prog.body.len()],
         slot: vec![None; n_bufs],
+        plan: plan.clone(),
+        pass_index: 0,
+        cache,
     };
     for &v in &sched.kernel_values {
         g.emit_uniform(b, v, None);

@@ -93,6 +93,11 @@ const TASK_ELEMS: usize = 1 << 14;
 /// Upper bound on tasks for programs with `ColSum` outputs (each task keeps a `[cols]` partial).
 const MAX_REDUCING_TASKS: usize = 64;
 
+thread_local! {
+    /// Per-thread scratch for values cached across column passes (`codegen::CachePlan`).
+    static ROW_CACHE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Owns the executable memory of one compiled kernel.
 struct ModuleHolder(Option<JITModule>);
 
@@ -116,6 +121,8 @@ impl Drop for ModuleHolder {
 pub struct JitKernel {
     program: RowProgram,
     flat: bool,
+    /// Rows of per-task scratch for values cached across column passes (`codegen::CachePlan`).
+    cached_values: usize,
     func: RawKernelFn,
     compile_time: Duration,
     // Declared last: dropped after `func` is no longer reachable.
@@ -186,7 +193,8 @@ pub fn debug_listing(prog: &RowProgram, opts: JitOptions) -> Result<(String, Str
     let mut fctx = FunctionBuilderContext::new();
     {
         let mut b = FunctionBuilder::new(&mut func, &mut fctx);
-        codegen::emit(&mut b, prog, &sched, target_of(&isa), opts.unroll);
+        let plan = codegen::cache_plan(prog, &sched);
+        codegen::emit(&mut b, prog, &sched, &plan, target_of(&isa), opts.unroll);
         b.finalize(isa.frontend_config());
     }
     let clif = func.display().to_string();
@@ -219,9 +227,10 @@ impl JitKernel {
         let mut ctx = module.make_context();
         ctx.func.signature = sig;
         let mut fctx = FunctionBuilderContext::new();
+        let plan = codegen::cache_plan(prog, &sched);
         {
             let mut b = FunctionBuilder::new(&mut ctx.func, &mut fctx);
-            codegen::emit(&mut b, prog, &sched, target, opts.unroll);
+            codegen::emit(&mut b, prog, &sched, &plan, target, opts.unroll);
             b.finalize(module.target_config());
         }
         module
@@ -238,6 +247,7 @@ impl JitKernel {
         Ok(JitKernel {
             program: prog.clone(),
             flat,
+            cached_values: plan.count,
             func,
             compile_time: start.elapsed(),
             _module: ModuleHolder(Some(module)),
@@ -250,6 +260,12 @@ impl JitKernel {
 
     pub fn compile_time(&self) -> Duration {
         self.compile_time
+    }
+
+    /// How many element values are kept in a row scratch between column passes instead of
+    /// being recomputed (diagnostic).
+    pub fn cached_values(&self) -> usize {
+        self.cached_values
     }
 
     /// Runs the kernel over `rows × cols`, splitting rows across threads when large enough.
@@ -460,6 +476,7 @@ impl JitKernel {
             r1: usize,
             scratch: Vec<Vec<f32>>,
         }
+        let cache_len = self.cached_values * cols.div_ceil(4) * 4;
         let mut tasks: Vec<Task> = (0..rows.div_ceil(rows_per_task))
             .map(|t| Task {
                 r0: t * rows_per_task,
@@ -481,18 +498,30 @@ impl JitKernel {
             for (k, &o) in reducing.iter().enumerate() {
                 args[n_in + o] = task.scratch[k].as_mut_ptr() as usize;
             }
-            // SAFETY: rows `[r0, r1)` are inside every buffer (checked by the caller); reducing
-            // outputs point at this task's own scratch of the right length.
-            unsafe {
-                func(
-                    args.as_ptr() as *const *mut u8,
-                    task.r0 as i64,
-                    task.r1 as i64,
-                    cols as i64,
-                    rows as i64,
-                    0,
-                )
-            }
+            ROW_CACHE.with(|cache| {
+                // One scratch per thread, reused: the kernel writes each cached value before
+                // reading it, so its previous contents do not matter.
+                let mut cache = cache.borrow_mut();
+                if cache.len() < cache_len {
+                    cache.resize(cache_len, 0.0);
+                }
+                if cache_len > 0 {
+                    args.push(cache.as_mut_ptr() as usize);
+                }
+                // SAFETY: rows `[r0, r1)` are inside every buffer (checked by the caller);
+                // reducing outputs point at this task's own scratch of the right length; the row
+                // cache holds `cache_len` floats and is this thread's alone for the call.
+                unsafe {
+                    func(
+                        args.as_ptr() as *const *mut u8,
+                        task.r0 as i64,
+                        task.r1 as i64,
+                        cols as i64,
+                        rows as i64,
+                        0,
+                    )
+                }
+            })
         };
         if threads && tasks.len() > 1 {
             tasks.par_iter_mut().for_each(run_task);
