@@ -2,7 +2,7 @@
 //! counter-based RNG, and the reference evaluator against hand-written plain-Rust formulas.
 
 use kiln_compiler::kernel::{
-    evaluate, library, print::print_row_program, rng, schedule, structural_hash,
+    evaluate, library, parse_row_program, print::print_row_program, rng, schedule, structural_hash,
     structurally_equal, validate, BinaryOp, BufferRef, CmpOp, DType, IndexKind, InputAccess, Inst,
     LaunchError, Level, OutputAccess, RowBuilder, RowProgram, UnaryOp, ValidateError, ValueId,
     ValueType,
@@ -64,6 +64,56 @@ row_kernel rmsnorm_fwd {
     assert!(text.starts_with("row_kernel \"a b\" {"));
     assert!(text.contains("  %3 = add %7, %0\n"));
     assert!(!text.contains("; f32"));
+}
+
+#[test]
+fn printed_programs_parse_back() {
+    let mut progs = library::all();
+    let mut b = RowBuilder::new("odd \"names\"; here\n");
+    let x = b.load_input("x;y", DType::F32, InputAccess::Full);
+    let l = b.load_input("lab\u{e9}ls", DType::I32, InputAccess::PerRow);
+    let s = b.load_input("seed", DType::I32, InputAccess::Scalar);
+    let c = b.f32(f32::from_bits(0x7fc0_1234));
+    let d = b.f32(-1.5e-39);
+    let i = b.i32(i32::MIN);
+    let u = b.rand_uniform(s, l, 4_000_000_000);
+    let m = b.cmp(CmpOp::Ne, l, i);
+    let nm = b.unary(UnaryOp::Not, m);
+    let y = b.select(nm, c, d);
+    let z = b.fma(x, y, u);
+    b.output("z", OutputAccess::ColSum, z);
+    b.output("w", OutputAccess::Sum, d);
+    progs.push(b.finish().unwrap());
+    for p in progs {
+        let text = print_row_program(&p);
+        let q = parse_row_program(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        assert!(structurally_equal(&p, &q), "{text}");
+        assert_eq!(print_row_program(&q), text);
+        assert_eq!(p.name, q.name);
+        for (a, b) in p.inputs.iter().zip(&q.inputs) {
+            assert_eq!(a.name, b.name);
+        }
+    }
+}
+
+#[test]
+fn parser_reports_errors_and_never_panics() {
+    let text = print_row_program(&library::cross_entropy_fwd());
+    let e = parse_row_program(&text.replace("%4 = ", "%5 = ")).unwrap_err();
+    assert_eq!(e.line, 9, "{e}");
+    assert!(parse_row_program(&text.replace("row_max", "row_min")).is_err());
+    assert!(parse_row_program(&text.replace("}\n", "")).is_err());
+    assert!(parse_row_program("").is_err());
+    assert!(parse_row_program("row_kernel \"x {").is_err());
+    // Every truncation and every single-character deletion: an error or a program, no panic.
+    for i in 0..text.len() {
+        if text.is_char_boundary(i) {
+            let _ = parse_row_program(&text[..i]);
+            let mut t = text.clone();
+            t.remove(i);
+            let _ = parse_row_program(&t);
+        }
+    }
 }
 
 #[test]

@@ -212,6 +212,41 @@ fn layernorm_fwd_and_bwd() {
     check_shapes(&library::layernorm_bwd(), 1e-5, 1e-5);
     check(&library::layernorm_fwd(1e-5), 64, 768, 5, 1e-5, 1e-5);
     check(&library::layernorm_bwd(), 300, 384, 6, 1e-5, 1e-5);
+    // Enough rows that column sums hit the cap on partial-sum tasks.
+    check(&library::layernorm_bwd(), 1100, 1024, 13, 1e-5, 1e-5);
+}
+
+/// Reductions of row- and kernel-level operands sum or max the broadcast value over the columns,
+/// and a row-level value stored to a `Full` output is broadcast.
+#[test]
+fn reductions_of_uniform_values() {
+    let mut b = RowBuilder::new("uniform_reductions");
+    let pr = b.load_input("pr", DType::F32, InputAccess::PerRow);
+    let two = b.f32(2.0);
+    let s = b.row_sum(two);
+    let t = b.row_sum(pr);
+    let m = b.row_max(pr);
+    let u = b.add(s, t);
+    let v = b.add(u, m);
+    b.output("v", OutputAccess::PerRow, v);
+    b.output("broadcast", OutputAccess::Full, v);
+    b.output("colsum", OutputAccess::ColSum, m);
+    let prog = b.finish().unwrap();
+    for &(rows, cols) in &[(3, 5), (4, 16), (2, 0), (5, 33)] {
+        check(&prog, rows, cols, 31, 1e-6, 1e-6);
+    }
+}
+
+#[test]
+fn kernels_are_shareable_and_inspectable() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<JitKernel>();
+    send_sync::<KernelCache>();
+    let (clif, asm) =
+        kiln_runtime::cpu::jit::debug_listing(&library::swiglu_fwd(), JitOptions::default())
+            .unwrap();
+    assert!(clif.contains("f32x4"), "{clif}");
+    assert!(!asm.is_empty());
 }
 
 #[test]

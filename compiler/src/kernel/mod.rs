@@ -6,7 +6,8 @@
 //! backend, so their kinds only carry parameters.
 //!
 //! What lives here: the types ([`row`]), the validator ([`validate`]), the phase schedule shared by
-//! code generators ([`schedule`]), the printer ([`print`]), the structural hash used as the
+//! code generators ([`schedule`]), the printer ([`print`]) and its parser ([`parse`]), the
+//! structural hash used as the
 //! compiled-kernel cache key ([`hash`]), the counter-based RNG that every backend must reproduce
 //! bit-exactly ([`rng`]), the reference evaluator that is every backend's oracle ([`eval`]), and
 //! hand-written programs for the standard fused regions ([`library`]). Deliberately absent:
@@ -15,6 +16,7 @@
 pub mod eval;
 pub mod hash;
 pub mod library;
+pub mod parse;
 pub mod print;
 pub mod rng;
 pub mod row;
@@ -23,6 +25,7 @@ pub mod validate;
 
 pub use eval::{evaluate, BufferRef, LaunchError};
 pub use hash::{structural_hash, structurally_equal};
+pub use parse::{parse_row_program, ParseError};
 pub use row::{
     BinaryOp, CmpOp, DType, IndexKind, InputAccess, InputDecl, Inst, Level, OutputAccess,
     OutputDecl, ReduceOp, RowBuilder, RowProgram, UnaryOp, ValueId, ValueType,
