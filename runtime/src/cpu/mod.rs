@@ -1,1 +1,2 @@
 //! The CPU backend: Cranelift-JIT kernels, GEMM calls, the attention kernel.
+pub mod jit;
