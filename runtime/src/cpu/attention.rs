@@ -1,0 +1,1343 @@
+//! Memory-efficient scaled-dot-product attention for the CPU backend, forward and backward.
+//!
+//! Why a hand-written kernel: the naive path materialises a `[T, S]` score matrix per (batch, head)
+//! and walks it several times (scores, softmax, `P·V`, and four more passes in the backward). Here the
+//! work is tiled FlashAttention-2 style: a block of query rows meets one block of keys at a time, the
+//! softmax is computed online (running max and sum in f32), tiles that the mask hides entirely are
+//! never computed, and the forward keeps only the per-row logsumexp. The backward recomputes the
+//! scores tile by tile from that logsumexp and `D = rowsum(dO ∘ O)`.
+//!
+//! Every mask we support (causal, full, GPT-3's local band, prefix-LM, key padding) lets query row `i`
+//! see a *contiguous* key interval `[lo_i, hi_i)`. The kernel relies on that: tile skipping and the
+//! "no masking needed" fast path are two comparisons per tile.
+//!
+//! Alignment when `T != S`: query `i` sits at absolute position `i + S - T` (bottom-right alignment,
+//! as a decoder with a KV cache needs; it is the identity when `T == S`).
+//!
+//! The inner loops (a 4x16 register-blocked microkernel for the five tile products, the online softmax
+//! with a polynomial `exp`) are written twice: AVX2+FMA intrinsics, selected at run time, and a plain
+//! scalar version used on other machines and by the tests to check the SIMD path.
+
+use rayon::prelude::*;
+use thiserror::Error;
+
+/// Which keys a query row may see (before key padding, which [`AttentionParams::key_len`] adds).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mask<'a> {
+    /// Every key.
+    Full,
+    /// Keys at positions `<=` the query's position.
+    Causal,
+    /// GPT-3's locally banded layers: key `j` visible from query `i` iff `i - window < j <= i`.
+    Banded { window: usize },
+    /// Bidirectional inside the first `prefix_len[b]` positions, causal after them (one length per
+    /// batch row): key `j` visible from query `i` iff `j <= i` or `j < prefix_len[b]`.
+    PrefixLm { prefix_len: &'a [usize] },
+}
+
+/// Which implementation of the inner loops to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum KernelChoice {
+    /// AVX2+FMA where the CPU has it, scalar otherwise.
+    #[default]
+    Auto,
+    /// The portable scalar loops.
+    Scalar,
+    /// The AVX2+FMA loops; an error on a CPU without them.
+    Avx2Fma,
+}
+
+/// Shapes and options of one attention call. Tensors are contiguous row-major:
+/// `q`, `out`, `d_out`, `dq`: `[batch, q_heads, q_len, head_dim]`; `k`, `v`, `dk`, `dv`:
+/// `[batch, kv_heads, kv_len, head_dim]`; `lse`: `[batch, q_heads, q_len]`; the optional additive
+/// bias and its gradient: `[1 or q_heads, q_len, kv_len]` (shared by the batch; the head count is read
+/// from its length).
+///
+/// Query head `h` uses key/value head `h / (q_heads / kv_heads)` (multi-query and grouped-query
+/// attention); `dk`/`dv` sum over the group.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttentionParams<'a> {
+    pub batch: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    pub head_dim: usize,
+    /// Multiplies `q·k` before the bias is added (usually `1/sqrt(head_dim)`; T5 uses 1).
+    pub scale: f32,
+    pub mask: Mask<'a>,
+    /// Key padding: batch row `b` sees only keys `< key_len[b]`.
+    pub key_len: Option<&'a [usize]>,
+    pub kernel: KernelChoice,
+}
+
+impl<'a> AttentionParams<'a> {
+    /// Multi-head self-attention with `scale = 1/sqrt(head_dim)`, no padding, automatic kernel.
+    pub fn new(batch: usize, heads: usize, seq: usize, head_dim: usize, mask: Mask<'a>) -> Self {
+        AttentionParams {
+            batch,
+            q_heads: heads,
+            kv_heads: heads,
+            q_len: seq,
+            kv_len: seq,
+            head_dim,
+            scale: 1.0 / (head_dim.max(1) as f32).sqrt(),
+            mask,
+            key_len: None,
+            kernel: KernelChoice::Auto,
+        }
+    }
+}
+
+/// The inputs shared by the forward and the backward.
+#[derive(Clone, Copy, Debug)]
+pub struct AttentionInputs<'a> {
+    pub q: &'a [f32],
+    pub k: &'a [f32],
+    pub v: &'a [f32],
+    pub bias: Option<&'a [f32]>,
+}
+
+/// Where the backward writes its gradients (overwritten, not accumulated into).
+#[derive(Debug)]
+pub struct AttentionGrads<'a> {
+    pub dq: &'a mut [f32],
+    pub dk: &'a mut [f32],
+    pub dv: &'a mut [f32],
+    /// Same length as the bias; `None` skips the bias gradient (it costs a buffer per thread).
+    pub dbias: Option<&'a mut [f32]>,
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum AttentionError {
+    #[error("attention: {0}")]
+    InvalidParams(String),
+    #[error("attention: `{name}` has {got} elements, expected {expected} ({shape})")]
+    WrongLength {
+        name: &'static str,
+        got: usize,
+        expected: usize,
+        shape: String,
+    },
+    #[error("attention: the AVX2+FMA kernel was requested but this CPU lacks AVX2 or FMA")]
+    Avx2FmaUnavailable,
+}
+
+/// True when this CPU can run the AVX2+FMA kernel.
+pub fn avx2_fma_available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Forward pass: writes `out` and the per-row natural-log `lse` (the backward's only saved
+/// statistic). A query row that sees no key gets a zero output and `lse = -inf`.
+pub fn attention_forward(
+    p: &AttentionParams,
+    x: &AttentionInputs,
+    out: &mut [f32],
+    lse: &mut [f32],
+) -> Result<(), AttentionError> {
+    let g = Geometry::check(p, x)?;
+    expect_len("out", out.len(), g.q_elems(), &g.q_shape())?;
+    expect_len("lse", lse.len(), g.lse_elems(), &g.lse_shape())?;
+    let isa = resolve_isa(p.kernel)?;
+    if g.q_elems() == 0 && g.lse_elems() == 0 {
+        return Ok(());
+    }
+    if g.s == 0 {
+        out.fill(0.0);
+        lse.fill(f32::NEG_INFINITY);
+        return Ok(());
+    }
+    out.par_chunks_mut(g.t * g.dh)
+        .zip(lse.par_chunks_mut(g.t))
+        .enumerate()
+        .for_each_init(Scratch::default, |scratch, (task, (o, l))| {
+            forward_head(&g, p, x, isa, task / g.hq, task % g.hq, o, l, scratch);
+        });
+    Ok(())
+}
+
+/// Backward pass from the forward's `out` and `lse`: overwrites `dq`, `dk`, `dv` (and `dbias`).
+pub fn attention_backward(
+    p: &AttentionParams,
+    x: &AttentionInputs,
+    out: &[f32],
+    lse: &[f32],
+    d_out: &[f32],
+    grads: AttentionGrads,
+) -> Result<(), AttentionError> {
+    let g = Geometry::check(p, x)?;
+    expect_len("out", out.len(), g.q_elems(), &g.q_shape())?;
+    expect_len("d_out", d_out.len(), g.q_elems(), &g.q_shape())?;
+    expect_len("lse", lse.len(), g.lse_elems(), &g.lse_shape())?;
+    expect_len("dq", grads.dq.len(), g.q_elems(), &g.q_shape())?;
+    expect_len("dk", grads.dk.len(), g.kv_elems(), &g.kv_shape())?;
+    expect_len("dv", grads.dv.len(), g.kv_elems(), &g.kv_shape())?;
+    match (&grads.dbias, x.bias) {
+        (Some(db), Some(bias)) => expect_len("dbias", db.len(), bias.len(), "same as bias")?,
+        (Some(_), None) => {
+            return Err(AttentionError::InvalidParams(
+                "dbias requested but the call has no bias".into(),
+            ))
+        }
+        (None, _) => {}
+    }
+    let isa = resolve_isa(p.kernel)?;
+    let AttentionGrads { dq, dk, dv, dbias } = grads;
+    if g.s == 0 || g.t == 0 || g.b == 0 || g.hq == 0 {
+        dq.fill(0.0);
+        dk.fill(0.0);
+        dv.fill(0.0);
+        if let Some(db) = dbias {
+            db.fill(0.0);
+        }
+        return Ok(());
+    }
+    let ctx = BackwardInputs { x, out, lse, d_out };
+    let mut tasks: Vec<BackwardTask> = dq
+        .chunks_mut(g.group * g.t * g.dh)
+        .zip(dk.chunks_mut(g.s * g.dh))
+        .zip(dv.chunks_mut(g.s * g.dh))
+        .enumerate()
+        .map(|(index, ((dq, dk), dv))| BackwardTask { index, dq, dk, dv })
+        .collect();
+    match dbias {
+        None => tasks
+            .par_iter_mut()
+            .for_each_init(Scratch::default, |scratch, task| {
+                backward_group(&g, p, &ctx, isa, task, None, scratch)
+            }),
+        Some(dbias) => {
+            // Every (batch, head) task adds into the same bias gradient: give each thread its own
+            // buffer and sum them afterwards (deterministic: fixed split, fixed summation order).
+            let parts = rayon::current_num_threads().clamp(1, tasks.len());
+            let per_part = tasks.len().div_ceil(parts);
+            let len = dbias.len();
+            let partials: Vec<Vec<f32>> = tasks
+                .par_chunks_mut(per_part)
+                .map(|chunk| {
+                    let mut scratch = Scratch::default();
+                    let mut local = vec![0.0f32; len];
+                    for task in chunk {
+                        backward_group(&g, p, &ctx, isa, task, Some(&mut local), &mut scratch);
+                    }
+                    local
+                })
+                .collect();
+            dbias.fill(0.0);
+            for part in &partials {
+                for (d, s) in dbias.iter_mut().zip(part) {
+                    *d += s;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `e^x` by range reduction and Cephes' degree-5 polynomial for `e^r` on `|r| <= ln2/2`; relative
+/// error about 2e-7 against `f32::exp` for `x` in `[-87.3, 88.3]`. Returns 0 below `-87.33` (no
+/// denormals, and exactly 0 for the `-inf` of masked scores); clamps to `e^88.376` above the range.
+/// This is the scalar twin of the kernel's vector `exp`.
+#[inline]
+pub fn exp_approx(x: f32) -> f32 {
+    if x < EXP_LO || x.is_nan() {
+        return if x.is_nan() { x } else { 0.0 };
+    }
+    let x = x.min(EXP_HI);
+    let n = (x * LOG2E).round();
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let r2 = r * r;
+    let poly = ((((P0 * r + P1) * r + P2) * r + P3) * r + P4) * r + P5;
+    let y = poly * r2 + r + 1.0;
+    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+}
+
+/// Applies the kernel's `exp` to every element with the chosen implementation (for tests and for
+/// callers that want the same approximation).
+pub fn exp_approx_slice(kernel: KernelChoice, xs: &mut [f32]) -> Result<(), AttentionError> {
+    match resolve_isa(kernel)? {
+        Isa::Scalar => xs.iter_mut().for_each(|x| *x = exp_approx(*x)),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `resolve_isa` returned Avx2Fma only after detecting AVX2 and FMA.
+        Isa::Avx2Fma => unsafe { avx2::exp_slice(xs) },
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Geometry, masks, dispatch
+// ---------------------------------------------------------------------------------------------
+
+/// Query rows per block (a multiple of the microkernel's 4 rows).
+const BR: usize = 32;
+/// Keys per block (a multiple of the microkernel's 16 columns).
+const BC: usize = 32;
+const MR: usize = 4;
+const NR: usize = 16;
+
+const EXP_LO: f32 = -87.336_54; // ln(2^-126): below it e^x is not a normal f32
+const EXP_HI: f32 = 88.376_26;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_375; // few mantissa bits, so n*LN2_HI is exact
+const LN2_LO: f32 = -2.121_944_4e-4;
+const P0: f32 = 1.987_569_1e-4;
+const P1: f32 = 1.398_199_9e-3;
+const P2: f32 = 8.333_452e-3;
+const P3: f32 = 4.166_579_6e-2;
+const P4: f32 = 1.666_666_5e-1;
+const P5: f32 = 5.000_000_1e-1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+}
+
+fn resolve_isa(choice: KernelChoice) -> Result<Isa, AttentionError> {
+    match choice {
+        KernelChoice::Scalar => Ok(Isa::Scalar),
+        KernelChoice::Auto | KernelChoice::Avx2Fma => {
+            #[cfg(target_arch = "x86_64")]
+            if avx2_fma_available() {
+                return Ok(Isa::Avx2Fma);
+            }
+            if choice == KernelChoice::Avx2Fma {
+                Err(AttentionError::Avx2FmaUnavailable)
+            } else {
+                Ok(Isa::Scalar)
+            }
+        }
+    }
+}
+
+fn expect_len(
+    name: &'static str,
+    got: usize,
+    expected: usize,
+    shape: &str,
+) -> Result<(), AttentionError> {
+    if got == expected {
+        Ok(())
+    } else {
+        Err(AttentionError::WrongLength {
+            name,
+            got,
+            expected,
+            shape: shape.to_string(),
+        })
+    }
+}
+
+/// Validated sizes of one call.
+struct Geometry {
+    b: usize,
+    hq: usize,
+    hkv: usize,
+    group: usize,
+    t: usize,
+    s: usize,
+    dh: usize,
+    /// `head_dim` rounded up to the microkernel's 16 columns.
+    dhp: usize,
+    /// `kv_len` rounded up to the key block.
+    s_pad: usize,
+    /// `q_len` rounded up to the query block.
+    t_pad: usize,
+    /// Heads of the bias (0: no bias, 1: shared, `hq`: per head).
+    bias_heads: usize,
+}
+
+impl Geometry {
+    fn check(p: &AttentionParams, x: &AttentionInputs) -> Result<Self, AttentionError> {
+        let bad = |m: String| Err(AttentionError::InvalidParams(m));
+        if p.head_dim == 0 {
+            return bad("head_dim must be positive".into());
+        }
+        if p.kv_heads == 0 && p.q_heads > 0 {
+            return bad("kv_heads must be positive".into());
+        }
+        if p.q_heads > 0 && p.q_heads % p.kv_heads != 0 {
+            return bad(format!(
+                "q_heads ({}) must be a multiple of kv_heads ({})",
+                p.q_heads, p.kv_heads
+            ));
+        }
+        if !p.scale.is_finite() {
+            return bad(format!("scale must be finite, got {}", p.scale));
+        }
+        let too_big = || AttentionError::InvalidParams("tensor sizes overflow usize".into());
+        let prod = |xs: &[usize]| {
+            xs.iter()
+                .try_fold(1usize, |a, &b| a.checked_mul(b))
+                .ok_or_else(too_big)
+        };
+        let q_elems = prod(&[p.batch, p.q_heads, p.q_len, p.head_dim])?;
+        let kv_elems = prod(&[p.batch, p.kv_heads, p.kv_len, p.head_dim])?;
+        let bias_plane = prod(&[p.q_len, p.kv_len])?;
+        if let Mask::PrefixLm { prefix_len } = p.mask {
+            if prefix_len.len() != p.batch {
+                return bad(format!(
+                    "prefix_len has {} entries, expected one per batch row ({})",
+                    prefix_len.len(),
+                    p.batch
+                ));
+            }
+            if let Some(&l) = prefix_len.iter().find(|&&l| l > p.kv_len) {
+                return bad(format!("prefix_len {l} exceeds kv_len {}", p.kv_len));
+            }
+        }
+        if let Some(key_len) = p.key_len {
+            if key_len.len() != p.batch {
+                return bad(format!(
+                    "key_len has {} entries, expected one per batch row ({})",
+                    key_len.len(),
+                    p.batch
+                ));
+            }
+            if let Some(&l) = key_len.iter().find(|&&l| l > p.kv_len) {
+                return bad(format!("key_len {l} exceeds kv_len {}", p.kv_len));
+            }
+        }
+        let q_shape = format!("[{}, {}, {}, {}]", p.batch, p.q_heads, p.q_len, p.head_dim);
+        let kv_shape = format!(
+            "[{}, {}, {}, {}]",
+            p.batch, p.kv_heads, p.kv_len, p.head_dim
+        );
+        expect_len("q", x.q.len(), q_elems, &q_shape)?;
+        expect_len("k", x.k.len(), kv_elems, &kv_shape)?;
+        expect_len("v", x.v.len(), kv_elems, &kv_shape)?;
+        let bias_heads = match x.bias {
+            None => 0,
+            Some(bias) => {
+                if bias.len() == bias_plane {
+                    1
+                } else if p.q_heads > 0 && Some(bias.len()) == bias_plane.checked_mul(p.q_heads) {
+                    p.q_heads
+                } else {
+                    return Err(AttentionError::WrongLength {
+                        name: "bias",
+                        got: bias.len(),
+                        expected: bias_plane * p.q_heads.max(1),
+                        shape: format!("[1 or {}, {}, {}]", p.q_heads, p.q_len, p.kv_len),
+                    });
+                }
+            }
+        };
+        let round = |x: usize, m: usize| x.div_ceil(m) * m;
+        Ok(Geometry {
+            b: p.batch,
+            hq: p.q_heads,
+            hkv: p.kv_heads,
+            group: if p.kv_heads == 0 {
+                1
+            } else {
+                p.q_heads / p.kv_heads
+            },
+            t: p.q_len,
+            s: p.kv_len,
+            dh: p.head_dim,
+            dhp: round(p.head_dim, NR),
+            s_pad: round(p.kv_len, BC),
+            t_pad: round(p.q_len, BR),
+            bias_heads,
+        })
+    }
+
+    fn q_elems(&self) -> usize {
+        self.b * self.hq * self.t * self.dh
+    }
+    fn kv_elems(&self) -> usize {
+        self.b * self.hkv * self.s * self.dh
+    }
+    fn lse_elems(&self) -> usize {
+        self.b * self.hq * self.t
+    }
+    fn q_shape(&self) -> String {
+        format!("[{}, {}, {}, {}]", self.b, self.hq, self.t, self.dh)
+    }
+    fn kv_shape(&self) -> String {
+        format!("[{}, {}, {}, {}]", self.b, self.hkv, self.s, self.dh)
+    }
+    fn lse_shape(&self) -> String {
+        format!("[{}, {}, {}]", self.b, self.hq, self.t)
+    }
+}
+
+/// The visible key interval `[lo, hi)` of query row `i` in batch row `b`; `(0, 0)` when empty.
+fn row_range(p: &AttentionParams, t: usize, s: usize, b: usize, i: usize) -> (usize, usize) {
+    // Absolute position of the query (bottom-right alignment); `end` = one past the last causal key.
+    let pos = i as i64 + s as i64 - t as i64;
+    let causal_end = (pos + 1).clamp(0, s as i64) as usize;
+    let (lo, mut hi) = match p.mask {
+        Mask::Full => (0, s),
+        Mask::Causal => (0, causal_end),
+        Mask::Banded { window } => {
+            let lo = (pos - window as i64 + 1).clamp(0, s as i64) as usize;
+            (lo, causal_end)
+        }
+        Mask::PrefixLm { prefix_len } => (0, causal_end.max(prefix_len[b])),
+    };
+    if let Some(key_len) = p.key_len {
+        hi = hi.min(key_len[b]);
+    }
+    if lo < hi {
+        (lo, hi)
+    } else {
+        (0, 0)
+    }
+}
+
+/// Key ranges of one query block: the union of its rows' intervals and their intersection (a tile
+/// inside the intersection needs no masking).
+#[derive(Clone, Copy, Debug)]
+struct BlockRange {
+    /// Union `[kmin, kmax)` over non-empty rows; `kmin >= kmax` when every row is empty.
+    kmin: usize,
+    kmax: usize,
+    /// Intersection `[max_lo, min_hi)` over all real rows.
+    max_lo: usize,
+    min_hi: usize,
+}
+
+impl BlockRange {
+    fn of(ranges: &[(usize, usize)]) -> Self {
+        let mut r = BlockRange {
+            kmin: usize::MAX,
+            kmax: 0,
+            max_lo: 0,
+            min_hi: usize::MAX,
+        };
+        for &(lo, hi) in ranges {
+            if lo < hi {
+                r.kmin = r.kmin.min(lo);
+                r.kmax = r.kmax.max(hi);
+            }
+            r.max_lo = r.max_lo.max(lo);
+            r.min_hi = r.min_hi.min(hi);
+        }
+        r
+    }
+    fn touches(&self, c0: usize) -> bool {
+        self.kmin < self.kmax && self.kmin < c0 + BC && self.kmax > c0
+    }
+    fn fully_visible(&self, c0: usize) -> bool {
+        self.max_lo <= c0 && self.min_hi >= c0 + BC
+    }
+    /// First key tile start that `touches` can accept.
+    fn first_tile(&self) -> usize {
+        if self.kmin < self.kmax {
+            self.kmin / BC * BC
+        } else {
+            0
+        }
+    }
+}
+
+/// Per-thread buffers, reused across the (batch, head) tasks a thread runs.
+#[derive(Default)]
+struct Scratch {
+    kt: Vec<f32>,
+    vt: Vec<f32>,
+    kp: Vec<f32>,
+    vp: Vec<f32>,
+    qs: Vec<f32>,
+    dop: Vec<f32>,
+    dqa: Vec<f32>,
+    dka: Vec<f32>,
+    dva: Vec<f32>,
+    s: Vec<f32>,
+    dp: Vec<f32>,
+    oacc: Vec<f32>,
+    m: Vec<f32>,
+    l: Vec<f32>,
+    lse: Vec<f32>,
+    dsum: Vec<f32>,
+    ranges: Vec<(usize, usize)>,
+    blocks: Vec<BlockRange>,
+}
+
+fn zeroed(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    buf.clear();
+    buf.resize(n, 0.0);
+    buf
+}
+
+/// Packs `rows x dh` row-major `src` transposed into 16-key panels: `dst[(j/16)*dh*16 + d*16 + j%16]`
+/// (the layout the microkernel streams as its B operand), zero beyond `rows`.
+fn pack_transposed_panels(
+    src: &[f32],
+    rows: usize,
+    dh: usize,
+    rows_pad: usize,
+    dst: &mut Vec<f32>,
+) {
+    let dst = zeroed(dst, rows_pad * dh);
+    for j in 0..rows {
+        let panel = &mut dst[(j / NR) * dh * NR..];
+        for d in 0..dh {
+            panel[d * NR + j % NR] = src[j * dh + d];
+        }
+    }
+}
+
+/// Copies `rows x dh` row-major `src` (times `mul`) into `rows_pad x dhp`, zero padded.
+fn pack_rows(
+    src: &[f32],
+    rows: usize,
+    dh: usize,
+    rows_pad: usize,
+    dhp: usize,
+    mul: f32,
+    dst: &mut Vec<f32>,
+) {
+    let dst = zeroed(dst, rows_pad * dhp);
+    for r in 0..rows {
+        for d in 0..dh {
+            dst[r * dhp + d] = src[r * dh + d] * mul;
+        }
+    }
+}
+
+/// `s[r, c] += bias[r0 + r, c0 + c]` for real rows and keys, then `-inf` outside each row's interval
+/// unless the whole tile is visible.
+#[allow(clippy::too_many_arguments)]
+fn bias_and_mask(
+    s: &mut [f32],
+    rows: usize,
+    r0: usize,
+    c0: usize,
+    kv_len: usize,
+    bias: Option<&[f32]>,
+    ranges: &[(usize, usize)],
+    full: bool,
+) {
+    let cols = BC.min(kv_len.saturating_sub(c0));
+    if let Some(bias) = bias {
+        for r in 0..rows {
+            let brow = &bias[(r0 + r) * kv_len + c0..][..cols];
+            for (x, b) in s[r * BC..][..cols].iter_mut().zip(brow) {
+                *x += b;
+            }
+        }
+    }
+    if !full {
+        for (r, &(lo, hi)) in ranges[r0..r0 + rows].iter().enumerate() {
+            for (c, x) in s[r * BC..][..BC].iter_mut().enumerate() {
+                let j = c0 + c;
+                if j < lo || j >= hi {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+}
+
+/// One `C[m x n] (+)= A[m x k] * B[k x n]` on packed tiles: `A(i, p) = a[i*a_rs + p*a_cs]`,
+/// `B(p, j) = b[(j/16)*b_ps + p*b_rs + j%16]`, `C(i, j) = c[i*ldc + j]`; `m % 4 == 0`, `n % 16 == 0`.
+#[derive(Clone, Copy, Debug)]
+struct TileGemm {
+    m: usize,
+    n: usize,
+    k: usize,
+    a_rs: usize,
+    a_cs: usize,
+    b_rs: usize,
+    b_ps: usize,
+    ldc: usize,
+    accumulate: bool,
+}
+
+fn tile_gemm(isa: Isa, g: TileGemm, a: &[f32], b: &[f32], c: &mut [f32]) {
+    assert!(g.m % MR == 0 && g.n % NR == 0, "tile shape {g:?}");
+    if g.m == 0 || g.n == 0 {
+        return;
+    }
+    assert!(
+        (g.m - 1) * g.ldc + g.n <= c.len(),
+        "C tile out of bounds {g:?}"
+    );
+    if g.k > 0 {
+        assert!(
+            (g.m - 1) * g.a_rs + (g.k - 1) * g.a_cs < a.len(),
+            "A tile {g:?}"
+        );
+        assert!(
+            (g.n / NR - 1) * g.b_ps + (g.k - 1) * g.b_rs + NR <= b.len(),
+            "B tile {g:?}"
+        );
+    }
+    match isa {
+        Isa::Scalar => scalar::tile_gemm(g, a, b, c),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the asserts above bound every index the kernel touches; Avx2Fma is only chosen
+        // after runtime detection.
+        Isa::Avx2Fma => unsafe { avx2::tile_gemm(g, a.as_ptr(), b.as_ptr(), c.as_mut_ptr()) },
+    }
+}
+
+/// Online-softmax step for one tile: for each of `rows` rows of `s` (`BC` wide), update the running
+/// max `m` and sum `l`, turn the scores into `exp(s - m_new)`, and rescale the output accumulator row
+/// (`oacc`, `dhp` wide) by `exp(m_old - m_new)`. Rows whose max is still `-inf` become zeros.
+fn softmax_tile(
+    isa: Isa,
+    s: &mut [f32],
+    rows: usize,
+    m: &mut [f32],
+    l: &mut [f32],
+    oacc: &mut [f32],
+    dhp: usize,
+) {
+    assert!(s.len() >= rows * BC && m.len() >= rows && l.len() >= rows);
+    assert!(oacc.len() >= rows * dhp && dhp % NR == 0);
+    match isa {
+        Isa::Scalar => scalar::softmax_tile(s, rows, m, l, oacc, dhp),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: lengths asserted above; AVX2+FMA detected.
+        Isa::Avx2Fma => unsafe { avx2::softmax_tile(s, rows, m, l, oacc, dhp) },
+    }
+}
+
+/// `s[r, c] = exp(s[r, c] - sub[r])` on a `rows x BC` tile.
+fn exp_sub_tile(isa: Isa, s: &mut [f32], rows: usize, sub: &[f32]) {
+    assert!(s.len() >= rows * BC && sub.len() >= rows);
+    match isa {
+        Isa::Scalar => {
+            for r in 0..rows {
+                for x in &mut s[r * BC..(r + 1) * BC] {
+                    *x = exp_approx(*x - sub[r]);
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: lengths asserted above; AVX2+FMA detected.
+        Isa::Avx2Fma => unsafe { avx2::exp_sub_tile(s, rows, sub) },
+    }
+}
+
+/// `dp[r, c] = p[r, c] * (dp[r, c] - dsum[r])`: the softmax backward, in place.
+fn softmax_grad_tile(isa: Isa, p: &[f32], dp: &mut [f32], rows: usize, dsum: &[f32]) {
+    assert!(p.len() >= rows * BC && dp.len() >= rows * BC && dsum.len() >= rows);
+    match isa {
+        Isa::Scalar => scalar::softmax_grad_tile(p, dp, rows, dsum),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: lengths asserted above; AVX2+FMA detected.
+        Isa::Avx2Fma => unsafe { avx2::softmax_grad_tile(p, dp, rows, dsum) },
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------------------------
+
+#[allow(clippy::too_many_arguments)]
+fn forward_head(
+    g: &Geometry,
+    p: &AttentionParams,
+    x: &AttentionInputs,
+    isa: Isa,
+    b: usize,
+    h: usize,
+    out: &mut [f32],
+    lse: &mut [f32],
+    sc: &mut Scratch,
+) {
+    let (t, s, dh, dhp) = (g.t, g.s, g.dh, g.dhp);
+    let kvh = h / g.group;
+    let q = &x.q[(b * g.hq + h) * t * dh..][..t * dh];
+    let k = &x.k[(b * g.hkv + kvh) * s * dh..][..s * dh];
+    let v = &x.v[(b * g.hkv + kvh) * s * dh..][..s * dh];
+    let bias = x.bias.map(|bias| {
+        let hb = if g.bias_heads == 1 { 0 } else { h };
+        &bias[hb * t * s..][..t * s]
+    });
+    pack_transposed_panels(k, s, dh, g.s_pad, &mut sc.kt);
+    pack_rows(v, s, dh, g.s_pad, dhp, 1.0, &mut sc.vp);
+    sc.ranges.clear();
+    sc.ranges.extend((0..t).map(|i| row_range(p, t, s, b, i)));
+
+    for r0 in (0..t).step_by(BR) {
+        let rows = BR.min(t - r0);
+        let rows_pad = rows.div_ceil(MR) * MR;
+        let blk = BlockRange::of(&sc.ranges[r0..r0 + rows]);
+        let out_blk = &mut out[r0 * dh..(r0 + rows) * dh];
+        let lse_blk = &mut lse[r0..r0 + rows];
+        if blk.kmin >= blk.kmax {
+            out_blk.fill(0.0);
+            lse_blk.fill(f32::NEG_INFINITY);
+            continue;
+        }
+        pack_rows(&q[r0 * dh..], rows, dh, rows_pad, dhp, p.scale, &mut sc.qs);
+        let oacc = zeroed(&mut sc.oacc, rows_pad * dhp);
+        sc.m.clear();
+        sc.m.resize(rows_pad, f32::NEG_INFINITY);
+        let l = zeroed(&mut sc.l, rows_pad);
+        let st = zeroed(&mut sc.s, rows_pad * BC);
+
+        let mut c0 = blk.first_tile();
+        while c0 < blk.kmax {
+            // S = (scale*Q) Kᵀ for this tile.
+            tile_gemm(
+                isa,
+                TileGemm {
+                    m: rows_pad,
+                    n: BC,
+                    k: dh,
+                    a_rs: dhp,
+                    a_cs: 1,
+                    b_rs: NR,
+                    b_ps: dh * NR,
+                    ldc: BC,
+                    accumulate: false,
+                },
+                &sc.qs,
+                &sc.kt[c0 * dh..],
+                st,
+            );
+            bias_and_mask(st, rows, r0, c0, s, bias, &sc.ranges, blk.fully_visible(c0));
+            softmax_tile(isa, st, rows_pad, &mut sc.m, l, oacc, dhp);
+            // O += P V.
+            tile_gemm(
+                isa,
+                TileGemm {
+                    m: rows_pad,
+                    n: dhp,
+                    k: BC,
+                    a_rs: BC,
+                    a_cs: 1,
+                    b_rs: dhp,
+                    b_ps: NR,
+                    ldc: dhp,
+                    accumulate: true,
+                },
+                st,
+                &sc.vp[c0 * dhp..],
+                oacc,
+            );
+            c0 += BC;
+        }
+        for r in 0..rows {
+            let o_row = &mut out_blk[r * dh..(r + 1) * dh];
+            if l[r] > 0.0 {
+                let inv = 1.0 / l[r];
+                for (o, a) in o_row.iter_mut().zip(&oacc[r * dhp..]) {
+                    *o = a * inv;
+                }
+                lse_blk[r] = sc.m[r] + l[r].ln();
+            } else {
+                o_row.fill(0.0);
+                lse_blk[r] = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+// ---------------------------------------------------------------------------------------------
+
+struct BackwardInputs<'a> {
+    x: &'a AttentionInputs<'a>,
+    out: &'a [f32],
+    lse: &'a [f32],
+    d_out: &'a [f32],
+}
+
+/// The gradients owned by one (batch, kv head) task: `dq` of the group's query heads, `dk`, `dv`.
+struct BackwardTask<'a> {
+    index: usize,
+    dq: &'a mut [f32],
+    dk: &'a mut [f32],
+    dv: &'a mut [f32],
+}
+
+fn backward_group(
+    g: &Geometry,
+    p: &AttentionParams,
+    ctx: &BackwardInputs,
+    isa: Isa,
+    task: &mut BackwardTask,
+    mut dbias: Option<&mut [f32]>,
+    sc: &mut Scratch,
+) {
+    let (t, s, dh, dhp, s_pad, t_pad) = (g.t, g.s, g.dh, g.dhp, g.s_pad, g.t_pad);
+    let (b, kvh) = (task.index / g.hkv, task.index % g.hkv);
+    let x = ctx.x;
+    let k = &x.k[(b * g.hkv + kvh) * s * dh..][..s * dh];
+    let v = &x.v[(b * g.hkv + kvh) * s * dh..][..s * dh];
+    pack_rows(k, s, dh, s_pad, dhp, 1.0, &mut sc.kp);
+    pack_transposed_panels(k, s, dh, s_pad, &mut sc.kt);
+    pack_transposed_panels(v, s, dh, s_pad, &mut sc.vt);
+    zeroed(&mut sc.dka, s_pad * dhp);
+    zeroed(&mut sc.dva, s_pad * dhp);
+    sc.ranges.clear();
+    sc.ranges.extend((0..t).map(|i| row_range(p, t, s, b, i)));
+    sc.blocks.clear();
+    for r0 in (0..t).step_by(BR) {
+        let blk = BlockRange::of(&sc.ranges[r0..(r0 + BR).min(t)]);
+        sc.blocks.push(blk);
+    }
+
+    for gh in 0..g.group {
+        let h = kvh * g.group + gh;
+        let base = (b * g.hq + h) * t;
+        let q = &x.q[base * dh..][..t * dh];
+        let o = &ctx.out[base * dh..][..t * dh];
+        let d_o = &ctx.d_out[base * dh..][..t * dh];
+        let bias = x.bias.map(|bias| {
+            let hb = if g.bias_heads == 1 { 0 } else { h };
+            &bias[hb * t * s..][..t * s]
+        });
+        let hb = if g.bias_heads == 1 { 0 } else { h };
+        pack_rows(q, t, dh, t_pad, dhp, p.scale, &mut sc.qs);
+        pack_rows(d_o, t, dh, t_pad, dhp, 1.0, &mut sc.dop);
+        zeroed(&mut sc.dqa, t_pad * dhp);
+        // Rows that saw nothing (lse = -inf) and padding rows get lse = +inf, so P = exp(s - lse)
+        // is exactly 0 there and they contribute nothing.
+        sc.lse.clear();
+        sc.lse.extend((0..t_pad).map(|i| {
+            let l = if i < t {
+                ctx.lse[base + i]
+            } else {
+                f32::INFINITY
+            };
+            if l == f32::NEG_INFINITY {
+                f32::INFINITY
+            } else {
+                l
+            }
+        }));
+        let dsum = zeroed(&mut sc.dsum, t_pad);
+        for i in 0..t {
+            dsum[i] = o[i * dh..(i + 1) * dh]
+                .iter()
+                .zip(&d_o[i * dh..(i + 1) * dh])
+                .map(|(a, b)| a * b)
+                .sum();
+        }
+        let st = zeroed(&mut sc.s, BR * BC);
+        let dp = zeroed(&mut sc.dp, BR * BC);
+
+        for c0 in (0..s_pad).step_by(BC) {
+            for (bi, blk) in sc.blocks.iter().enumerate() {
+                if !blk.touches(c0) {
+                    continue;
+                }
+                let r0 = bi * BR;
+                let rows = BR.min(t - r0);
+                let qs_blk = &sc.qs[r0 * dhp..(r0 + BR) * dhp];
+                let do_blk = &sc.dop[r0 * dhp..(r0 + BR) * dhp];
+                // P = exp(scale*Q Kᵀ + bias - lse).
+                tile_gemm(
+                    isa,
+                    TileGemm {
+                        m: BR,
+                        n: BC,
+                        k: dh,
+                        a_rs: dhp,
+                        a_cs: 1,
+                        b_rs: NR,
+                        b_ps: dh * NR,
+                        ldc: BC,
+                        accumulate: false,
+                    },
+                    qs_blk,
+                    &sc.kt[c0 * dh..],
+                    st,
+                );
+                bias_and_mask(st, rows, r0, c0, s, bias, &sc.ranges, blk.fully_visible(c0));
+                exp_sub_tile(isa, st, BR, &sc.lse[r0..]);
+                // dV += Pᵀ dO.
+                tile_gemm(
+                    isa,
+                    TileGemm {
+                        m: BC,
+                        n: dhp,
+                        k: BR,
+                        a_rs: 1,
+                        a_cs: BC,
+                        b_rs: dhp,
+                        b_ps: NR,
+                        ldc: dhp,
+                        accumulate: true,
+                    },
+                    st,
+                    do_blk,
+                    &mut sc.dva[c0 * dhp..],
+                );
+                // dP = dO Vᵀ, then dS = P ∘ (dP - D).
+                tile_gemm(
+                    isa,
+                    TileGemm {
+                        m: BR,
+                        n: BC,
+                        k: dh,
+                        a_rs: dhp,
+                        a_cs: 1,
+                        b_rs: NR,
+                        b_ps: dh * NR,
+                        ldc: BC,
+                        accumulate: false,
+                    },
+                    do_blk,
+                    &sc.vt[c0 * dh..],
+                    dp,
+                );
+                softmax_grad_tile(isa, st, dp, BR, &dsum[r0..]);
+                if let Some(db) = dbias.as_deref_mut() {
+                    let cols = BC.min(s.saturating_sub(c0));
+                    for r in 0..rows {
+                        let drow = &mut db[(hb * t + r0 + r) * s + c0..][..cols];
+                        for (d, x) in drow.iter_mut().zip(&dp[r * BC..]) {
+                            *d += x;
+                        }
+                    }
+                }
+                // dK += dSᵀ (scale*Q): the scale of s = scale*q·k lands on dK through Q.
+                tile_gemm(
+                    isa,
+                    TileGemm {
+                        m: BC,
+                        n: dhp,
+                        k: BR,
+                        a_rs: 1,
+                        a_cs: BC,
+                        b_rs: dhp,
+                        b_ps: NR,
+                        ldc: dhp,
+                        accumulate: true,
+                    },
+                    dp,
+                    qs_blk,
+                    &mut sc.dka[c0 * dhp..],
+                );
+                // dQ += scale * dS K.
+                for x in dp.iter_mut() {
+                    *x *= p.scale;
+                }
+                tile_gemm(
+                    isa,
+                    TileGemm {
+                        m: BR,
+                        n: dhp,
+                        k: BC,
+                        a_rs: BC,
+                        a_cs: 1,
+                        b_rs: dhp,
+                        b_ps: NR,
+                        ldc: dhp,
+                        accumulate: true,
+                    },
+                    dp,
+                    &sc.kp[c0 * dhp..],
+                    &mut sc.dqa[r0 * dhp..],
+                );
+            }
+        }
+        let dq_head = &mut task.dq[gh * t * dh..][..t * dh];
+        for i in 0..t {
+            dq_head[i * dh..(i + 1) * dh].copy_from_slice(&sc.dqa[i * dhp..i * dhp + dh]);
+        }
+    }
+    for j in 0..s {
+        task.dk[j * dh..(j + 1) * dh].copy_from_slice(&sc.dka[j * dhp..j * dhp + dh]);
+        task.dv[j * dh..(j + 1) * dh].copy_from_slice(&sc.dva[j * dhp..j * dhp + dh]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar inner loops
+// ---------------------------------------------------------------------------------------------
+
+mod scalar {
+    use super::{exp_approx, TileGemm, BC, MR, NR};
+
+    pub(super) fn tile_gemm(g: TileGemm, a: &[f32], b: &[f32], c: &mut [f32]) {
+        for p in 0..g.n / NR {
+            let bp = &b[p * g.b_ps..];
+            for r in (0..g.m).step_by(MR) {
+                let mut acc = [[0.0f32; NR]; MR];
+                if g.accumulate {
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        row.copy_from_slice(&c[(r + i) * g.ldc + p * NR..][..NR]);
+                    }
+                }
+                for kk in 0..g.k {
+                    let brow = &bp[kk * g.b_rs..][..NR];
+                    for (i, row) in acc.iter_mut().enumerate() {
+                        let av = a[(r + i) * g.a_rs + kk * g.a_cs];
+                        for (x, bv) in row.iter_mut().zip(brow) {
+                            *x += av * bv;
+                        }
+                    }
+                }
+                for (i, row) in acc.iter().enumerate() {
+                    c[(r + i) * g.ldc + p * NR..][..NR].copy_from_slice(row);
+                }
+            }
+        }
+    }
+
+    pub(super) fn softmax_tile(
+        s: &mut [f32],
+        rows: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        oacc: &mut [f32],
+        dhp: usize,
+    ) {
+        for r in 0..rows {
+            let row = &mut s[r * BC..(r + 1) * BC];
+            let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let m_new = m[r].max(mx);
+            if m_new == f32::NEG_INFINITY {
+                row.fill(0.0);
+                continue;
+            }
+            let corr = exp_approx(m[r] - m_new);
+            let mut sum = 0.0f32;
+            for x in row.iter_mut() {
+                *x = exp_approx(*x - m_new);
+                sum += *x;
+            }
+            l[r] = l[r] * corr + sum;
+            m[r] = m_new;
+            if corr != 1.0 {
+                for o in &mut oacc[r * dhp..(r + 1) * dhp] {
+                    *o *= corr;
+                }
+            }
+        }
+    }
+
+    pub(super) fn softmax_grad_tile(p: &[f32], dp: &mut [f32], rows: usize, dsum: &[f32]) {
+        for r in 0..rows {
+            for (d, pv) in dp[r * BC..(r + 1) * BC].iter_mut().zip(&p[r * BC..]) {
+                *d = pv * (*d - dsum[r]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 + FMA inner loops
+// ---------------------------------------------------------------------------------------------
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{TileGemm, BC, EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, MR, NR};
+    use super::{P0, P1, P2, P3, P4, P5};
+    use std::arch::x86_64::*;
+
+    /// Eight lanes of [`super::exp_approx`] (the same reduction and polynomial, with FMAs).
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_LO));
+        // Constant first: minps/maxps return the second operand when either is NaN, so NaN survives.
+        let x = _mm256_min_ps(_mm256_set1_ps(EXP_HI), x);
+        let x = _mm256_max_ps(_mm256_set1_ps(EXP_LO), x);
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+        );
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
+        let r2 = _mm256_mul_ps(r, r);
+        let mut poly = _mm256_set1_ps(P0);
+        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(P1));
+        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(P2));
+        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(P3));
+        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(P4));
+        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(P5));
+        let y = _mm256_fmadd_ps(poly, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        ));
+        let res = _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
+        _mm256_andnot_ps(underflow, res)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_slice(xs: &mut [f32]) {
+        let mut chunks = xs.chunks_exact_mut(8);
+        for c in &mut chunks {
+            _mm256_storeu_ps(c.as_mut_ptr(), exp8(_mm256_loadu_ps(c.as_ptr())));
+        }
+        let rest = chunks.into_remainder();
+        if !rest.is_empty() {
+            let mut tmp = [0.0f32; 8];
+            tmp[..rest.len()].copy_from_slice(rest);
+            _mm256_storeu_ps(tmp.as_mut_ptr(), exp8(_mm256_loadu_ps(tmp.as_ptr())));
+            rest.copy_from_slice(&tmp[..rest.len()]);
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available, and every index described by `g` (see
+    /// [`super::TileGemm`]) must be inside the allocations behind `a`, `b` and `c`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn tile_gemm(g: TileGemm, a: *const f32, b: *const f32, c: *mut f32) {
+        for p in 0..g.n / NR {
+            let bp = b.add(p * g.b_ps);
+            let cp = c.add(p * NR);
+            for r in (0..g.m).step_by(MR) {
+                let a0 = a.add(r * g.a_rs);
+                let a1 = a0.add(g.a_rs);
+                let a2 = a1.add(g.a_rs);
+                let a3 = a2.add(g.a_rs);
+                let c0 = cp.add(r * g.ldc);
+                let c1 = c0.add(g.ldc);
+                let c2 = c1.add(g.ldc);
+                let c3 = c2.add(g.ldc);
+                let (mut x00, mut x01, mut x10, mut x11, mut x20, mut x21, mut x30, mut x31);
+                if g.accumulate {
+                    x00 = _mm256_loadu_ps(c0);
+                    x01 = _mm256_loadu_ps(c0.add(8));
+                    x10 = _mm256_loadu_ps(c1);
+                    x11 = _mm256_loadu_ps(c1.add(8));
+                    x20 = _mm256_loadu_ps(c2);
+                    x21 = _mm256_loadu_ps(c2.add(8));
+                    x30 = _mm256_loadu_ps(c3);
+                    x31 = _mm256_loadu_ps(c3.add(8));
+                } else {
+                    x00 = _mm256_setzero_ps();
+                    x01 = x00;
+                    x10 = x00;
+                    x11 = x00;
+                    x20 = x00;
+                    x21 = x00;
+                    x30 = x00;
+                    x31 = x00;
+                }
+                for kk in 0..g.k {
+                    let bk = bp.add(kk * g.b_rs);
+                    let b0 = _mm256_loadu_ps(bk);
+                    let b1 = _mm256_loadu_ps(bk.add(8));
+                    let off = kk * g.a_cs;
+                    let v = _mm256_broadcast_ss(&*a0.add(off));
+                    x00 = _mm256_fmadd_ps(v, b0, x00);
+                    x01 = _mm256_fmadd_ps(v, b1, x01);
+                    let v = _mm256_broadcast_ss(&*a1.add(off));
+                    x10 = _mm256_fmadd_ps(v, b0, x10);
+                    x11 = _mm256_fmadd_ps(v, b1, x11);
+                    let v = _mm256_broadcast_ss(&*a2.add(off));
+                    x20 = _mm256_fmadd_ps(v, b0, x20);
+                    x21 = _mm256_fmadd_ps(v, b1, x21);
+                    let v = _mm256_broadcast_ss(&*a3.add(off));
+                    x30 = _mm256_fmadd_ps(v, b0, x30);
+                    x31 = _mm256_fmadd_ps(v, b1, x31);
+                }
+                _mm256_storeu_ps(c0, x00);
+                _mm256_storeu_ps(c0.add(8), x01);
+                _mm256_storeu_ps(c1, x10);
+                _mm256_storeu_ps(c1.add(8), x11);
+                _mm256_storeu_ps(c2, x20);
+                _mm256_storeu_ps(c2.add(8), x21);
+                _mm256_storeu_ps(c3, x30);
+                _mm256_storeu_ps(c3.add(8), x31);
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hmax(v: __m256) -> f32 {
+        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+        let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
+        _mm_cvtss_f32(m)
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; `s` holds `rows * BC`, `oacc` `rows * dhp` (dhp % 8 == 0).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax_tile(
+        s: &mut [f32],
+        rows: usize,
+        m: &mut [f32],
+        l: &mut [f32],
+        oacc: &mut [f32],
+        dhp: usize,
+    ) {
+        for r in 0..rows {
+            let row = s.as_mut_ptr().add(r * BC);
+            let mut mx = _mm256_set1_ps(f32::NEG_INFINITY);
+            for c in (0..BC).step_by(8) {
+                mx = _mm256_max_ps(mx, _mm256_loadu_ps(row.add(c)));
+            }
+            let m_new = m[r].max(hmax(mx));
+            if m_new == f32::NEG_INFINITY {
+                for c in (0..BC).step_by(8) {
+                    _mm256_storeu_ps(row.add(c), _mm256_setzero_ps());
+                }
+                continue;
+            }
+            let corr = super::exp_approx(m[r] - m_new);
+            let mv = _mm256_set1_ps(m_new);
+            let mut sum = _mm256_setzero_ps();
+            for c in (0..BC).step_by(8) {
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row.add(c)), mv));
+                _mm256_storeu_ps(row.add(c), e);
+                sum = _mm256_add_ps(sum, e);
+            }
+            l[r] = l[r] * corr + hsum(sum);
+            m[r] = m_new;
+            if corr != 1.0 {
+                let cv = _mm256_set1_ps(corr);
+                let o = oacc.as_mut_ptr().add(r * dhp);
+                for d in (0..dhp).step_by(8) {
+                    _mm256_storeu_ps(o.add(d), _mm256_mul_ps(_mm256_loadu_ps(o.add(d)), cv));
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; `s` holds `rows * BC` and `sub` `rows` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_sub_tile(s: &mut [f32], rows: usize, sub: &[f32]) {
+        for r in 0..rows {
+            let row = s.as_mut_ptr().add(r * BC);
+            let sv = _mm256_set1_ps(sub[r]);
+            for c in (0..BC).step_by(8) {
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row.add(c)), sv));
+                _mm256_storeu_ps(row.add(c), e);
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; `p`, `dp` hold `rows * BC` and `dsum` `rows` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax_grad_tile(p: &[f32], dp: &mut [f32], rows: usize, dsum: &[f32]) {
+        for r in 0..rows {
+            let pr = p.as_ptr().add(r * BC);
+            let dr = dp.as_mut_ptr().add(r * BC);
+            let dv = _mm256_set1_ps(dsum[r]);
+            for c in (0..BC).step_by(8) {
+                let x = _mm256_sub_ps(_mm256_loadu_ps(dr.add(c)), dv);
+                _mm256_storeu_ps(dr.add(c), _mm256_mul_ps(_mm256_loadu_ps(pr.add(c)), x));
+            }
+        }
+    }
+}
