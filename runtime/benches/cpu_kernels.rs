@@ -8,33 +8,38 @@
 
 use std::time::{Duration, Instant};
 
+use kiln_runtime::cpu::attention::{
+    attention_backward, attention_forward, AttentionGrads, AttentionInputs, AttentionParams,
+    KernelChoice, Mask,
+};
 use kiln_runtime::cpu::gemm::{gemm, GemmParams, GemmThreads, MatView};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use rayon::prelude::*;
 
 fn random(n: usize, rng: &mut ChaCha8Rng) -> Vec<f32> {
     (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
 }
 
-/// Median seconds per call over several batches of calls, each batch about `budget / 7` long.
+/// Median seconds per call over 7 samples, each about `budget / 8` long (one more share warms up).
 fn time_it(budget: Duration, mut f: impl FnMut()) -> f64 {
-    f(); // warm caches, rayon, lazily built tables
     let start = Instant::now();
-    let mut calls = 0u64;
-    while start.elapsed() < budget / 20 {
+    let mut calls = 0u32;
+    while calls < 2 || start.elapsed() < budget / 8 {
         f();
         calls += 1;
     }
-    let per_batch = ((calls as f64) * 20.0 / 7.0 / 1.0).max(1.0) as u64 / 3 + 1;
-    let mut samples = Vec::new();
-    for _ in 0..7 {
-        let t = Instant::now();
-        for _ in 0..per_batch {
-            f();
-        }
-        samples.push(t.elapsed().as_secs_f64() / per_batch as f64);
-    }
-    samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let per_sample = calls.max(1);
+    let mut samples: Vec<f64> = (0..7)
+        .map(|_| {
+            let t = Instant::now();
+            for _ in 0..per_sample {
+                f();
+            }
+            t.elapsed().as_secs_f64() / per_sample as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
     samples[3]
 }
 
@@ -222,10 +227,264 @@ fn gemm_section() {
     }
 }
 
+/// The straightforward attention a framework's eager mode runs: materialised `[T, T]` scores per
+/// (batch, head), batched matmuls through our gemm wrapper, a row softmax with `f32::exp`; the forward
+/// keeps `P` for the backward. Causal mask, `H` heads of width `DH` everywhere (no GQA).
+struct Naive {
+    bh: usize,
+    t: usize,
+    dh: usize,
+    scale: f32,
+    p: Vec<f32>,
+    dp: Vec<f32>,
+}
+
+impl Naive {
+    fn new(bh: usize, t: usize, dh: usize) -> Self {
+        Naive {
+            bh,
+            t,
+            dh,
+            scale: 1.0 / (dh as f32).sqrt(),
+            p: vec![0.0; bh * t * t],
+            dp: vec![0.0; bh * t * t],
+        }
+    }
+
+    fn mm(&self, m: usize, n: usize, k: usize, alpha: f32) -> GemmParams {
+        GemmParams::new(m, n, k).batched(self.bh).scaled(alpha, 0.0)
+    }
+
+    fn forward(&mut self, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
+        let (t, dh) = (self.t, self.dh);
+        let x = MatView::row_major(t, dh);
+        let tt = MatView::row_major(t, t);
+        gemm(
+            &self.mm(t, t, dh, self.scale),
+            q,
+            x,
+            k,
+            x.t(),
+            &mut self.p,
+            tt,
+        )
+        .unwrap();
+        self.p.par_chunks_mut(t).enumerate().for_each(|(r, row)| {
+            let i = r % t;
+            let mx = row[..=i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for x in &mut row[..=i] {
+                *x = (*x - mx).exp();
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            row[..=i].iter_mut().for_each(|x| *x *= inv);
+            row[i + 1..].fill(0.0);
+        });
+        gemm(&self.mm(t, dh, t, 1.0), &self.p, tt, v, x, out, x).unwrap();
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn backward(
+        &mut self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        d_out: &[f32],
+        dq: &mut [f32],
+        dk: &mut [f32],
+        dv: &mut [f32],
+    ) {
+        let (t, dh) = (self.t, self.dh);
+        let x = MatView::row_major(t, dh);
+        let tt = MatView::row_major(t, t);
+        gemm(&self.mm(t, dh, t, 1.0), &self.p, tt.t(), d_out, x, dv, x).unwrap();
+        gemm(
+            &self.mm(t, t, dh, 1.0),
+            d_out,
+            x,
+            v,
+            x.t(),
+            &mut self.dp,
+            tt,
+        )
+        .unwrap();
+        self.dp
+            .par_chunks_mut(t)
+            .zip(self.p.par_chunks(t))
+            .for_each(|(d, p)| {
+                let dsum: f32 = d.iter().zip(p).map(|(a, b)| a * b).sum();
+                d.iter_mut().zip(p).for_each(|(d, p)| *d = p * (*d - dsum));
+            });
+        gemm(&self.mm(t, dh, t, self.scale), &self.dp, tt, k, x, dq, x).unwrap();
+        gemm(
+            &self.mm(t, dh, t, self.scale),
+            &self.dp,
+            tt.t(),
+            q,
+            x,
+            dk,
+            x,
+        )
+        .unwrap();
+    }
+}
+
+fn attention_section() {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    println!(
+        "\nAttention, causal, milliseconds per call (median); naive = materialised scores + gemm"
+    );
+    println!(
+        "{:<26} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>8} {:>10}",
+        "shape", "fwd", "bwd", "fwd+bwd", "n.fwd", "n.bwd", "n.fwd+bwd", "ratio", "scalar f+b"
+    );
+    for (b, h, t, dh) in [(12, 4, 64, 32), (8, 6, 256, 64)] {
+        let n = b * h * t * dh;
+        let q = random(n, &mut rng);
+        let k = random(n, &mut rng);
+        let v = random(n, &mut rng);
+        let d_out = random(n, &mut rng);
+        let (mut out, mut lse) = (vec![0.0; n], vec![0.0; b * h * t]);
+        let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        let x = AttentionInputs {
+            q: &q,
+            k: &k,
+            v: &v,
+            bias: None,
+        };
+        // The two implementations must compute the same thing before their times mean anything.
+        {
+            let p = AttentionParams::new(b, h, t, dh, Mask::Causal);
+            attention_forward(&p, &x, &mut out, &mut lse).unwrap();
+            let grads = AttentionGrads {
+                dq: &mut dq,
+                dk: &mut dk,
+                dv: &mut dv,
+                dbias: None,
+            };
+            attention_backward(&p, &x, &out, &lse, &d_out, grads).unwrap();
+            let mut naive = Naive::new(b * h, t, dh);
+            let (mut o2, mut dq2, mut dk2, mut dv2) =
+                (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+            naive.forward(&q, &k, &v, &mut o2);
+            naive.backward(&q, &k, &v, &d_out, &mut dq2, &mut dk2, &mut dv2);
+            for (name, a, b) in [
+                ("out", &out, &o2),
+                ("dq", &dq, &dq2),
+                ("dk", &dk, &dk2),
+                ("dv", &dv, &dv2),
+            ] {
+                let diff = a
+                    .iter()
+                    .zip(b.iter())
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(diff < 1e-4, "kernel and naive disagree on {name}: {diff}");
+            }
+        }
+        let budget = Duration::from_millis(if t > 100 { 1500 } else { 600 });
+        let mut timings = |kernel: KernelChoice| {
+            let mut p = AttentionParams::new(b, h, t, dh, Mask::Causal);
+            p.kernel = kernel;
+            let fwd = time_it(budget, || {
+                attention_forward(&p, &x, &mut out, &mut lse).unwrap();
+            });
+            let mut bwd_once = || {
+                let grads = AttentionGrads {
+                    dq: &mut dq,
+                    dk: &mut dk,
+                    dv: &mut dv,
+                    dbias: None,
+                };
+                attention_backward(&p, &x, &out, &lse, &d_out, grads).unwrap();
+            };
+            let bwd = time_it(budget, &mut bwd_once);
+            (fwd, bwd)
+        };
+        let (fwd, bwd) = timings(KernelChoice::Auto);
+        let (sfwd, sbwd) = timings(KernelChoice::Scalar);
+        let mut naive = Naive::new(b * h, t, dh);
+        let nfwd = time_it(budget, || naive.forward(&q, &k, &v, &mut out));
+        let nbwd = time_it(budget, || {
+            naive.backward(&q, &k, &v, &d_out, &mut dq, &mut dk, &mut dv)
+        });
+        let ms = 1e3;
+        println!(
+            "{:<26} {:>8.3} {:>8.3} {:>9.3} {:>8.3} {:>8.3} {:>9.3} {:>7.2}x {:>10.3}",
+            format!("B={b} H={h} T={t} Dh={dh}"),
+            fwd * ms,
+            bwd * ms,
+            (fwd + bwd) * ms,
+            nfwd * ms,
+            nbwd * ms,
+            (nfwd + nbwd) * ms,
+            (nfwd + nbwd) / (fwd + bwd),
+            (sfwd + sbwd) * ms,
+        );
+    }
+    println!("ratio = naive fwd+bwd time / kernel fwd+bwd time (above 1: the kernel is faster)");
+}
+
 fn main() {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("load average before the run: {}", load.trim());
     let args: Vec<String> = std::env::args().skip(1).collect();
     let want = |s: &str| args.iter().all(|a| a.starts_with('-')) || args.iter().any(|a| a == s);
     if want("gemm") {
         gemm_section();
     }
+    if want("attn") {
+        attention_section();
+    }
+    if let Some(i) = args.iter().position(|a| a == "profile") {
+        // `profile fwd|bwd B H T DH`: loop one kernel call for ~5 s (for perf record).
+        let n: Vec<usize> = args[i + 2..i + 6].iter().map(|a| a.parse().unwrap()).collect();
+        profile_loop(&args[i + 1], n[0], n[1], n[2], n[3]);
+    }
+}
+
+fn profile_loop(which: &str, b: usize, h: usize, t: usize, dh: usize) {
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let n = b * h * t * dh;
+    let (q, k, v, d_out) = (
+        random(n, &mut rng),
+        random(n, &mut rng),
+        random(n, &mut rng),
+        random(n, &mut rng),
+    );
+    let (mut out, mut lse) = (vec![0.0; n], vec![0.0; b * h * t]);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let x = AttentionInputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        bias: None,
+    };
+    let p = AttentionParams::new(b, h, t, dh, Mask::Causal);
+    attention_forward(&p, &x, &mut out, &mut lse).unwrap();
+    let start = Instant::now();
+    let mut calls = 0;
+    let mut best = f64::INFINITY;
+    while start.elapsed() < Duration::from_secs(3) {
+        let t0 = Instant::now();
+        if which == "fwd" {
+            attention_forward(&p, &x, &mut out, &mut lse).unwrap();
+        } else {
+            let grads = AttentionGrads {
+                dq: &mut dq,
+                dk: &mut dk,
+                dv: &mut dv,
+                dbias: None,
+            };
+            attention_backward(&p, &x, &out, &lse, &d_out, grads).unwrap();
+        }
+        best = best.min(t0.elapsed().as_secs_f64());
+        calls += 1;
+    }
+    println!(
+        "{which}: {:.3} ms per call on average, {:.3} ms at best, {calls} calls",
+        3e3 / calls as f64,
+        best * 1e3
+    );
 }

@@ -158,8 +158,17 @@ pub fn attention_forward(
     out.par_chunks_mut(g.t * g.dh)
         .zip(lse.par_chunks_mut(g.t))
         .enumerate()
-        .for_each_init(Scratch::default, |scratch, (task, (o, l))| {
-            forward_head(&g, p, x, isa, task / g.hq, task % g.hq, o, l, scratch);
+        .for_each(|(index, (out, lse))| {
+            let task = ForwardTask {
+                g: &g,
+                p,
+                x,
+                b: index / g.hq,
+                h: index % g.hq,
+                out,
+                lse,
+            };
+            with_scratch(|scratch| forward_head(isa, task, scratch));
         });
     Ok(())
 }
@@ -211,8 +220,15 @@ pub fn attention_backward(
     match dbias {
         None => tasks
             .par_iter_mut()
-            .for_each_init(Scratch::default, |scratch, task| {
-                backward_group(&g, p, &ctx, isa, task, None, scratch)
+            .for_each(|task| {
+                let job = BackwardJob {
+                    g: &g,
+                    p,
+                    ctx: &ctx,
+                    task,
+                    dbias: None,
+                };
+                with_scratch(|scratch| backward_group(isa, job, scratch))
             }),
         Some(dbias) => {
             // Every (batch, head) task adds into the same bias gradient: give each thread its own
@@ -223,10 +239,16 @@ pub fn attention_backward(
             let partials: Vec<Vec<f32>> = tasks
                 .par_chunks_mut(per_part)
                 .map(|chunk| {
-                    let mut scratch = Scratch::default();
                     let mut local = vec![0.0f32; len];
                     for task in chunk {
-                        backward_group(&g, p, &ctx, isa, task, Some(&mut local), &mut scratch);
+                        let job = BackwardJob {
+                            g: &g,
+                            p,
+                            ctx: &ctx,
+                            task,
+                            dbias: Some(&mut local),
+                        };
+                        with_scratch(|scratch| backward_group(isa, job, scratch));
                     }
                     local
                 })
@@ -545,73 +567,136 @@ impl BlockRange {
 /// Per-thread buffers, reused across the (batch, head) tasks a thread runs.
 #[derive(Default)]
 struct Scratch {
-    kt: Vec<f32>,
-    vt: Vec<f32>,
+    /// K and V of the task's kv head, row-major, padded to `[s_pad, dhp]`.
     kp: Vec<f32>,
     vp: Vec<f32>,
+    /// `scale * Q` and `dO` transposed into 16-query panels (the B operand of `Sᵀ` and `dPᵀ`).
+    qt: Vec<f32>,
+    dot: Vec<f32>,
+    /// Q and dO row-major, padded to `[t_pad, dhp]` (the B operand of `dK` and `dV`).
     qs: Vec<f32>,
     dop: Vec<f32>,
     dqa: Vec<f32>,
     dka: Vec<f32>,
     dva: Vec<f32>,
-    s: Vec<f32>,
+    /// Transposed score tile `Sᵀ` / `Pᵀ` (`[BC, BR]`) and `dPᵀ` / `dSᵀ`.
+    st: Vec<f32>,
     dp: Vec<f32>,
     oacc: Vec<f32>,
     m: Vec<f32>,
     l: Vec<f32>,
+    corr: Vec<f32>,
     lse: Vec<f32>,
     dsum: Vec<f32>,
     ranges: Vec<(usize, usize)>,
     blocks: Vec<BlockRange>,
 }
 
+thread_local! {
+    /// Rayon's worker threads live as long as the pool, so their buffers are reused across calls
+    /// and training steps instead of being allocated (and page-faulted in) for every task.
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => f(&mut scratch),
+        // Only reachable if a task were re-entered on the same thread; stay correct regardless.
+        Err(_) => f(&mut Scratch::default()),
+    })
+}
+
+/// Sizes `buf` to `n` without clearing what it held (for buffers that are fully overwritten).
+#[inline(always)]
+fn sized(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    buf.resize(n, 0.0);
+    &mut buf[..n]
+}
+
+#[inline(always)]
 fn zeroed(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
     buf.clear();
     buf.resize(n, 0.0);
     buf
 }
 
-/// Packs `rows x dh` row-major `src` transposed into 16-key panels: `dst[(j/16)*dh*16 + d*16 + j%16]`
-/// (the layout the microkernel streams as its B operand), zero beyond `rows`.
-fn pack_transposed_panels(
+/// Copies `rows x dh` row-major `src` times `mul`, transposed into 16-row panels:
+/// `dst[(j/16)*dh*16 + d*16 + j%16] = mul * src[j*dh + d]`, zero for `j >= rows` up to `rows_pad`.
+#[inline(always)]
+fn pack_panels_t(
+    isa: Isa,
     src: &[f32],
     rows: usize,
     dh: usize,
     rows_pad: usize,
-    dst: &mut Vec<f32>,
-) {
-    let dst = zeroed(dst, rows_pad * dh);
-    for j in 0..rows {
-        let panel = &mut dst[(j / NR) * dh * NR..];
-        for d in 0..dh {
-            panel[d * NR + j % NR] = src[j * dh + d];
-        }
-    }
-}
-
-/// Copies `rows x dh` row-major `src` (times `mul`) into `rows_pad x dhp`, zero padded.
-fn pack_rows(
-    src: &[f32],
-    rows: usize,
-    dh: usize,
-    rows_pad: usize,
-    dhp: usize,
     mul: f32,
     dst: &mut Vec<f32>,
 ) {
-    let dst = zeroed(dst, rows_pad * dhp);
-    for r in 0..rows {
-        for d in 0..dh {
-            dst[r * dhp + d] = src[r * dh + d] * mul;
+    assert!(rows <= rows_pad && rows_pad % NR == 0 && src.len() >= rows * dh);
+    let dst = if rows < rows_pad {
+        zeroed(dst, rows_pad * dh)
+    } else {
+        sized(dst, rows_pad * dh)
+    };
+    match isa {
+        Isa::Scalar => {}
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the assert bounds `src`; `dst` holds `rows_pad * dh >= ceil(rows/16)*16*dh`.
+        Isa::Avx2Fma => return unsafe { avx2::pack_panels_t(src, rows, dh, mul, dst) },
+    }
+    for (j, row) in src[..rows * dh].chunks_exact(dh).enumerate() {
+        let panel = &mut dst[(j / NR) * dh * NR..][..dh * NR];
+        let jj = j % NR;
+        for (cell, &x) in panel.chunks_exact_mut(NR).zip(row) {
+            cell[jj] = x * mul;
         }
     }
 }
 
-/// `s[r, c] += bias[r0 + r, c0 + c]` for real rows and keys, then `-inf` outside each row's interval
-/// unless the whole tile is visible.
+/// Copies `rows x dh` row-major `src` into `rows_pad x dhp`, zero padded.
+#[inline(always)]
+fn pack_rows(src: &[f32], rows: usize, dh: usize, rows_pad: usize, dhp: usize, dst: &mut Vec<f32>) {
+    let dst = if rows < rows_pad || dh < dhp {
+        zeroed(dst, rows_pad * dhp)
+    } else {
+        sized(dst, rows_pad * dhp)
+    };
+    for (d, s) in dst.chunks_exact_mut(dhp).zip(src[..rows * dh].chunks_exact(dh)) {
+        d[..dh].copy_from_slice(s);
+    }
+}
+
+/// Where a key tile's rows of K (or V) come from: straight from the input when its rows need no
+/// padding (`head_dim` a multiple of 16) and the tile lies inside the sequence; else from `packed`,
+/// which holds either the whole padded head (`direct == false`) or just the last, partial tile.
+#[inline(always)]
+fn kv_tile<'a>(direct: bool, src: &'a [f32], packed: &'a [f32], c0: usize, g: &Geometry) -> &'a [f32] {
+    if !direct {
+        &packed[c0 * g.dhp..]
+    } else if c0 + BC <= g.s {
+        &src[c0 * g.dh..]
+    } else {
+        packed
+    }
+}
+
+/// Fills `packed` for [`kv_tile`]: the whole padded head, or only the partial last tile.
+#[inline(always)]
+fn pack_kv(direct: bool, src: &[f32], g: &Geometry, packed: &mut Vec<f32>) {
+    if !direct {
+        pack_rows(src, g.s, g.dh, g.s_pad, g.dhp, packed);
+    } else if g.s % BC != 0 {
+        let c0 = g.s / BC * BC;
+        pack_rows(&src[c0 * g.dh..], g.s - c0, g.dh, BC, g.dhp, packed);
+    }
+}
+
+/// On a transposed tile (`st[jj*BR + r]` is query `r0 + r` against key `c0 + jj`): adds the bias,
+/// then writes `-inf` outside each query's interval unless the whole tile is visible.
 #[allow(clippy::too_many_arguments)]
-fn bias_and_mask(
-    s: &mut [f32],
+#[inline(always)]
+fn bias_and_mask_t(
+    st: &mut [f32],
     rows: usize,
     r0: usize,
     c0: usize,
@@ -620,22 +705,21 @@ fn bias_and_mask(
     ranges: &[(usize, usize)],
     full: bool,
 ) {
-    let cols = BC.min(kv_len.saturating_sub(c0));
+    let keys = BC.min(kv_len.saturating_sub(c0));
     if let Some(bias) = bias {
         for r in 0..rows {
-            let brow = &bias[(r0 + r) * kv_len + c0..][..cols];
-            for (x, b) in s[r * BC..][..cols].iter_mut().zip(brow) {
-                *x += b;
+            let brow = &bias[(r0 + r) * kv_len + c0..][..keys];
+            for (jj, b) in brow.iter().enumerate() {
+                st[jj * BR + r] += b;
             }
         }
     }
     if !full {
         for (r, &(lo, hi)) in ranges[r0..r0 + rows].iter().enumerate() {
-            for (c, x) in s[r * BC..][..BC].iter_mut().enumerate() {
-                let j = c0 + c;
-                if j < lo || j >= hi {
-                    *x = f32::NEG_INFINITY;
-                }
+            let lo = lo.clamp(c0, c0 + BC) - c0;
+            let hi = hi.clamp(c0 + lo, c0 + BC) - c0;
+            for jj in (0..lo).chain(hi..BC) {
+                st[jj * BR + r] = f32::NEG_INFINITY;
             }
         }
     }
@@ -656,24 +740,16 @@ struct TileGemm {
     accumulate: bool,
 }
 
+#[inline(always)]
 fn tile_gemm(isa: Isa, g: TileGemm, a: &[f32], b: &[f32], c: &mut [f32]) {
     assert!(g.m % MR == 0 && g.n % NR == 0, "tile shape {g:?}");
     if g.m == 0 || g.n == 0 {
         return;
     }
-    assert!(
-        (g.m - 1) * g.ldc + g.n <= c.len(),
-        "C tile out of bounds {g:?}"
-    );
+    assert!((g.m - 1) * g.ldc + g.n <= c.len(), "C tile out of bounds {g:?}");
     if g.k > 0 {
-        assert!(
-            (g.m - 1) * g.a_rs + (g.k - 1) * g.a_cs < a.len(),
-            "A tile {g:?}"
-        );
-        assert!(
-            (g.n / NR - 1) * g.b_ps + (g.k - 1) * g.b_rs + NR <= b.len(),
-            "B tile {g:?}"
-        );
+        assert!((g.m - 1) * g.a_rs + (g.k - 1) * g.a_cs < a.len(), "A tile {g:?}");
+        assert!((g.n / NR - 1) * g.b_ps + (g.k - 1) * g.b_rs + NR <= b.len(), "B tile {g:?}");
     }
     match isa {
         Isa::Scalar => scalar::tile_gemm(g, a, b, c),
@@ -684,53 +760,50 @@ fn tile_gemm(isa: Isa, g: TileGemm, a: &[f32], b: &[f32], c: &mut [f32]) {
     }
 }
 
-/// Online-softmax step for one tile: for each of `rows` rows of `s` (`BC` wide), update the running
-/// max `m` and sum `l`, turn the scores into `exp(s - m_new)`, and rescale the output accumulator row
-/// (`oacc`, `dhp` wide) by `exp(m_old - m_new)`. Rows whose max is still `-inf` become zeros.
-fn softmax_tile(
-    isa: Isa,
-    s: &mut [f32],
-    rows: usize,
-    m: &mut [f32],
-    l: &mut [f32],
-    oacc: &mut [f32],
-    dhp: usize,
-) {
-    assert!(s.len() >= rows * BC && m.len() >= rows && l.len() >= rows);
-    assert!(oacc.len() >= rows * dhp && dhp % NR == 0);
+/// Online-softmax step on a transposed tile (`BC` keys by `BR` queries): per query column, update
+/// the running max `m` and sum `l`, turn the scores into `exp(s - m_new)`, and leave in `corr` the
+/// factor `exp(m_old - m_new)` by which that query's output accumulator must be rescaled. A column
+/// whose max is still `-inf` (nothing visible yet) yields zeros and `corr = 0` on a zero accumulator.
+#[inline(always)]
+fn softmax_cols(isa: Isa, st: &mut [f32], m: &mut [f32], l: &mut [f32], corr: &mut [f32]) {
+    assert!(st.len() >= BC * BR && m.len() >= BR && l.len() >= BR && corr.len() >= BR);
     match isa {
-        Isa::Scalar => scalar::softmax_tile(s, rows, m, l, oacc, dhp),
+        Isa::Scalar => scalar::softmax_cols(st, m, l, corr),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: lengths asserted above; AVX2+FMA detected.
-        Isa::Avx2Fma => unsafe { avx2::softmax_tile(s, rows, m, l, oacc, dhp) },
+        Isa::Avx2Fma => unsafe { avx2::softmax_cols(st, m, l, corr) },
     }
 }
 
-/// `s[r, c] = exp(s[r, c] - sub[r])` on a `rows x BC` tile.
-fn exp_sub_tile(isa: Isa, s: &mut [f32], rows: usize, sub: &[f32]) {
-    assert!(s.len() >= rows * BC && sub.len() >= rows);
+/// `st[jj, r] = exp(st[jj, r] - lse[r])` on a transposed tile.
+#[inline(always)]
+fn exp_sub_cols(isa: Isa, st: &mut [f32], lse: &[f32]) {
+    assert!(st.len() >= BC * BR && lse.len() >= BR);
     match isa {
         Isa::Scalar => {
-            for r in 0..rows {
-                for x in &mut s[r * BC..(r + 1) * BC] {
-                    *x = exp_approx(*x - sub[r]);
+            for row in st[..BC * BR].chunks_exact_mut(BR) {
+                for (x, l) in row.iter_mut().zip(lse) {
+                    *x = exp_approx(*x - l);
                 }
             }
         }
         #[cfg(target_arch = "x86_64")]
         // SAFETY: lengths asserted above; AVX2+FMA detected.
-        Isa::Avx2Fma => unsafe { avx2::exp_sub_tile(s, rows, sub) },
+        Isa::Avx2Fma => unsafe { avx2::exp_sub_cols(st, lse) },
     }
 }
 
-/// `dp[r, c] = p[r, c] * (dp[r, c] - dsum[r])`: the softmax backward, in place.
-fn softmax_grad_tile(isa: Isa, p: &[f32], dp: &mut [f32], rows: usize, dsum: &[f32]) {
-    assert!(p.len() >= rows * BC && dp.len() >= rows * BC && dsum.len() >= rows);
-    match isa {
-        Isa::Scalar => scalar::softmax_grad_tile(p, dp, rows, dsum),
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: lengths asserted above; AVX2+FMA detected.
-        Isa::Avx2Fma => unsafe { avx2::softmax_grad_tile(p, dp, rows, dsum) },
+/// `dp[jj, r] = p[jj, r] * (dp[jj, r] - dsum[r])`: the softmax backward on a transposed tile.
+#[inline(always)]
+fn softmax_grad_cols(p: &[f32], dp: &mut [f32], dsum: &[f32]) {
+    let dsum = &dsum[..BR];
+    for (drow, prow) in dp[..BC * BR]
+        .chunks_exact_mut(BR)
+        .zip(p[..BC * BR].chunks_exact(BR))
+    {
+        for ((d, pv), ds) in drow.iter_mut().zip(prow).zip(dsum) {
+            *d = pv * (*d - ds);
+        }
     }
 }
 
@@ -738,18 +811,41 @@ fn softmax_grad_tile(isa: Isa, p: &[f32], dp: &mut [f32], rows: usize, dsum: &[f
 // Forward
 // ---------------------------------------------------------------------------------------------
 
-#[allow(clippy::too_many_arguments)]
-fn forward_head(
-    g: &Geometry,
-    p: &AttentionParams,
-    x: &AttentionInputs,
-    isa: Isa,
+/// What one forward task (a (batch, query head) pair) reads and writes.
+struct ForwardTask<'a, 'p> {
+    g: &'a Geometry,
+    p: &'a AttentionParams<'p>,
+    x: &'a AttentionInputs<'a>,
     b: usize,
     h: usize,
-    out: &mut [f32],
-    lse: &mut [f32],
-    sc: &mut Scratch,
-) {
+    out: &'a mut [f32],
+    lse: &'a mut [f32],
+}
+
+fn forward_head(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
+    match isa {
+        Isa::Scalar => forward_head_impl(Isa::Scalar, task, sc),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2Fma is only chosen after runtime detection.
+        Isa::Avx2Fma => unsafe { avx2::forward_head(task, sc) },
+    }
+}
+
+/// The forward for one (batch, head), FlashAttention-2 order: for each block of `BR` queries, walk
+/// the key tiles its rows can see, keeping the output accumulator, running max and sum in scratch.
+/// Scores are kept transposed (`Sᵀ = K·(scale·Q)ᵀ`, keys by queries) so that the softmax runs down
+/// columns: every reduction is elementwise across rows, with no horizontal shuffles.
+#[inline(always)]
+fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
+    let ForwardTask {
+        g,
+        p,
+        x,
+        b,
+        h,
+        out,
+        lse,
+    } = task;
     let (t, s, dh, dhp) = (g.t, g.s, g.dh, g.dhp);
     let kvh = h / g.group;
     let q = &x.q[(b * g.hq + h) * t * dh..][..t * dh];
@@ -759,14 +855,14 @@ fn forward_head(
         let hb = if g.bias_heads == 1 { 0 } else { h };
         &bias[hb * t * s..][..t * s]
     });
-    pack_transposed_panels(k, s, dh, g.s_pad, &mut sc.kt);
-    pack_rows(v, s, dh, g.s_pad, dhp, 1.0, &mut sc.vp);
+    let direct = dh == dhp;
+    pack_kv(direct, k, g, &mut sc.kp);
+    pack_kv(direct, v, g, &mut sc.vp);
     sc.ranges.clear();
     sc.ranges.extend((0..t).map(|i| row_range(p, t, s, b, i)));
 
     for r0 in (0..t).step_by(BR) {
         let rows = BR.min(t - r0);
-        let rows_pad = rows.div_ceil(MR) * MR;
         let blk = BlockRange::of(&sc.ranges[r0..r0 + rows]);
         let out_blk = &mut out[r0 * dh..(r0 + rows) * dh];
         let lse_blk = &mut lse[r0..r0 + rows];
@@ -775,51 +871,66 @@ fn forward_head(
             lse_blk.fill(f32::NEG_INFINITY);
             continue;
         }
-        pack_rows(&q[r0 * dh..], rows, dh, rows_pad, dhp, p.scale, &mut sc.qs);
-        let oacc = zeroed(&mut sc.oacc, rows_pad * dhp);
+        pack_panels_t(isa, &q[r0 * dh..], rows, dh, BR, p.scale, &mut sc.qt);
+        let oacc = zeroed(&mut sc.oacc, BR * dhp);
         sc.m.clear();
-        sc.m.resize(rows_pad, f32::NEG_INFINITY);
-        let l = zeroed(&mut sc.l, rows_pad);
-        let st = zeroed(&mut sc.s, rows_pad * BC);
+        sc.m.resize(BR, f32::NEG_INFINITY);
+        let l = zeroed(&mut sc.l, BR);
+        let corr = zeroed(&mut sc.corr, BR);
+        let st = sized(&mut sc.st, BC * BR);
 
         let mut c0 = blk.first_tile();
         while c0 < blk.kmax {
-            // S = (scale*Q) Kᵀ for this tile.
+            // Sᵀ = K (scale·Q)ᵀ for this tile.
             tile_gemm(
                 isa,
                 TileGemm {
-                    m: rows_pad,
-                    n: BC,
+                    m: BC,
+                    n: BR,
                     k: dh,
                     a_rs: dhp,
                     a_cs: 1,
                     b_rs: NR,
                     b_ps: dh * NR,
-                    ldc: BC,
+                    ldc: BR,
                     accumulate: false,
                 },
-                &sc.qs,
-                &sc.kt[c0 * dh..],
+                kv_tile(direct, k, &sc.kp, c0, g),
+                &sc.qt,
                 st,
             );
-            bias_and_mask(st, rows, r0, c0, s, bias, &sc.ranges, blk.fully_visible(c0));
-            softmax_tile(isa, st, rows_pad, &mut sc.m, l, oacc, dhp);
-            // O += P V.
+            bias_and_mask_t(
+                st,
+                rows,
+                r0,
+                c0,
+                s,
+                bias,
+                &sc.ranges,
+                blk.fully_visible(c0),
+            );
+            softmax_cols(isa, st, &mut sc.m, l, corr);
+            for (orow, &c) in oacc.chunks_exact_mut(dhp).zip(corr.iter()) {
+                for o in orow {
+                    *o *= c;
+                }
+            }
+            // O += P V, reading P = (Pᵀ)ᵀ through the A strides.
             tile_gemm(
                 isa,
                 TileGemm {
-                    m: rows_pad,
+                    m: BR,
                     n: dhp,
                     k: BC,
-                    a_rs: BC,
-                    a_cs: 1,
+                    a_rs: 1,
+                    a_cs: BR,
                     b_rs: dhp,
                     b_ps: NR,
                     ldc: dhp,
                     accumulate: true,
                 },
                 st,
-                &sc.vp[c0 * dhp..],
+                kv_tile(direct, v, &sc.vp, c0, g),
                 oacc,
             );
             c0 += BC;
@@ -859,23 +970,44 @@ struct BackwardTask<'a> {
     dv: &'a mut [f32],
 }
 
-fn backward_group(
-    g: &Geometry,
-    p: &AttentionParams,
-    ctx: &BackwardInputs,
-    isa: Isa,
-    task: &mut BackwardTask,
-    mut dbias: Option<&mut [f32]>,
-    sc: &mut Scratch,
-) {
+/// Everything one backward task needs besides its scratch.
+struct BackwardJob<'a, 'p, 't> {
+    g: &'a Geometry,
+    p: &'a AttentionParams<'p>,
+    ctx: &'a BackwardInputs<'a>,
+    task: &'a mut BackwardTask<'t>,
+    dbias: Option<&'a mut [f32]>,
+}
+
+fn backward_group(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
+    match isa {
+        Isa::Scalar => backward_group_impl(Isa::Scalar, job, sc),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: Avx2Fma is only chosen after runtime detection.
+        Isa::Avx2Fma => unsafe { avx2::backward_group(job, sc) },
+    }
+}
+
+/// The backward for one (batch, kv head) and the query heads that share it. Key tiles are the outer
+/// loop so each tile's dK/dV rows stay hot while the query blocks that see it stream past; dQ of the
+/// current head accumulates in scratch. Owning the whole group makes dK/dV race-free without atomics.
+#[inline(always)]
+fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
+    let BackwardJob {
+        g,
+        p,
+        ctx,
+        task,
+        mut dbias,
+    } = job;
     let (t, s, dh, dhp, s_pad, t_pad) = (g.t, g.s, g.dh, g.dhp, g.s_pad, g.t_pad);
     let (b, kvh) = (task.index / g.hkv, task.index % g.hkv);
     let x = ctx.x;
     let k = &x.k[(b * g.hkv + kvh) * s * dh..][..s * dh];
     let v = &x.v[(b * g.hkv + kvh) * s * dh..][..s * dh];
-    pack_rows(k, s, dh, s_pad, dhp, 1.0, &mut sc.kp);
-    pack_transposed_panels(k, s, dh, s_pad, &mut sc.kt);
-    pack_transposed_panels(v, s, dh, s_pad, &mut sc.vt);
+    let direct = dh == dhp;
+    pack_kv(direct, k, g, &mut sc.kp);
+    pack_kv(direct, v, g, &mut sc.vp);
     zeroed(&mut sc.dka, s_pad * dhp);
     zeroed(&mut sc.dva, s_pad * dhp);
     sc.ranges.clear();
@@ -892,23 +1024,18 @@ fn backward_group(
         let q = &x.q[base * dh..][..t * dh];
         let o = &ctx.out[base * dh..][..t * dh];
         let d_o = &ctx.d_out[base * dh..][..t * dh];
-        let bias = x.bias.map(|bias| {
-            let hb = if g.bias_heads == 1 { 0 } else { h };
-            &bias[hb * t * s..][..t * s]
-        });
         let hb = if g.bias_heads == 1 { 0 } else { h };
-        pack_rows(q, t, dh, t_pad, dhp, p.scale, &mut sc.qs);
-        pack_rows(d_o, t, dh, t_pad, dhp, 1.0, &mut sc.dop);
+        let bias = x.bias.map(|bias| &bias[hb * t * s..][..t * s]);
+        pack_panels_t(isa, q, t, dh, t_pad, p.scale, &mut sc.qt);
+        pack_panels_t(isa, d_o, t, dh, t_pad, 1.0, &mut sc.dot);
+        pack_rows(q, t, dh, t_pad, dhp, &mut sc.qs);
+        pack_rows(d_o, t, dh, t_pad, dhp, &mut sc.dop);
         zeroed(&mut sc.dqa, t_pad * dhp);
-        // Rows that saw nothing (lse = -inf) and padding rows get lse = +inf, so P = exp(s - lse)
-        // is exactly 0 there and they contribute nothing.
+        // Queries that saw nothing (lse = -inf) and padding queries get lse = +inf, so that
+        // P = exp(s - lse) is exactly 0 there and they contribute nothing.
         sc.lse.clear();
         sc.lse.extend((0..t_pad).map(|i| {
-            let l = if i < t {
-                ctx.lse[base + i]
-            } else {
-                f32::INFINITY
-            };
+            let l = if i < t { ctx.lse[base + i] } else { f32::INFINITY };
             if l == f32::NEG_INFINITY {
                 f32::INFINITY
             } else {
@@ -916,15 +1043,15 @@ fn backward_group(
             }
         }));
         let dsum = zeroed(&mut sc.dsum, t_pad);
-        for i in 0..t {
-            dsum[i] = o[i * dh..(i + 1) * dh]
-                .iter()
-                .zip(&d_o[i * dh..(i + 1) * dh])
-                .map(|(a, b)| a * b)
-                .sum();
+        for ((ds, orow), drow) in dsum
+            .iter_mut()
+            .zip(o.chunks_exact(dh))
+            .zip(d_o.chunks_exact(dh))
+        {
+            *ds = orow.iter().zip(drow).map(|(a, b)| a * b).sum();
         }
-        let st = zeroed(&mut sc.s, BR * BC);
-        let dp = zeroed(&mut sc.dp, BR * BC);
+        let st = sized(&mut sc.st, BC * BR);
+        let dp = sized(&mut sc.dp, BC * BR);
 
         for c0 in (0..s_pad).step_by(BC) {
             for (bi, blk) in sc.blocks.iter().enumerate() {
@@ -933,28 +1060,35 @@ fn backward_group(
                 }
                 let r0 = bi * BR;
                 let rows = BR.min(t - r0);
-                let qs_blk = &sc.qs[r0 * dhp..(r0 + BR) * dhp];
-                let do_blk = &sc.dop[r0 * dhp..(r0 + BR) * dhp];
-                // P = exp(scale*Q Kᵀ + bias - lse).
+                // Pᵀ = exp(K (scale·Q)ᵀ + biasᵀ - lse).
                 tile_gemm(
                     isa,
                     TileGemm {
-                        m: BR,
-                        n: BC,
+                        m: BC,
+                        n: BR,
                         k: dh,
                         a_rs: dhp,
                         a_cs: 1,
                         b_rs: NR,
                         b_ps: dh * NR,
-                        ldc: BC,
+                        ldc: BR,
                         accumulate: false,
                     },
-                    qs_blk,
-                    &sc.kt[c0 * dh..],
+                    kv_tile(direct, k, &sc.kp, c0, g),
+                    &sc.qt[r0 * dh..],
                     st,
                 );
-                bias_and_mask(st, rows, r0, c0, s, bias, &sc.ranges, blk.fully_visible(c0));
-                exp_sub_tile(isa, st, BR, &sc.lse[r0..]);
+                bias_and_mask_t(
+                    st,
+                    rows,
+                    r0,
+                    c0,
+                    s,
+                    bias,
+                    &sc.ranges,
+                    blk.fully_visible(c0),
+                );
+                exp_sub_cols(isa, st, &sc.lse[r0..]);
                 // dV += Pᵀ dO.
                 tile_gemm(
                     isa,
@@ -962,74 +1096,53 @@ fn backward_group(
                         m: BC,
                         n: dhp,
                         k: BR,
-                        a_rs: 1,
-                        a_cs: BC,
+                        a_rs: BR,
+                        a_cs: 1,
                         b_rs: dhp,
                         b_ps: NR,
                         ldc: dhp,
                         accumulate: true,
                     },
                     st,
-                    do_blk,
+                    &sc.dop[r0 * dhp..],
                     &mut sc.dva[c0 * dhp..],
                 );
-                // dP = dO Vᵀ, then dS = P ∘ (dP - D).
+                // dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ - D).
                 tile_gemm(
                     isa,
                     TileGemm {
-                        m: BR,
-                        n: BC,
+                        m: BC,
+                        n: BR,
                         k: dh,
                         a_rs: dhp,
                         a_cs: 1,
                         b_rs: NR,
                         b_ps: dh * NR,
-                        ldc: BC,
+                        ldc: BR,
                         accumulate: false,
                     },
-                    do_blk,
-                    &sc.vt[c0 * dh..],
+                    kv_tile(direct, v, &sc.vp, c0, g),
+                    &sc.dot[r0 * dh..],
                     dp,
                 );
-                softmax_grad_tile(isa, st, dp, BR, &dsum[r0..]);
+                softmax_grad_cols(st, dp, &dsum[r0..]);
                 if let Some(db) = dbias.as_deref_mut() {
-                    let cols = BC.min(s.saturating_sub(c0));
+                    let keys = BC.min(s.saturating_sub(c0));
                     for r in 0..rows {
-                        let drow = &mut db[(hb * t + r0 + r) * s + c0..][..cols];
-                        for (d, x) in drow.iter_mut().zip(&dp[r * BC..]) {
-                            *d += x;
+                        let drow = &mut db[(hb * t + r0 + r) * s + c0..][..keys];
+                        for (jj, d) in drow.iter_mut().enumerate() {
+                            *d += dp[jj * BR + r];
                         }
                     }
                 }
-                // dK += dSᵀ (scale*Q): the scale of s = scale*q·k lands on dK through Q.
+                // dK += dSᵀ Q (times scale, applied once at the end).
                 tile_gemm(
                     isa,
                     TileGemm {
                         m: BC,
                         n: dhp,
                         k: BR,
-                        a_rs: 1,
-                        a_cs: BC,
-                        b_rs: dhp,
-                        b_ps: NR,
-                        ldc: dhp,
-                        accumulate: true,
-                    },
-                    dp,
-                    qs_blk,
-                    &mut sc.dka[c0 * dhp..],
-                );
-                // dQ += scale * dS K.
-                for x in dp.iter_mut() {
-                    *x *= p.scale;
-                }
-                tile_gemm(
-                    isa,
-                    TileGemm {
-                        m: BR,
-                        n: dhp,
-                        k: BC,
-                        a_rs: BC,
+                        a_rs: BR,
                         a_cs: 1,
                         b_rs: dhp,
                         b_ps: NR,
@@ -1037,19 +1150,46 @@ fn backward_group(
                         accumulate: true,
                     },
                     dp,
-                    &sc.kp[c0 * dhp..],
+                    &sc.qs[r0 * dhp..],
+                    &mut sc.dka[c0 * dhp..],
+                );
+                // dQ += dS K (times scale, applied once at the end).
+                tile_gemm(
+                    isa,
+                    TileGemm {
+                        m: BR,
+                        n: dhp,
+                        k: BC,
+                        a_rs: 1,
+                        a_cs: BR,
+                        b_rs: dhp,
+                        b_ps: NR,
+                        ldc: dhp,
+                        accumulate: true,
+                    },
+                    dp,
+                    kv_tile(direct, k, &sc.kp, c0, g),
                     &mut sc.dqa[r0 * dhp..],
                 );
             }
         }
         let dq_head = &mut task.dq[gh * t * dh..][..t * dh];
-        for i in 0..t {
-            dq_head[i * dh..(i + 1) * dh].copy_from_slice(&sc.dqa[i * dhp..i * dhp + dh]);
+        for (dst, src) in dq_head.chunks_exact_mut(dh).zip(sc.dqa.chunks_exact(dhp)) {
+            for (d, a) in dst.iter_mut().zip(src) {
+                *d = a * p.scale;
+            }
         }
     }
-    for j in 0..s {
-        task.dk[j * dh..(j + 1) * dh].copy_from_slice(&sc.dka[j * dhp..j * dhp + dh]);
-        task.dv[j * dh..(j + 1) * dh].copy_from_slice(&sc.dva[j * dhp..j * dhp + dh]);
+    for ((dk, dv), (ka, va)) in task
+        .dk
+        .chunks_exact_mut(dh)
+        .zip(task.dv.chunks_exact_mut(dh))
+        .zip(sc.dka.chunks_exact(dhp).zip(sc.dva.chunks_exact(dhp)))
+    {
+        for (d, a) in dk.iter_mut().zip(ka) {
+            *d = a * p.scale;
+        }
+        dv.copy_from_slice(&va[..dh]);
     }
 }
 
@@ -1058,7 +1198,7 @@ fn backward_group(
 // ---------------------------------------------------------------------------------------------
 
 mod scalar {
-    use super::{exp_approx, TileGemm, BC, MR, NR};
+    use super::{exp_approx, TileGemm, BC, BR, MR, NR};
 
     pub(super) fn tile_gemm(g: TileGemm, a: &[f32], b: &[f32], c: &mut [f32]) {
         for p in 0..g.n / NR {
@@ -1086,43 +1226,31 @@ mod scalar {
         }
     }
 
-    pub(super) fn softmax_tile(
-        s: &mut [f32],
-        rows: usize,
-        m: &mut [f32],
-        l: &mut [f32],
-        oacc: &mut [f32],
-        dhp: usize,
-    ) {
-        for r in 0..rows {
-            let row = &mut s[r * BC..(r + 1) * BC];
-            let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let m_new = m[r].max(mx);
-            if m_new == f32::NEG_INFINITY {
-                row.fill(0.0);
-                continue;
-            }
-            let corr = exp_approx(m[r] - m_new);
-            let mut sum = 0.0f32;
-            for x in row.iter_mut() {
-                *x = exp_approx(*x - m_new);
-                sum += *x;
-            }
-            l[r] = l[r] * corr + sum;
-            m[r] = m_new;
-            if corr != 1.0 {
-                for o in &mut oacc[r * dhp..(r + 1) * dhp] {
-                    *o *= corr;
-                }
+    pub(super) fn softmax_cols(st: &mut [f32], m: &mut [f32], l: &mut [f32], corr: &mut [f32]) {
+        let st = &mut st[..BC * BR];
+        let mut mx = [f32::NEG_INFINITY; BR];
+        for row in st.chunks_exact(BR) {
+            for (a, &x) in mx.iter_mut().zip(row) {
+                *a = a.max(x);
             }
         }
-    }
-
-    pub(super) fn softmax_grad_tile(p: &[f32], dp: &mut [f32], rows: usize, dsum: &[f32]) {
-        for r in 0..rows {
-            for (d, pv) in dp[r * BC..(r + 1) * BC].iter_mut().zip(&p[r * BC..]) {
-                *d = pv * (*d - dsum[r]);
+        let mut m_use = [0.0f32; BR];
+        for r in 0..BR {
+            let m_new = m[r].max(mx[r]);
+            // Nothing visible yet: subtract 0 instead of -inf so that exp(-inf - 0) = 0, not NaN.
+            m_use[r] = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
+            corr[r] = exp_approx(m[r] - m_use[r]);
+            m[r] = m_new;
+        }
+        let mut sum = [0.0f32; BR];
+        for row in st.chunks_exact_mut(BR) {
+            for ((x, mu), s) in row.iter_mut().zip(&m_use).zip(sum.iter_mut()) {
+                *x = exp_approx(*x - mu);
+                *s += *x;
             }
+        }
+        for r in 0..BR {
+            l[r] = l[r] * corr[r] + sum[r];
         }
     }
 }
@@ -1133,21 +1261,39 @@ mod scalar {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{TileGemm, BC, EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, MR, NR};
-    use super::{P0, P1, P2, P3, P4, P5};
+    use super::{BackwardJob, ForwardTask, Isa, Scratch, TileGemm, BC, BR, MR, NR};
+    use super::{EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, P0, P1, P2, P3, P4, P5};
     use std::arch::x86_64::*;
+
+    /// The whole per-head forward compiled with AVX2+FMA, so that its glue loops (packing,
+    /// rescaling, bias) vectorise too and the tile calls inline.
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn forward_head(task: ForwardTask, sc: &mut Scratch) {
+        super::forward_head_impl(Isa::Avx2Fma, task, sc)
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn backward_group(job: BackwardJob, sc: &mut Scratch) {
+        super::backward_group_impl(Isa::Avx2Fma, job, sc)
+    }
 
     /// Eight lanes of [`super::exp_approx`] (the same reduction and polynomial, with FMAs).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn exp8(x: __m256) -> __m256 {
+    fn exp8(x: __m256) -> __m256 {
         let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_LO));
         // Constant first: minps/maxps return the second operand when either is NaN, so NaN survives.
         let x = _mm256_min_ps(_mm256_set1_ps(EXP_HI), x);
         let x = _mm256_max_ps(_mm256_set1_ps(EXP_LO), x);
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
-        );
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+            x,
+            _mm256_set1_ps(LOG2E),
+        ));
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
         let r2 = _mm256_mul_ps(r, r);
@@ -1183,9 +1329,13 @@ mod avx2 {
         }
     }
 
+    /// The 4x16 register-blocked microkernel swept over the tile: 8 accumulators, two B vectors
+    /// and one broadcast A element per step.
+    ///
     /// # Safety
     /// AVX2 and FMA must be available, and every index described by `g` (see
     /// [`super::TileGemm`]) must be inside the allocations behind `a`, `b` and `c`.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn tile_gemm(g: TileGemm, a: *const f32, b: *const f32, c: *mut f32) {
         for p in 0..g.n / NR {
@@ -1250,93 +1400,110 @@ mod avx2 {
         }
     }
 
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hmax(v: __m256) -> f32 {
-        let m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-        let m = _mm_max_ss(m, _mm_shuffle_ps::<0b01>(m, m));
-        _mm_cvtss_f32(m)
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps::<0b01>(s, s));
-        _mm_cvtss_f32(s)
-    }
-
+    /// [`super::pack_panels_t`] with 8x8 register transposes: eight rows of eight values are loaded,
+    /// scaled, transposed, and stored as eight panel rows.
+    ///
     /// # Safety
-    /// AVX2 and FMA must be available; `s` holds `rows * BC`, `oacc` `rows * dhp` (dhp % 8 == 0).
+    /// AVX2 and FMA must be available; `src` holds `rows * dh` values and `dst`
+    /// `ceil(rows / 16) * 16 * dh`.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn softmax_tile(
-        s: &mut [f32],
-        rows: usize,
-        m: &mut [f32],
-        l: &mut [f32],
-        oacc: &mut [f32],
-        dhp: usize,
-    ) {
-        for r in 0..rows {
-            let row = s.as_mut_ptr().add(r * BC);
-            let mut mx = _mm256_set1_ps(f32::NEG_INFINITY);
-            for c in (0..BC).step_by(8) {
-                mx = _mm256_max_ps(mx, _mm256_loadu_ps(row.add(c)));
+    pub(super) unsafe fn pack_panels_t(src: &[f32], rows: usize, dh: usize, mul: f32, dst: &mut [f32]) {
+        let mv = _mm256_set1_ps(mul);
+        let s = src.as_ptr();
+        let full_rows = rows / 8 * 8;
+        let full_d = dh / 8 * 8;
+        for j0 in (0..full_rows).step_by(8) {
+            let panel = dst.as_mut_ptr().add((j0 / NR) * dh * NR + j0 % NR);
+            for d0 in (0..full_d).step_by(8) {
+                let ld = |i: usize| _mm256_mul_ps(_mm256_loadu_ps(s.add((j0 + i) * dh + d0)), mv);
+                let (r0, r1, r2, r3) = (ld(0), ld(1), ld(2), ld(3));
+                let (r4, r5, r6, r7) = (ld(4), ld(5), ld(6), ld(7));
+                let t0 = _mm256_unpacklo_ps(r0, r1);
+                let t1 = _mm256_unpackhi_ps(r0, r1);
+                let t2 = _mm256_unpacklo_ps(r2, r3);
+                let t3 = _mm256_unpackhi_ps(r2, r3);
+                let t4 = _mm256_unpacklo_ps(r4, r5);
+                let t5 = _mm256_unpackhi_ps(r4, r5);
+                let t6 = _mm256_unpacklo_ps(r6, r7);
+                let t7 = _mm256_unpackhi_ps(r6, r7);
+                let u0 = _mm256_shuffle_ps::<0x44>(t0, t2);
+                let u1 = _mm256_shuffle_ps::<0xEE>(t0, t2);
+                let u2 = _mm256_shuffle_ps::<0x44>(t1, t3);
+                let u3 = _mm256_shuffle_ps::<0xEE>(t1, t3);
+                let u4 = _mm256_shuffle_ps::<0x44>(t4, t6);
+                let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
+                let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
+                let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
+                let out = panel.add(d0 * NR);
+                _mm256_storeu_ps(out, _mm256_permute2f128_ps::<0x20>(u0, u4));
+                _mm256_storeu_ps(out.add(NR), _mm256_permute2f128_ps::<0x20>(u1, u5));
+                _mm256_storeu_ps(out.add(2 * NR), _mm256_permute2f128_ps::<0x20>(u2, u6));
+                _mm256_storeu_ps(out.add(3 * NR), _mm256_permute2f128_ps::<0x20>(u3, u7));
+                _mm256_storeu_ps(out.add(4 * NR), _mm256_permute2f128_ps::<0x31>(u0, u4));
+                _mm256_storeu_ps(out.add(5 * NR), _mm256_permute2f128_ps::<0x31>(u1, u5));
+                _mm256_storeu_ps(out.add(6 * NR), _mm256_permute2f128_ps::<0x31>(u2, u6));
+                _mm256_storeu_ps(out.add(7 * NR), _mm256_permute2f128_ps::<0x31>(u3, u7));
             }
-            let m_new = m[r].max(hmax(mx));
-            if m_new == f32::NEG_INFINITY {
-                for c in (0..BC).step_by(8) {
-                    _mm256_storeu_ps(row.add(c), _mm256_setzero_ps());
+            for i in 0..8 {
+                for d in full_d..dh {
+                    *panel.add(d * NR + i) = *s.add((j0 + i) * dh + d) * mul;
                 }
-                continue;
             }
-            let corr = super::exp_approx(m[r] - m_new);
-            let mv = _mm256_set1_ps(m_new);
+        }
+        for j in full_rows..rows {
+            let panel = dst.as_mut_ptr().add((j / NR) * dh * NR + j % NR);
+            for d in 0..dh {
+                *panel.add(d * NR) = *s.add(j * dh + d) * mul;
+            }
+        }
+    }
+
+    /// Vertical online softmax, eight query columns at a time (see [`super::softmax_cols`]).
+    ///
+    /// # Safety
+    /// AVX2 and FMA must be available; `st` holds `BC * BR` values, the others `BR`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax_cols(st: &mut [f32], m: &mut [f32], l: &mut [f32], corr: &mut [f32]) {
+        let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
+        for c in (0..BR).step_by(8) {
+            let col = st.as_mut_ptr().add(c);
+            let mut mx = neg_inf;
+            for jj in 0..BC {
+                mx = _mm256_max_ps(mx, _mm256_loadu_ps(col.add(jj * BR)));
+            }
+            let m_old = _mm256_loadu_ps(m.as_ptr().add(c));
+            let m_new = _mm256_max_ps(m_old, mx);
+            // Nothing visible yet: subtract 0 instead of -inf so that exp(-inf - 0) = 0, not NaN.
+            let dead = _mm256_cmp_ps::<_CMP_EQ_OQ>(m_new, neg_inf);
+            let m_use = _mm256_andnot_ps(dead, m_new);
+            let cr = exp8(_mm256_sub_ps(m_old, m_use));
             let mut sum = _mm256_setzero_ps();
-            for c in (0..BC).step_by(8) {
-                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row.add(c)), mv));
-                _mm256_storeu_ps(row.add(c), e);
+            for jj in 0..BC {
+                let ptr = col.add(jj * BR);
+                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(ptr), m_use));
+                _mm256_storeu_ps(ptr, e);
                 sum = _mm256_add_ps(sum, e);
             }
-            l[r] = l[r] * corr + hsum(sum);
-            m[r] = m_new;
-            if corr != 1.0 {
-                let cv = _mm256_set1_ps(corr);
-                let o = oacc.as_mut_ptr().add(r * dhp);
-                for d in (0..dhp).step_by(8) {
-                    _mm256_storeu_ps(o.add(d), _mm256_mul_ps(_mm256_loadu_ps(o.add(d)), cv));
-                }
-            }
+            let l_old = _mm256_loadu_ps(l.as_ptr().add(c));
+            _mm256_storeu_ps(l.as_mut_ptr().add(c), _mm256_fmadd_ps(l_old, cr, sum));
+            _mm256_storeu_ps(m.as_mut_ptr().add(c), m_new);
+            _mm256_storeu_ps(corr.as_mut_ptr().add(c), cr);
         }
     }
 
     /// # Safety
-    /// AVX2 and FMA must be available; `s` holds `rows * BC` and `sub` `rows` values.
+    /// AVX2 and FMA must be available; `st` holds `BC * BR` values and `lse` `BR`.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_sub_tile(s: &mut [f32], rows: usize, sub: &[f32]) {
-        for r in 0..rows {
-            let row = s.as_mut_ptr().add(r * BC);
-            let sv = _mm256_set1_ps(sub[r]);
-            for c in (0..BC).step_by(8) {
-                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(row.add(c)), sv));
-                _mm256_storeu_ps(row.add(c), e);
-            }
-        }
-    }
-
-    /// # Safety
-    /// AVX2 and FMA must be available; `p`, `dp` hold `rows * BC` and `dsum` `rows` values.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn softmax_grad_tile(p: &[f32], dp: &mut [f32], rows: usize, dsum: &[f32]) {
-        for r in 0..rows {
-            let pr = p.as_ptr().add(r * BC);
-            let dr = dp.as_mut_ptr().add(r * BC);
-            let dv = _mm256_set1_ps(dsum[r]);
-            for c in (0..BC).step_by(8) {
-                let x = _mm256_sub_ps(_mm256_loadu_ps(dr.add(c)), dv);
-                _mm256_storeu_ps(dr.add(c), _mm256_mul_ps(_mm256_loadu_ps(pr.add(c)), x));
+    pub(super) unsafe fn exp_sub_cols(st: &mut [f32], lse: &[f32]) {
+        for c in (0..BR).step_by(8) {
+            let lv = _mm256_loadu_ps(lse.as_ptr().add(c));
+            let col = st.as_mut_ptr().add(c);
+            for jj in 0..BC {
+                let ptr = col.add(jj * BR);
+                _mm256_storeu_ps(ptr, exp8(_mm256_sub_ps(_mm256_loadu_ps(ptr), lv)));
             }
         }
     }
