@@ -666,28 +666,50 @@ fn pack_rows(src: &[f32], rows: usize, dh: usize, rows_pad: usize, dhp: usize, d
     }
 }
 
-/// Where a key tile's rows of K (or V) come from: straight from the input when its rows need no
-/// padding (`head_dim` a multiple of 16) and the tile lies inside the sequence; else from `packed`,
-/// which holds either the whole padded head (`direct == false`) or just the last, partial tile.
-#[inline(always)]
-fn kv_tile<'a>(direct: bool, src: &'a [f32], packed: &'a [f32], c0: usize, g: &Geometry) -> &'a [f32] {
-    if !direct {
-        &packed[c0 * g.dhp..]
-    } else if c0 + BC <= g.s {
-        &src[c0 * g.dh..]
-    } else {
-        packed
+/// Row-major `[len, dh]` operand (K, V, Q or dO of one head) read a block of `block` rows at a
+/// time: straight from the input when rows need no padding (`head_dim` a multiple of 16) and the
+/// block lies inside the sequence, else from `packed`, which holds either the whole padded head
+/// (`direct == false`) or only the last, partial block.
+#[derive(Clone, Copy)]
+struct RowBlocks<'a> {
+    direct: bool,
+    src: &'a [f32],
+    packed: &'a [f32],
+    len: usize,
+    block: usize,
+    dh: usize,
+    dhp: usize,
+}
+
+impl<'a> RowBlocks<'a> {
+    #[inline(always)]
+    fn at(&self, start: usize) -> &'a [f32] {
+        if !self.direct {
+            &self.packed[start * self.dhp..]
+        } else if start + self.block <= self.len {
+            &self.src[start * self.dh..]
+        } else {
+            self.packed
+        }
     }
 }
 
-/// Fills `packed` for [`kv_tile`]: the whole padded head, or only the partial last tile.
+/// Fills `packed` for [`RowBlocks`]: the whole padded head, or only the partial last block.
 #[inline(always)]
-fn pack_kv(direct: bool, src: &[f32], g: &Geometry, packed: &mut Vec<f32>) {
+fn pack_row_blocks(
+    direct: bool,
+    src: &[f32],
+    len: usize,
+    block: usize,
+    dh: usize,
+    dhp: usize,
+    packed: &mut Vec<f32>,
+) {
     if !direct {
-        pack_rows(src, g.s, g.dh, g.s_pad, g.dhp, packed);
-    } else if g.s % BC != 0 {
-        let c0 = g.s / BC * BC;
-        pack_rows(&src[c0 * g.dh..], g.s - c0, g.dh, BC, g.dhp, packed);
+        pack_rows(src, len, dh, len.div_ceil(block) * block, dhp, packed);
+    } else if len % block != 0 {
+        let start = len / block * block;
+        pack_rows(&src[start * dh..], len - start, dh, block, dhp, packed);
     }
 }
 
@@ -715,11 +737,26 @@ fn bias_and_mask_t(
         }
     }
     if !full {
-        for (r, &(lo, hi)) in ranges[r0..r0 + rows].iter().enumerate() {
-            let lo = lo.clamp(c0, c0 + BC) - c0;
-            let hi = hi.clamp(c0 + lo, c0 + BC) - c0;
-            for jj in (0..lo).chain(hi..BC) {
-                st[jj * BR + r] = f32::NEG_INFINITY;
+        // Each query's interval relative to the tile; padding queries mask nothing. Then one
+        // branch-free pass over the tile, which vectorises across the queries of a key row.
+        let mut lo = [0i32; BR];
+        let mut hi = [BC as i32; BR];
+        for (r, &(l, h)) in ranges[r0..r0 + rows].iter().enumerate() {
+            let l = l.clamp(c0, c0 + BC) - c0;
+            lo[r] = l as i32;
+            hi[r] = (h.clamp(c0 + l, c0 + BC) - c0) as i32;
+        }
+        for (jj, row) in st[..BC * BR].chunks_exact_mut(BR).enumerate() {
+            let j = jj as i32;
+            for ((x, &l), &h) in row.iter_mut().zip(&lo).zip(&hi) {
+                // min against ±inf rather than a conditional store: LLVM turns the latter into a
+                // masked store, which is slow on AMD cores.
+                let cap = if j >= l && j < h {
+                    f32::INFINITY
+                } else {
+                    f32::NEG_INFINITY
+                };
+                *x = x.min(cap);
             }
         }
     }
@@ -856,8 +893,18 @@ fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
         &bias[hb * t * s..][..t * s]
     });
     let direct = dh == dhp;
-    pack_kv(direct, k, g, &mut sc.kp);
-    pack_kv(direct, v, g, &mut sc.vp);
+    pack_row_blocks(direct, k, s, BC, dh, dhp, &mut sc.kp);
+    pack_row_blocks(direct, v, s, BC, dh, dhp, &mut sc.vp);
+    let blocks = |src, packed| RowBlocks {
+        direct,
+        src,
+        packed,
+        len: s,
+        block: BC,
+        dh,
+        dhp,
+    };
+    let (k_blocks, v_blocks) = (blocks(k, &sc.kp), blocks(v, &sc.vp));
     sc.ranges.clear();
     sc.ranges.extend((0..t).map(|i| row_range(p, t, s, b, i)));
 
@@ -895,7 +942,7 @@ fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
                     ldc: BR,
                     accumulate: false,
                 },
-                kv_tile(direct, k, &sc.kp, c0, g),
+                k_blocks.at(c0),
                 &sc.qt,
                 st,
             );
@@ -930,7 +977,7 @@ fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
                     accumulate: true,
                 },
                 st,
-                kv_tile(direct, v, &sc.vp, c0, g),
+                v_blocks.at(c0),
                 oacc,
             );
             c0 += BC;
@@ -1006,8 +1053,8 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
     let k = &x.k[(b * g.hkv + kvh) * s * dh..][..s * dh];
     let v = &x.v[(b * g.hkv + kvh) * s * dh..][..s * dh];
     let direct = dh == dhp;
-    pack_kv(direct, k, g, &mut sc.kp);
-    pack_kv(direct, v, g, &mut sc.vp);
+    pack_row_blocks(direct, k, s, BC, dh, dhp, &mut sc.kp);
+    pack_row_blocks(direct, v, s, BC, dh, dhp, &mut sc.vp);
     zeroed(&mut sc.dka, s_pad * dhp);
     zeroed(&mut sc.dva, s_pad * dhp);
     sc.ranges.clear();
@@ -1028,8 +1075,21 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
         let bias = x.bias.map(|bias| &bias[hb * t * s..][..t * s]);
         pack_panels_t(isa, q, t, dh, t_pad, p.scale, &mut sc.qt);
         pack_panels_t(isa, d_o, t, dh, t_pad, 1.0, &mut sc.dot);
-        pack_rows(q, t, dh, t_pad, dhp, &mut sc.qs);
-        pack_rows(d_o, t, dh, t_pad, dhp, &mut sc.dop);
+        pack_row_blocks(direct, q, t, BR, dh, dhp, &mut sc.qs);
+        pack_row_blocks(direct, d_o, t, BR, dh, dhp, &mut sc.dop);
+        let blocks = |src, packed, len, block| RowBlocks {
+            direct,
+            src,
+            packed,
+            len,
+            block,
+            dh,
+            dhp,
+        };
+        let k_blocks = blocks(k, &sc.kp, s, BC);
+        let v_blocks = blocks(v, &sc.vp, s, BC);
+        let q_blocks = blocks(q, &sc.qs, t, BR);
+        let do_blocks = blocks(d_o, &sc.dop, t, BR);
         zeroed(&mut sc.dqa, t_pad * dhp);
         // Queries that saw nothing (lse = -inf) and padding queries get lse = +inf, so that
         // P = exp(s - lse) is exactly 0 there and they contribute nothing.
@@ -1074,7 +1134,7 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
                         ldc: BR,
                         accumulate: false,
                     },
-                    kv_tile(direct, k, &sc.kp, c0, g),
+                    k_blocks.at(c0),
                     &sc.qt[r0 * dh..],
                     st,
                 );
@@ -1104,7 +1164,7 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
                         accumulate: true,
                     },
                     st,
-                    &sc.dop[r0 * dhp..],
+                    do_blocks.at(r0),
                     &mut sc.dva[c0 * dhp..],
                 );
                 // dPᵀ = V dOᵀ, then dSᵀ = Pᵀ ∘ (dPᵀ - D).
@@ -1121,7 +1181,7 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
                         ldc: BR,
                         accumulate: false,
                     },
-                    kv_tile(direct, v, &sc.vp, c0, g),
+                    v_blocks.at(c0),
                     &sc.dot[r0 * dh..],
                     dp,
                 );
@@ -1150,7 +1210,7 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
                         accumulate: true,
                     },
                     dp,
-                    &sc.qs[r0 * dhp..],
+                    q_blocks.at(r0),
                     &mut sc.dka[c0 * dhp..],
                 );
                 // dQ += dS K (times scale, applied once at the end).
@@ -1168,7 +1228,7 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
                         accumulate: true,
                     },
                     dp,
-                    kv_tile(direct, k, &sc.kp, c0, g),
+                    k_blocks.at(c0),
                     &mut sc.dqa[r0 * dhp..],
                 );
             }
