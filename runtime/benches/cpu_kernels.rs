@@ -439,7 +439,10 @@ fn main() {
     }
     if let Some(i) = args.iter().position(|a| a == "profile") {
         // `profile fwd|bwd B H T DH`: loop one kernel call for ~5 s (for perf record).
-        let n: Vec<usize> = args[i + 2..i + 6].iter().map(|a| a.parse().unwrap()).collect();
+        let n: Vec<usize> = args[i + 2..i + 6]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
         profile_loop(&args[i + 1], n[0], n[1], n[2], n[3]);
     }
 }

@@ -218,18 +218,16 @@ pub fn attention_backward(
         .map(|(index, ((dq, dk), dv))| BackwardTask { index, dq, dk, dv })
         .collect();
     match dbias {
-        None => tasks
-            .par_iter_mut()
-            .for_each(|task| {
-                let job = BackwardJob {
-                    g: &g,
-                    p,
-                    ctx: &ctx,
-                    task,
-                    dbias: None,
-                };
-                with_scratch(|scratch| backward_group(isa, job, scratch))
-            }),
+        None => tasks.par_iter_mut().for_each(|task| {
+            let job = BackwardJob {
+                g: &g,
+                p,
+                ctx: &ctx,
+                task,
+                dbias: None,
+            };
+            with_scratch(|scratch| backward_group(isa, job, scratch))
+        }),
         Some(dbias) => {
             // Every (batch, head) task adds into the same bias gradient: give each thread its own
             // buffer and sum them afterwards (deterministic: fixed split, fixed summation order).
@@ -308,14 +306,14 @@ const NR: usize = 16;
 const EXP_LO: f32 = -87.336_54; // ln(2^-126): below it e^x is not a normal f32
 const EXP_HI: f32 = 88.376_26;
 const LOG2E: f32 = std::f32::consts::LOG2_E;
-const LN2_HI: f32 = 0.693_359_375; // few mantissa bits, so n*LN2_HI is exact
+const LN2_HI: f32 = 0.693_359_4; // = 0.693359375 (355/512): few mantissa bits, so n*LN2_HI is exact
 const LN2_LO: f32 = -2.121_944_4e-4;
 const P0: f32 = 1.987_569_1e-4;
 const P1: f32 = 1.398_199_9e-3;
 const P2: f32 = 8.333_452e-3;
 const P3: f32 = 4.166_579_6e-2;
 const P4: f32 = 1.666_666_5e-1;
-const P5: f32 = 5.000_000_1e-1;
+const P5: f32 = 0.5; // Cephes' 5.0000001201e-1 rounds to 0.5 in f32
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Isa {
@@ -387,7 +385,7 @@ impl Geometry {
         if p.kv_heads == 0 && p.q_heads > 0 {
             return bad("kv_heads must be positive".into());
         }
-        if p.q_heads > 0 && p.q_heads % p.kv_heads != 0 {
+        if p.q_heads > 0 && !p.q_heads.is_multiple_of(p.kv_heads) {
             return bad(format!(
                 "q_heads ({}) must be a multiple of kv_heads ({})",
                 p.q_heads, p.kv_heads
@@ -459,11 +457,7 @@ impl Geometry {
             b: p.batch,
             hq: p.q_heads,
             hkv: p.kv_heads,
-            group: if p.kv_heads == 0 {
-                1
-            } else {
-                p.q_heads / p.kv_heads
-            },
+            group: p.q_heads.checked_div(p.kv_heads).unwrap_or(1),
             t: p.q_len,
             s: p.kv_len,
             dh: p.head_dim,
@@ -632,7 +626,7 @@ fn pack_panels_t(
     mul: f32,
     dst: &mut Vec<f32>,
 ) {
-    assert!(rows <= rows_pad && rows_pad % NR == 0 && src.len() >= rows * dh);
+    assert!(rows <= rows_pad && rows_pad.is_multiple_of(NR) && src.len() >= rows * dh);
     let dst = if rows < rows_pad {
         zeroed(dst, rows_pad * dh)
     } else {
@@ -661,7 +655,10 @@ fn pack_rows(src: &[f32], rows: usize, dh: usize, rows_pad: usize, dhp: usize, d
     } else {
         sized(dst, rows_pad * dhp)
     };
-    for (d, s) in dst.chunks_exact_mut(dhp).zip(src[..rows * dh].chunks_exact(dh)) {
+    for (d, s) in dst
+        .chunks_exact_mut(dhp)
+        .zip(src[..rows * dh].chunks_exact(dh))
+    {
         d[..dh].copy_from_slice(s);
     }
 }
@@ -707,7 +704,7 @@ fn pack_row_blocks(
 ) {
     if !direct {
         pack_rows(src, len, dh, len.div_ceil(block) * block, dhp, packed);
-    } else if len % block != 0 {
+    } else if !len.is_multiple_of(block) {
         let start = len / block * block;
         pack_rows(&src[start * dh..], len - start, dh, block, dhp, packed);
     }
@@ -779,14 +776,26 @@ struct TileGemm {
 
 #[inline(always)]
 fn tile_gemm(isa: Isa, g: TileGemm, a: &[f32], b: &[f32], c: &mut [f32]) {
-    assert!(g.m % MR == 0 && g.n % NR == 0, "tile shape {g:?}");
+    assert!(
+        g.m.is_multiple_of(MR) && g.n.is_multiple_of(NR),
+        "tile shape {g:?}"
+    );
     if g.m == 0 || g.n == 0 {
         return;
     }
-    assert!((g.m - 1) * g.ldc + g.n <= c.len(), "C tile out of bounds {g:?}");
+    assert!(
+        (g.m - 1) * g.ldc + g.n <= c.len(),
+        "C tile out of bounds {g:?}"
+    );
     if g.k > 0 {
-        assert!((g.m - 1) * g.a_rs + (g.k - 1) * g.a_cs < a.len(), "A tile {g:?}");
-        assert!((g.n / NR - 1) * g.b_ps + (g.k - 1) * g.b_rs + NR <= b.len(), "B tile {g:?}");
+        assert!(
+            (g.m - 1) * g.a_rs + (g.k - 1) * g.a_cs < a.len(),
+            "A tile {g:?}"
+        );
+        assert!(
+            (g.n / NR - 1) * g.b_ps + (g.k - 1) * g.b_rs + NR <= b.len(),
+            "B tile {g:?}"
+        );
     }
     match isa {
         Isa::Scalar => scalar::tile_gemm(g, a, b, c),
@@ -946,16 +955,7 @@ fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
                 &sc.qt,
                 st,
             );
-            bias_and_mask_t(
-                st,
-                rows,
-                r0,
-                c0,
-                s,
-                bias,
-                &sc.ranges,
-                blk.fully_visible(c0),
-            );
+            bias_and_mask_t(st, rows, r0, c0, s, bias, &sc.ranges, blk.fully_visible(c0));
             softmax_cols(isa, st, &mut sc.m, l, corr);
             for (orow, &c) in oacc.chunks_exact_mut(dhp).zip(corr.iter()) {
                 for o in orow {
@@ -1095,7 +1095,11 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
         // P = exp(s - lse) is exactly 0 there and they contribute nothing.
         sc.lse.clear();
         sc.lse.extend((0..t_pad).map(|i| {
-            let l = if i < t { ctx.lse[base + i] } else { f32::INFINITY };
+            let l = if i < t {
+                ctx.lse[base + i]
+            } else {
+                f32::INFINITY
+            };
             if l == f32::NEG_INFINITY {
                 f32::INFINITY
             } else {
@@ -1138,16 +1142,7 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
                     &sc.qt[r0 * dh..],
                     st,
                 );
-                bias_and_mask_t(
-                    st,
-                    rows,
-                    r0,
-                    c0,
-                    s,
-                    bias,
-                    &sc.ranges,
-                    blk.fully_visible(c0),
-                );
+                bias_and_mask_t(st, rows, r0, c0, s, bias, &sc.ranges, blk.fully_visible(c0));
                 exp_sub_cols(isa, st, &sc.lse[r0..]);
                 // dV += Pᵀ dO.
                 tile_gemm(
@@ -1298,7 +1293,11 @@ mod scalar {
         for r in 0..BR {
             let m_new = m[r].max(mx[r]);
             // Nothing visible yet: subtract 0 instead of -inf so that exp(-inf - 0) = 0, not NaN.
-            m_use[r] = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
+            m_use[r] = if m_new == f32::NEG_INFINITY {
+                0.0
+            } else {
+                m_new
+            };
             corr[r] = exp_approx(m[r] - m_use[r]);
             m[r] = m_new;
         }
@@ -1350,10 +1349,9 @@ mod avx2 {
         // Constant first: minps/maxps return the second operand when either is NaN, so NaN survives.
         let x = _mm256_min_ps(_mm256_set1_ps(EXP_HI), x);
         let x = _mm256_max_ps(_mm256_set1_ps(EXP_LO), x);
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
-            x,
-            _mm256_set1_ps(LOG2E),
-        ));
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+            _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
+        );
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
         let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
         let r2 = _mm256_mul_ps(r, r);
@@ -1468,7 +1466,13 @@ mod avx2 {
     /// `ceil(rows / 16) * 16 * dh`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn pack_panels_t(src: &[f32], rows: usize, dh: usize, mul: f32, dst: &mut [f32]) {
+    pub(super) unsafe fn pack_panels_t(
+        src: &[f32],
+        rows: usize,
+        dh: usize,
+        mul: f32,
+        dst: &mut [f32],
+    ) {
         let mv = _mm256_set1_ps(mul);
         let s = src.as_ptr();
         let full_rows = rows / 8 * 8;
@@ -1525,7 +1529,12 @@ mod avx2 {
     /// AVX2 and FMA must be available; `st` holds `BC * BR` values, the others `BR`.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn softmax_cols(st: &mut [f32], m: &mut [f32], l: &mut [f32], corr: &mut [f32]) {
+    pub(super) unsafe fn softmax_cols(
+        st: &mut [f32],
+        m: &mut [f32],
+        l: &mut [f32],
+        corr: &mut [f32],
+    ) {
         let neg_inf = _mm256_set1_ps(f32::NEG_INFINITY);
         for c in (0..BR).step_by(8) {
             let col = st.as_mut_ptr().add(c);

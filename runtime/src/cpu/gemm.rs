@@ -234,7 +234,9 @@ pub fn gemm(
     };
 
     let cptr = SendPtr(c.as_mut_ptr());
+    #[allow(clippy::redundant_locals)]
     let one = |bi: usize, par: gemm::Parallelism| {
+        // Capture the whole `SendPtr` (Send + Sync), not just its raw-pointer field.
         let cptr = cptr;
         // SAFETY: `check_bounds` proved that every element of batch `bi` of A, B and C addressed
         // through these strides lies inside its slice; `check_no_overlap` proved that distinct
