@@ -1320,7 +1320,7 @@ mod scalar {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{BackwardJob, ForwardTask, Isa, Scratch, TileGemm, BC, BR, MR, NR};
+    use super::{BackwardJob, ForwardTask, Isa, Scratch, TileGemm, BC, BR, NR};
     use super::{EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, P0, P1, P2, P3, P4, P5};
     use std::arch::x86_64::*;
 
@@ -1387,8 +1387,9 @@ mod avx2 {
         }
     }
 
-    /// The 4x16 register-blocked microkernel swept over the tile: 8 accumulators, two B vectors
-    /// and one broadcast A element per step.
+    /// The register-blocked microkernels swept over the tile: 6x16 (12 accumulators, which keeps
+    /// both FMA pipes busy despite the 4-cycle FMA latency) and 4x16 for the rows left over
+    /// (`m` is a multiple of 4, and any such `m` splits into 6s and 4s).
     ///
     /// # Safety
     /// AVX2 and FMA must be available, and every index described by `g` (see
@@ -1399,62 +1400,47 @@ mod avx2 {
         for p in 0..g.n / NR {
             let bp = b.add(p * g.b_ps);
             let cp = c.add(p * NR);
-            for r in (0..g.m).step_by(MR) {
-                let a0 = a.add(r * g.a_rs);
-                let a1 = a0.add(g.a_rs);
-                let a2 = a1.add(g.a_rs);
-                let a3 = a2.add(g.a_rs);
-                let c0 = cp.add(r * g.ldc);
-                let c1 = c0.add(g.ldc);
-                let c2 = c1.add(g.ldc);
-                let c3 = c2.add(g.ldc);
-                let (mut x00, mut x01, mut x10, mut x11, mut x20, mut x21, mut x30, mut x31);
-                if g.accumulate {
-                    x00 = _mm256_loadu_ps(c0);
-                    x01 = _mm256_loadu_ps(c0.add(8));
-                    x10 = _mm256_loadu_ps(c1);
-                    x11 = _mm256_loadu_ps(c1.add(8));
-                    x20 = _mm256_loadu_ps(c2);
-                    x21 = _mm256_loadu_ps(c2.add(8));
-                    x30 = _mm256_loadu_ps(c3);
-                    x31 = _mm256_loadu_ps(c3.add(8));
+            let mut r = 0;
+            while r < g.m {
+                let rest = g.m - r;
+                let (ar, cr) = (a.add(r * g.a_rs), cp.add(r * g.ldc));
+                if rest >= 6 && (rest % 6 == 0 || rest >= 10) {
+                    micro::<6>(g, ar, bp, cr);
+                    r += 6;
                 } else {
-                    x00 = _mm256_setzero_ps();
-                    x01 = x00;
-                    x10 = x00;
-                    x11 = x00;
-                    x20 = x00;
-                    x21 = x00;
-                    x30 = x00;
-                    x31 = x00;
+                    micro::<4>(g, ar, bp, cr);
+                    r += 4;
                 }
-                for kk in 0..g.k {
-                    let bk = bp.add(kk * g.b_rs);
-                    let b0 = _mm256_loadu_ps(bk);
-                    let b1 = _mm256_loadu_ps(bk.add(8));
-                    let off = kk * g.a_cs;
-                    let v = _mm256_broadcast_ss(&*a0.add(off));
-                    x00 = _mm256_fmadd_ps(v, b0, x00);
-                    x01 = _mm256_fmadd_ps(v, b1, x01);
-                    let v = _mm256_broadcast_ss(&*a1.add(off));
-                    x10 = _mm256_fmadd_ps(v, b0, x10);
-                    x11 = _mm256_fmadd_ps(v, b1, x11);
-                    let v = _mm256_broadcast_ss(&*a2.add(off));
-                    x20 = _mm256_fmadd_ps(v, b0, x20);
-                    x21 = _mm256_fmadd_ps(v, b1, x21);
-                    let v = _mm256_broadcast_ss(&*a3.add(off));
-                    x30 = _mm256_fmadd_ps(v, b0, x30);
-                    x31 = _mm256_fmadd_ps(v, b1, x31);
-                }
-                _mm256_storeu_ps(c0, x00);
-                _mm256_storeu_ps(c0.add(8), x01);
-                _mm256_storeu_ps(c1, x10);
-                _mm256_storeu_ps(c1.add(8), x11);
-                _mm256_storeu_ps(c2, x20);
-                _mm256_storeu_ps(c2.add(8), x21);
-                _mm256_storeu_ps(c3, x30);
-                _mm256_storeu_ps(c3.add(8), x31);
             }
+        }
+    }
+
+    /// `ROWS x 16` block of `C (+)= A B`: per step of `k`, two B vectors and `ROWS` broadcasts.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn micro<const ROWS: usize>(g: TileGemm, a: *const f32, b: *const f32, c: *mut f32) {
+        let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+        if g.accumulate {
+            for (i, row) in acc.iter_mut().enumerate() {
+                let ci = c.add(i * g.ldc);
+                *row = [_mm256_loadu_ps(ci), _mm256_loadu_ps(ci.add(8))];
+            }
+        }
+        for kk in 0..g.k {
+            let bk = b.add(kk * g.b_rs);
+            let b0 = _mm256_loadu_ps(bk);
+            let b1 = _mm256_loadu_ps(bk.add(8));
+            let ak = a.add(kk * g.a_cs);
+            for (i, row) in acc.iter_mut().enumerate() {
+                let v = _mm256_broadcast_ss(&*ak.add(i * g.a_rs));
+                row[0] = _mm256_fmadd_ps(v, b0, row[0]);
+                row[1] = _mm256_fmadd_ps(v, b1, row[1]);
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            let ci = c.add(i * g.ldc);
+            _mm256_storeu_ps(ci, row[0]);
+            _mm256_storeu_ps(ci.add(8), row[1]);
         }
     }
 
