@@ -137,6 +137,10 @@ fn gemm_section() {
             false,
             true,
         ),
+        s("probe [64x128]·[128x128]", 64, 128, 128, false, false),
+        s("probe [128x128]·[128x128]", 128, 128, 128, false, false),
+        s("probe [256x128]·[128x128]", 256, 128, 128, false, false),
+        s("probe [384x128]·[128x128]", 384, 128, 128, false, false),
         Shape {
             name: "attn QKᵀ 48x[64x32]·[32x64]",
             batch: 48,

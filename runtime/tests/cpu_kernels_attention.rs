@@ -158,8 +158,9 @@ fn run(p: &AttentionParams, x: &AttentionInputs, d_out: &[f32]) -> Run {
     }
 }
 
-/// Elementwise `|got - want| <= rtol * (|want| + 0.1 * max|want|)`: relative, with a floor at a tenth
-/// of the tensor's scale so that entries that cancel to ~0 do not demand impossible precision.
+/// Elementwise `|got - want| <= rtol * (|want| + 0.25 * max|want|)`: relative, with a floor at a
+/// quarter of the tensor's scale so that entries that cancel to ~0 (a gradient through a row that
+/// sees a single key is exactly 0) do not demand impossible precision from f32.
 fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, case: &str) {
     assert_eq!(got.len(), want.len(), "{what} length ({case})");
     let scale = want
@@ -171,7 +172,7 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], rtol: f32, case: &str) {
             assert_eq!(g, w, "{what}[{e}] ({case})");
             continue;
         }
-        let tol = rtol * (w.abs() + 0.1 * scale) + 1e-30;
+        let tol = rtol * (w.abs() + 0.25 * scale) + 1e-30;
         assert!(
             (g - w).abs() <= tol,
             "{what}[{e}]: got {g}, want {w}, |diff| {} > tol {tol} ({case})",
@@ -249,7 +250,7 @@ fn check_case(c: Case, kernel: KernelChoice, seed: u64) -> Run {
     let want = reference(&p, &x, &d_out);
     let got = run(&p, &x, &d_out);
     let name = format!("{c:?} {kernel:?}");
-    let rtol = 2e-5;
+    let rtol = 1e-5;
     assert_close("out", &got.out, &want.out, rtol, &name);
     assert_close("lse", &got.lse, &want.lse, rtol, &name);
     assert_close("dq", &got.dq, &want.dq, rtol, &name);
