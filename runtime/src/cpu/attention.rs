@@ -14,9 +14,13 @@
 //! Alignment when `T != S`: query `i` sits at absolute position `i + S - T` (bottom-right alignment,
 //! as a decoder with a KV cache needs; it is the identity when `T == S`).
 //!
-//! The inner loops (a 4x16 register-blocked microkernel for the five tile products, the online softmax
-//! with a polynomial `exp`) are written twice: AVX2+FMA intrinsics, selected at run time, and a plain
-//! scalar version used on other machines and by the tests to check the SIMD path.
+//! Layout of the work: scores are kept transposed (`Sᵀ = K·Qᵀ`, keys by queries) so that the softmax
+//! runs down columns with elementwise vector ops, and in base 2 (`Q` pre-scaled by
+//! `scale·log2(e)`), so that the exponential is an exact range reduction plus a degree-6 polynomial
+//! ([`exp2_approx`]). The inner loops (6x16 and 4x16 register-blocked microkernels for the five tile
+//! products, the online softmax, the packing transposes) are written twice: AVX2+FMA intrinsics,
+//! selected at run time, and plain scalar code used on other machines and by the tests to check the
+//! SIMD path.
 
 use rayon::prelude::*;
 use thiserror::Error;
@@ -262,32 +266,33 @@ pub fn attention_backward(
     Ok(())
 }
 
-/// `e^x` by range reduction and Cephes' degree-5 polynomial for `e^r` on `|r| <= ln2/2`; relative
-/// error about 2e-7 against `f32::exp` for `x` in `[-87.3, 88.3]`. Returns 0 below `-87.33` (no
-/// denormals, and exactly 0 for the `-inf` of masked scores); clamps to `e^88.376` above the range.
-/// This is the scalar twin of the kernel's vector `exp`.
+/// `2^x`: the kernel's exponential. Scores are kept in base 2 (`Q` is pre-scaled by
+/// `scale * log2(e)`, the bias by `log2(e)`), so the range reduction is exact (`x = n + r`,
+/// `|r| <= 1/2`, `2^n` built in the exponent bits) and only `2^r` is approximated, by a degree-6
+/// minimax polynomial: relative error below 2e-7 against `2^x` for `x` in `[-126, 127]` (tested).
+/// Inputs at or below -127 (including the `-inf` of masked scores) give exactly 0; NaN stays NaN;
+/// inputs above 127 are clamped. This scalar function is the twin of the kernel's vector version.
 #[inline]
-pub fn exp_approx(x: f32) -> f32 {
-    if x < EXP_LO || x.is_nan() {
-        return if x.is_nan() { x } else { 0.0 };
+pub fn exp2_approx(x: f32) -> f32 {
+    if x.is_nan() {
+        return x;
     }
-    let x = x.min(EXP_HI);
-    let n = (x * LOG2E).round();
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let r2 = r * r;
-    let poly = ((((P0 * r + P1) * r + P2) * r + P3) * r + P4) * r + P5;
-    let y = poly * r2 + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    let x = x.clamp(EXP2_LO, EXP2_HI);
+    let n = x.round_ties_even();
+    let r = x - n;
+    let poly = (((((C6 * r + C5) * r + C4) * r + C3) * r + C2) * r + C1) * r + 1.0;
+    // n = -127 gives exponent bits 0, i.e. the factor 0.0: underflow flushes to exactly zero.
+    poly * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
-/// Applies the kernel's `exp` to every element with the chosen implementation (for tests and for
+/// Applies the kernel's `2^x` to every element with the chosen implementation (for tests and for
 /// callers that want the same approximation).
-pub fn exp_approx_slice(kernel: KernelChoice, xs: &mut [f32]) -> Result<(), AttentionError> {
+pub fn exp2_approx_slice(kernel: KernelChoice, xs: &mut [f32]) -> Result<(), AttentionError> {
     match resolve_isa(kernel)? {
-        Isa::Scalar => xs.iter_mut().for_each(|x| *x = exp_approx(*x)),
+        Isa::Scalar => xs.iter_mut().for_each(|x| *x = exp2_approx(*x)),
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `resolve_isa` returned Avx2Fma only after detecting AVX2 and FMA.
-        Isa::Avx2Fma => unsafe { avx2::exp_slice(xs) },
+        Isa::Avx2Fma => unsafe { avx2::exp2_slice(xs) },
     }
     Ok(())
 }
@@ -303,17 +308,17 @@ const BC: usize = 32;
 const MR: usize = 4;
 const NR: usize = 16;
 
-const EXP_LO: f32 = -87.336_54; // ln(2^-126): below it e^x is not a normal f32
-const EXP_HI: f32 = 88.376_26;
+const EXP2_LO: f32 = -127.0;
+const EXP2_HI: f32 = 127.0;
 const LOG2E: f32 = std::f32::consts::LOG2_E;
-const LN2_HI: f32 = 0.693_359_4; // = 0.693359375 (355/512): few mantissa bits, so n*LN2_HI is exact
-const LN2_LO: f32 = -2.121_944_4e-4;
-const P0: f32 = 1.987_569_1e-4;
-const P1: f32 = 1.398_199_9e-3;
-const P2: f32 = 8.333_452e-3;
-const P3: f32 = 4.166_579_6e-2;
-const P4: f32 = 1.666_666_5e-1;
-const P5: f32 = 0.5; // Cephes' 5.0000001201e-1 rounds to 0.5 in f32
+const LN2: f32 = std::f32::consts::LN_2;
+// Minimax fit of (2^r - 1) / r on [-1/2, 1/2] (relative-error weighted), rounded to f32.
+const C1: f32 = LN2; // the fit lands on ln 2 itself
+const C2: f32 = 0.240_226_48;
+const C3: f32 = 0.055_503_324;
+const C4: f32 = 0.009_618_437;
+const C5: f32 = 0.001_339_887_5;
+const C6: f32 = 0.000_153_533_62;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Isa {
@@ -749,7 +754,7 @@ fn bias_and_mask_t(
         for r in 0..rows {
             let brow = &bias[(r0 + r) * kv_len + c0..][..keys];
             for (jj, b) in brow.iter().enumerate() {
-                st[jj * BR + r] += b;
+                st[jj * BR + r] += b * LOG2E; // scores are in base 2
             }
         }
     }
@@ -849,7 +854,7 @@ fn exp_sub_cols(isa: Isa, st: &mut [f32], lse: &[f32]) {
         Isa::Scalar => {
             for row in st[..BC * BR].chunks_exact_mut(BR) {
                 for (x, l) in row.iter_mut().zip(lse) {
-                    *x = exp_approx(*x - l);
+                    *x = exp2_approx(*x - l);
                 }
             }
         }
@@ -899,8 +904,8 @@ fn forward_head(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
 
 /// The forward for one (batch, head), FlashAttention-2 order: for each block of `BR` queries, walk
 /// the key tiles its rows can see, keeping the output accumulator, running max and sum in scratch.
-/// Scores are kept transposed (`Sᵀ = K·(scale·Q)ᵀ`, keys by queries) so that the softmax runs down
-/// columns: every reduction is elementwise across rows, with no horizontal shuffles.
+/// Scores are kept transposed (`Sᵀ = K·(scale·log2(e)·Q)ᵀ`, keys by queries, base 2) so that the
+/// softmax runs down columns: every reduction is elementwise across rows, with no horizontal shuffles.
 #[inline(always)]
 fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
     let ForwardTask {
@@ -947,7 +952,15 @@ fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
             lse_blk.fill(f32::NEG_INFINITY);
             continue;
         }
-        pack_panels_t(isa, &q[r0 * dh..], rows, dh, BR, p.scale, &mut sc.qt);
+        pack_panels_t(
+            isa,
+            &q[r0 * dh..],
+            rows,
+            dh,
+            BR,
+            p.scale * LOG2E,
+            &mut sc.qt,
+        );
         let oacc = zeroed(&mut sc.oacc, BR * dhp);
         sc.m.clear();
         sc.m.resize(BR, f32::NEG_INFINITY);
@@ -1009,7 +1022,8 @@ fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
                 for (o, a) in o_row.iter_mut().zip(&oacc[r * dhp..]) {
                     *o = a * inv;
                 }
-                lse_blk[r] = sc.m[r] + l[r].ln();
+                // m and l live in base 2; the saved logsumexp is natural.
+                lse_blk[r] = sc.m[r] * LN2 + l[r].ln();
             } else {
                 o_row.fill(0.0);
                 lse_blk[r] = f32::NEG_INFINITY;
@@ -1093,7 +1107,7 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
         let d_o = &ctx.d_out[base * dh..][..t * dh];
         let hb = if g.bias_heads == 1 { 0 } else { h };
         let bias = x.bias.map(|bias| &bias[hb * t * s..][..t * s]);
-        pack_panels_t(isa, q, t, dh, t_pad, p.scale, &mut sc.qt);
+        pack_panels_t(isa, q, t, dh, t_pad, p.scale * LOG2E, &mut sc.qt);
         pack_panels_t(isa, d_o, t, dh, t_pad, 1.0, &mut sc.dot);
         pack_row_blocks(direct, q, t, BR, dh, dhp, &mut sc.qs);
         pack_row_blocks(direct, d_o, t, BR, dh, dhp, &mut sc.dop);
@@ -1123,7 +1137,7 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
             if l == f32::NEG_INFINITY {
                 f32::INFINITY
             } else {
-                l
+                l * LOG2E // scores are in base 2
             }
         }));
         let dsum = zeroed(&mut sc.dsum, t_pad);
@@ -1273,7 +1287,7 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
 // ---------------------------------------------------------------------------------------------
 
 mod scalar {
-    use super::{exp_approx, TileGemm, BC, BR, MR, NR};
+    use super::{exp2_approx, TileGemm, BC, BR, MR, NR};
 
     pub(super) fn tile_gemm(g: TileGemm, a: &[f32], b: &[f32], c: &mut [f32]) {
         for p in 0..g.n / NR {
@@ -1318,13 +1332,13 @@ mod scalar {
             } else {
                 m_new
             };
-            corr[r] = exp_approx(m[r] - m_use[r]);
+            corr[r] = exp2_approx(m[r] - m_use[r]);
             m[r] = m_new;
         }
         let mut sum = [0.0f32; BR];
         for row in st.chunks_exact_mut(BR) {
             for ((x, mu), s) in row.iter_mut().zip(&m_use).zip(sum.iter_mut()) {
-                *x = exp_approx(*x - mu);
+                *x = exp2_approx(*x - mu);
                 *s += *x;
             }
         }
@@ -1341,7 +1355,7 @@ mod scalar {
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use super::{BackwardJob, ForwardTask, Isa, Scratch, TileGemm, BC, BR, NR};
-    use super::{EXP_HI, EXP_LO, LN2_HI, LN2_LO, LOG2E, P0, P1, P2, P3, P4, P5};
+    use super::{C1, C2, C3, C4, C5, C6, EXP2_HI, EXP2_LO};
     use std::arch::x86_64::*;
 
     /// The whole per-head forward compiled with AVX2+FMA, so that its glue loops (packing,
@@ -1361,48 +1375,43 @@ mod avx2 {
         super::backward_group_impl(Isa::Avx2Fma, job, sc)
     }
 
-    /// Eight lanes of [`super::exp_approx`] (the same reduction and polynomial, with FMAs).
+    /// Eight lanes of [`super::exp2_approx`] (the same reduction and polynomial, with FMAs).
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    fn exp8(x: __m256) -> __m256 {
-        let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(EXP_LO));
+    fn exp2_8(x: __m256) -> __m256 {
         // Constant first: minps/maxps return the second operand when either is NaN, so NaN survives.
-        let x = _mm256_min_ps(_mm256_set1_ps(EXP_HI), x);
-        let x = _mm256_max_ps(_mm256_set1_ps(EXP_LO), x);
-        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-            _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
-        );
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_HI), x);
-        let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(LN2_LO), r);
-        let r2 = _mm256_mul_ps(r, r);
-        let mut poly = _mm256_set1_ps(P0);
-        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(P1));
-        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(P2));
-        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(P3));
-        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(P4));
-        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(P5));
-        let y = _mm256_fmadd_ps(poly, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
+        let x = _mm256_max_ps(_mm256_set1_ps(EXP2_LO), x);
+        let x = _mm256_min_ps(_mm256_set1_ps(EXP2_HI), x);
+        let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(x);
+        let r = _mm256_sub_ps(x, n);
+        let mut poly = _mm256_set1_ps(C6);
+        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(C5));
+        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(C4));
+        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(C3));
+        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(C2));
+        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(C1));
+        poly = _mm256_fmadd_ps(poly, r, _mm256_set1_ps(1.0));
+        // n = -127 gives exponent bits 0, i.e. the factor 0.0: underflow flushes to exactly zero.
         let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
             _mm256_cvtps_epi32(n),
             _mm256_set1_epi32(127),
         ));
-        let res = _mm256_mul_ps(y, _mm256_castsi256_ps(bits));
-        _mm256_andnot_ps(underflow, res)
+        _mm256_mul_ps(poly, _mm256_castsi256_ps(bits))
     }
 
     /// # Safety
     /// AVX2 and FMA must be available.
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn exp_slice(xs: &mut [f32]) {
+    pub(super) unsafe fn exp2_slice(xs: &mut [f32]) {
         let mut chunks = xs.chunks_exact_mut(8);
         for c in &mut chunks {
-            _mm256_storeu_ps(c.as_mut_ptr(), exp8(_mm256_loadu_ps(c.as_ptr())));
+            _mm256_storeu_ps(c.as_mut_ptr(), exp2_8(_mm256_loadu_ps(c.as_ptr())));
         }
         let rest = chunks.into_remainder();
         if !rest.is_empty() {
             let mut tmp = [0.0f32; 8];
             tmp[..rest.len()].copy_from_slice(rest);
-            _mm256_storeu_ps(tmp.as_mut_ptr(), exp8(_mm256_loadu_ps(tmp.as_ptr())));
+            _mm256_storeu_ps(tmp.as_mut_ptr(), exp2_8(_mm256_loadu_ps(tmp.as_ptr())));
             rest.copy_from_slice(&tmp[..rest.len()]);
         }
     }
@@ -1424,7 +1433,7 @@ mod avx2 {
             while r < g.m {
                 let rest = g.m - r;
                 let (ar, cr) = (a.add(r * g.a_rs), cp.add(r * g.ldc));
-                if rest >= 6 && (rest % 6 == 0 || rest >= 10) {
+                if rest >= 6 && (rest.is_multiple_of(6) || rest >= 10) {
                     micro::<6>(g, ar, bp, cr);
                     r += 6;
                 } else {
@@ -1553,11 +1562,11 @@ mod avx2 {
             // Nothing visible yet: subtract 0 instead of -inf so that exp(-inf - 0) = 0, not NaN.
             let dead = _mm256_cmp_ps::<_CMP_EQ_OQ>(m_new, neg_inf);
             let m_use = _mm256_andnot_ps(dead, m_new);
-            let cr = exp8(_mm256_sub_ps(m_old, m_use));
+            let cr = exp2_8(_mm256_sub_ps(m_old, m_use));
             let mut sum = _mm256_setzero_ps();
             for jj in 0..BC {
                 let ptr = col.add(jj * BR);
-                let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(ptr), m_use));
+                let e = exp2_8(_mm256_sub_ps(_mm256_loadu_ps(ptr), m_use));
                 _mm256_storeu_ps(ptr, e);
                 sum = _mm256_add_ps(sum, e);
             }
@@ -1578,7 +1587,7 @@ mod avx2 {
             let col = st.as_mut_ptr().add(c);
             for jj in 0..BC {
                 let ptr = col.add(jj * BR);
-                _mm256_storeu_ps(ptr, exp8(_mm256_sub_ps(_mm256_loadu_ps(ptr), lv)));
+                _mm256_storeu_ps(ptr, exp2_8(_mm256_sub_ps(_mm256_loadu_ps(ptr), lv)));
             }
         }
     }
