@@ -317,6 +317,29 @@ fn bad_shapes_are_errors() {
         matches!(err, GemmError::OutOfBounds { operand: "A", .. }),
         "{err}"
     );
+    // Off by exactly one: a [2 x 3] view at offset 1 reaches index 6 of a 6-element slice.
+    let err = gemm(
+        &p,
+        &a,
+        MatView::row_major(2, 3).with_offset(1),
+        &b,
+        MatView::row_major(3, 2),
+        &mut c,
+        MatView::row_major(2, 2),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            GemmError::OutOfBounds {
+                operand: "A",
+                needed: 6,
+                len: 6,
+                ..
+            }
+        ),
+        "{err}"
+    );
     // Output rows overlap (row stride 1 with column stride 1).
     let overlapping = MatView {
         offset: 0,
