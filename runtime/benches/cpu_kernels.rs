@@ -328,33 +328,68 @@ impl Naive {
     }
 }
 
-fn attention_section() {
+/// Fastest fwd and bwd times (seconds) of the kernel (`Auto` and `Scalar`) and of the naive
+/// implementation for one causal configuration, after checking that they agree.
+struct AttnTimes {
+    fwd: f64,
+    bwd: f64,
+    naive_fwd: f64,
+    naive_bwd: f64,
+    scalar: f64,
+}
+
+fn attention_times(b: usize, h: usize, t: usize, dh: usize, budget: Duration) -> AttnTimes {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    println!(
-        "\nAttention, causal, milliseconds per call (fastest call); naive = materialised scores + gemm"
-    );
-    println!(
-        "{:<26} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>8} {:>10}",
-        "shape", "fwd", "bwd", "fwd+bwd", "n.fwd", "n.bwd", "n.fwd+bwd", "ratio", "scalar f+b"
-    );
-    for (b, h, t, dh) in [(12, 4, 64, 32), (8, 6, 256, 64)] {
-        let n = b * h * t * dh;
-        let q = random(n, &mut rng);
-        let k = random(n, &mut rng);
-        let v = random(n, &mut rng);
-        let d_out = random(n, &mut rng);
-        let (mut out, mut lse) = (vec![0.0; n], vec![0.0; b * h * t]);
-        let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-        let x = AttentionInputs {
-            q: &q,
-            k: &k,
-            v: &v,
-            bias: None,
+    let n = b * h * t * dh;
+    let q = random(n, &mut rng);
+    let k = random(n, &mut rng);
+    let v = random(n, &mut rng);
+    let d_out = random(n, &mut rng);
+    let (mut out, mut lse) = (vec![0.0; n], vec![0.0; b * h * t]);
+    let (mut dq, mut dk, mut dv) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let x = AttentionInputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        bias: None,
+    };
+    // The two implementations must compute the same thing before their times mean anything.
+    {
+        let p = AttentionParams::new(b, h, t, dh, Mask::Causal);
+        attention_forward(&p, &x, &mut out, &mut lse).unwrap();
+        let grads = AttentionGrads {
+            dq: &mut dq,
+            dk: &mut dk,
+            dv: &mut dv,
+            dbias: None,
         };
-        // The two implementations must compute the same thing before their times mean anything.
-        {
-            let p = AttentionParams::new(b, h, t, dh, Mask::Causal);
+        attention_backward(&p, &x, &out, &lse, &d_out, grads).unwrap();
+        let mut naive = Naive::new(b * h, t, dh);
+        let (mut o2, mut dq2, mut dk2, mut dv2) =
+            (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+        naive.forward(&q, &k, &v, &mut o2);
+        naive.backward(&q, &k, &v, &d_out, &mut dq2, &mut dk2, &mut dv2);
+        for (name, a, b) in [
+            ("out", &out, &o2),
+            ("dq", &dq, &dq2),
+            ("dk", &dk, &dk2),
+            ("dv", &dv, &dv2),
+        ] {
+            let diff = a
+                .iter()
+                .zip(b.iter())
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max);
+            assert!(diff < 1e-4, "kernel and naive disagree on {name}: {diff}");
+        }
+    }
+    let mut timings = |kernel: KernelChoice, budget: Duration| {
+        let mut p = AttentionParams::new(b, h, t, dh, Mask::Causal);
+        p.kernel = kernel;
+        let fwd = time_it(budget, || {
             attention_forward(&p, &x, &mut out, &mut lse).unwrap();
+        });
+        let mut bwd_once = || {
             let grads = AttentionGrads {
                 dq: &mut dq,
                 dk: &mut dk,
@@ -362,64 +397,74 @@ fn attention_section() {
                 dbias: None,
             };
             attention_backward(&p, &x, &out, &lse, &d_out, grads).unwrap();
-            let mut naive = Naive::new(b * h, t, dh);
-            let (mut o2, mut dq2, mut dk2, mut dv2) =
-                (vec![0.0; n], vec![0.0; n], vec![0.0; n], vec![0.0; n]);
-            naive.forward(&q, &k, &v, &mut o2);
-            naive.backward(&q, &k, &v, &d_out, &mut dq2, &mut dk2, &mut dv2);
-            for (name, a, b) in [
-                ("out", &out, &o2),
-                ("dq", &dq, &dq2),
-                ("dk", &dk, &dk2),
-                ("dv", &dv, &dv2),
-            ] {
-                let diff = a
-                    .iter()
-                    .zip(b.iter())
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0.0f32, f32::max);
-                assert!(diff < 1e-4, "kernel and naive disagree on {name}: {diff}");
-            }
-        }
-        let budget = Duration::from_millis(if t > 100 { 1500 } else { 600 });
-        let mut timings = |kernel: KernelChoice| {
-            let mut p = AttentionParams::new(b, h, t, dh, Mask::Causal);
-            p.kernel = kernel;
-            let fwd = time_it(budget, || {
-                attention_forward(&p, &x, &mut out, &mut lse).unwrap();
-            });
-            let mut bwd_once = || {
-                let grads = AttentionGrads {
-                    dq: &mut dq,
-                    dk: &mut dk,
-                    dv: &mut dv,
-                    dbias: None,
-                };
-                attention_backward(&p, &x, &out, &lse, &d_out, grads).unwrap();
-            };
-            let bwd = time_it(budget, &mut bwd_once);
-            (fwd, bwd)
         };
-        let (fwd, bwd) = timings(KernelChoice::Auto);
-        let (sfwd, sbwd) = timings(KernelChoice::Scalar);
-        let mut naive = Naive::new(b * h, t, dh);
-        let nfwd = time_it(budget, || naive.forward(&q, &k, &v, &mut out));
-        let nbwd = time_it(budget, || {
-            naive.backward(&q, &k, &v, &d_out, &mut dq, &mut dk, &mut dv)
-        });
-        let ms = 1e3;
+        let bwd = time_it(budget, &mut bwd_once);
+        (fwd, bwd)
+    };
+    let (fwd, bwd) = timings(KernelChoice::Auto, budget);
+    let (sfwd, sbwd) = timings(KernelChoice::Scalar, budget / 3);
+    let mut naive = Naive::new(b * h, t, dh);
+    let naive_fwd = time_it(budget, || naive.forward(&q, &k, &v, &mut out));
+    let naive_bwd = time_it(budget, || {
+        naive.backward(&q, &k, &v, &d_out, &mut dq, &mut dk, &mut dv)
+    });
+    AttnTimes {
+        fwd,
+        bwd,
+        naive_fwd,
+        naive_bwd,
+        scalar: sfwd + sbwd,
+    }
+}
+
+fn print_attention_row(label: String, r: &AttnTimes, times: f64) {
+    let ms = 1e3 * times;
+    println!(
+        "{:<26} {:>8.3} {:>8.3} {:>9.3} {:>8.3} {:>8.3} {:>9.3} {:>7.2}x {:>10.3}",
+        label,
+        r.fwd * ms,
+        r.bwd * ms,
+        (r.fwd + r.bwd) * ms,
+        r.naive_fwd * ms,
+        r.naive_bwd * ms,
+        (r.naive_fwd + r.naive_bwd) * ms,
+        (r.naive_fwd + r.naive_bwd) / (r.fwd + r.bwd),
+        r.scalar * ms,
+    );
+}
+
+fn attention_section() {
+    let configs = [(12, 4, 64, 32), (8, 6, 256, 64)];
+    let header = || {
         println!(
-            "{:<26} {:>8.3} {:>8.3} {:>9.3} {:>8.3} {:>8.3} {:>9.3} {:>7.2}x {:>10.3}",
-            format!("B={b} H={h} T={t} Dh={dh}"),
-            fwd * ms,
-            bwd * ms,
-            (fwd + bwd) * ms,
-            nfwd * ms,
-            nbwd * ms,
-            (nfwd + nbwd) * ms,
-            (nfwd + nbwd) / (fwd + bwd),
-            (sfwd + sbwd) * ms,
+            "{:<26} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>8} {:>10}",
+            "shape", "fwd", "bwd", "fwd+bwd", "n.fwd", "n.bwd", "n.fwd+bwd", "ratio", "scalar f+b"
         );
+    };
+    println!(
+        "\nAttention, causal, ms per call (fastest call), whole batch on the rayon pool ({} threads); \
+         naive = materialised scores + gemm",
+        rayon::current_num_threads()
+    );
+    header();
+    for (b, h, t, dh) in configs {
+        let budget = Duration::from_millis(if t > 100 { 1500 } else { 600 });
+        let r = attention_times(b, h, t, dh, budget);
+        print_attention_row(format!("B={b} H={h} T={t} Dh={dh}"), &r, 1.0);
+    }
+    // Calls on a shared machine are often interrupted, the long ones nearly always; one (batch,
+    // head) on one thread is short enough for the fastest call to be an undisturbed one.
+    println!(
+        "\nSame, one thread, one (batch, head) per call, scaled by B*H (ms for the whole batch)"
+    );
+    header();
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("a one-thread rayon pool");
+    for (b, h, t, dh) in configs {
+        let r = one.install(|| attention_times(1, 1, t, dh, Duration::from_millis(400)));
+        print_attention_row(format!("B={b} H={h} T={t} Dh={dh}"), &r, (b * h) as f64);
     }
     println!("ratio = naive fwd+bwd time / kernel fwd+bwd time (above 1: the kernel is faster)");
 }
