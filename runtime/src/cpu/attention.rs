@@ -864,17 +864,49 @@ fn exp_sub_cols(isa: Isa, st: &mut [f32], lse: &[f32]) {
     }
 }
 
+/// `dst = mul * src` (equal lengths). Explicit SIMD: LLVM cannot see that the scratch buffer and
+/// the caller's output are disjoint once everything is inlined, and keeps the plain loop scalar.
+#[inline(always)]
+fn scale_into(isa: Isa, dst: &mut [f32], src: &[f32], mul: f32) {
+    assert_eq!(dst.len(), src.len());
+    match isa {
+        Isa::Scalar => dst.iter_mut().zip(src).for_each(|(d, s)| *d = s * mul),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: equal lengths asserted above; AVX2+FMA detected.
+        Isa::Avx2Fma => unsafe { avx2::scale_into(dst, src, mul) },
+    }
+}
+
+/// `xs *= mul`.
+#[inline(always)]
+fn scale_in_place(isa: Isa, xs: &mut [f32], mul: f32) {
+    match isa {
+        Isa::Scalar => xs.iter_mut().for_each(|x| *x *= mul),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: AVX2+FMA detected; the kernel reads and writes only within `xs`.
+        Isa::Avx2Fma => unsafe { avx2::scale_in_place(xs, mul) },
+    }
+}
+
 /// `dp[jj, r] = p[jj, r] * (dp[jj, r] - dsum[r])`: the softmax backward on a transposed tile.
 #[inline(always)]
-fn softmax_grad_cols(p: &[f32], dp: &mut [f32], dsum: &[f32]) {
-    let dsum = &dsum[..BR];
-    for (drow, prow) in dp[..BC * BR]
-        .chunks_exact_mut(BR)
-        .zip(p[..BC * BR].chunks_exact(BR))
-    {
-        for ((d, pv), ds) in drow.iter_mut().zip(prow).zip(dsum) {
-            *d = pv * (*d - ds);
+fn softmax_grad_cols(isa: Isa, p: &[f32], dp: &mut [f32], dsum: &[f32]) {
+    assert!(p.len() >= BC * BR && dp.len() >= BC * BR && dsum.len() >= BR);
+    match isa {
+        Isa::Scalar => {
+            for (drow, prow) in dp[..BC * BR]
+                .chunks_exact_mut(BR)
+                .zip(p[..BC * BR].chunks_exact(BR))
+            {
+                for ((d, pv), ds) in drow.iter_mut().zip(prow).zip(dsum) {
+                    *d = pv * (*d - ds);
+                }
+            }
         }
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: lengths asserted above; AVX2+FMA detected. (Explicit intrinsics: once inlined,
+        // LLVM cannot prove `p` and `dp` disjoint and leaves the plain loop scalar.)
+        Isa::Avx2Fma => unsafe { avx2::softmax_grad_cols(p, dp, dsum) },
     }
 }
 
@@ -991,9 +1023,7 @@ fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
             bias_and_mask_t(st, rows, r0, c0, s, bias, &sc.ranges, blk.fully_visible(c0));
             softmax_cols(isa, st, &mut sc.m, l, corr);
             for (orow, &c) in oacc.chunks_exact_mut(dhp).zip(corr.iter()) {
-                for o in orow {
-                    *o *= c;
-                }
+                scale_in_place(isa, orow, c);
             }
             // O += P V, reading P = (Pᵀ)ᵀ through the A strides.
             tile_gemm(
@@ -1018,10 +1048,7 @@ fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
         for r in 0..rows {
             let o_row = &mut out_blk[r * dh..(r + 1) * dh];
             if l[r] > 0.0 {
-                let inv = 1.0 / l[r];
-                for (o, a) in o_row.iter_mut().zip(&oacc[r * dhp..]) {
-                    *o = a * inv;
-                }
+                scale_into(isa, o_row, &oacc[r * dhp..r * dhp + dh], 1.0 / l[r]);
                 // m and l live in base 2; the saved logsumexp is natural.
                 lse_blk[r] = sc.m[r] * LN2 + l[r].ln();
             } else {
@@ -1214,7 +1241,7 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
                     &sc.dot[r0 * dh..],
                     dp,
                 );
-                softmax_grad_cols(st, dp, &dsum[r0..]);
+                softmax_grad_cols(isa, st, dp, &dsum[r0..]);
                 if let Some(db) = dbias.as_deref_mut() {
                     let keys = BC.min(s.saturating_sub(c0));
                     for r in 0..rows {
@@ -1264,9 +1291,7 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
         }
         let dq_head = &mut task.dq[gh * t * dh..][..t * dh];
         for (dst, src) in dq_head.chunks_exact_mut(dh).zip(sc.dqa.chunks_exact(dhp)) {
-            for (d, a) in dst.iter_mut().zip(src) {
-                *d = a * p.scale;
-            }
+            scale_into(isa, dst, &src[..dh], p.scale);
         }
     }
     for ((dk, dv), (ka, va)) in task
@@ -1275,9 +1300,7 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
         .zip(task.dv.chunks_exact_mut(dh))
         .zip(sc.dka.chunks_exact(dhp).zip(sc.dva.chunks_exact(dhp)))
     {
-        for (d, a) in dk.iter_mut().zip(ka) {
-            *d = a * p.scale;
-        }
+        scale_into(isa, dk, &ka[..dh], p.scale);
         dv.copy_from_slice(&va[..dh]);
     }
 }
@@ -1574,6 +1597,54 @@ mod avx2 {
             _mm256_storeu_ps(l.as_mut_ptr().add(c), _mm256_fmadd_ps(l_old, cr, sum));
             _mm256_storeu_ps(m.as_mut_ptr().add(c), m_new);
             _mm256_storeu_ps(corr.as_mut_ptr().add(c), cr);
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; `dst` and `src` have the same length.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scale_into(dst: &mut [f32], src: &[f32], mul: f32) {
+        let mv = _mm256_set1_ps(mul);
+        let n8 = dst.len() / 8 * 8;
+        for i in (0..n8).step_by(8) {
+            let x = _mm256_loadu_ps(src.as_ptr().add(i));
+            _mm256_storeu_ps(dst.as_mut_ptr().add(i), _mm256_mul_ps(x, mv));
+        }
+        for i in n8..dst.len() {
+            dst[i] = src[i] * mul;
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn scale_in_place(xs: &mut [f32], mul: f32) {
+        let mv = _mm256_set1_ps(mul);
+        let n8 = xs.len() / 8 * 8;
+        for i in (0..n8).step_by(8) {
+            let p = xs.as_mut_ptr().add(i);
+            _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), mv));
+        }
+        for x in &mut xs[n8..] {
+            *x *= mul;
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA must be available; `p` and `dp` hold `BC * BR` values, `dsum` `BR`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn softmax_grad_cols(p: &[f32], dp: &mut [f32], dsum: &[f32]) {
+        for c in (0..BR).step_by(8) {
+            let ds = _mm256_loadu_ps(dsum.as_ptr().add(c));
+            for jj in 0..BC {
+                let at = jj * BR + c;
+                let d = _mm256_sub_ps(_mm256_loadu_ps(dp.as_ptr().add(at)), ds);
+                let pv = _mm256_loadu_ps(p.as_ptr().add(at));
+                _mm256_storeu_ps(dp.as_mut_ptr().add(at), _mm256_mul_ps(pv, d));
+            }
         }
     }
 
