@@ -161,10 +161,11 @@ pub enum GemmError {
     Overflow { operand: &'static str },
 }
 
-/// Below this many flops per matrix (`2*m*n*k`), `Auto` runs single-threaded. Measured on the 2-core
-/// Zen machine (see the report in `benches/cpu_kernels.rs`): the GPT shapes ([768x128]x[128x384] and
-/// up, 25+ MFLOP) gain 1.5-1.9x from the second core; at 64x64x32-type sizes rayon's wake-up costs
-/// more than it saves.
+/// Below this many flops per matrix (`2*m*n*k`), `Auto` keeps one matrix on one thread. Measured on
+/// the 2-core Zen machine (`cargo bench -p kiln-runtime --bench cpu_kernels -- gemm`, fastest call,
+/// GFLOP/s with 1 -> 2 threads): [768x128]x[128x384] 112 -> 207, [768x128]x[128x128] 113 -> 189,
+/// dY[768x384]x Wᵀ 113 -> 196; a batch of 48 [64x32]x[32x64] products 79 -> 127 with one matrix per
+/// task. The gemm crate itself declines to split products below about 1.2 MFLOP.
 pub const AUTO_THREADS_MIN_FLOPS: f64 = 4.0e6;
 
 /// `C = alpha * op(A) * op(B) + beta * C` on strided, possibly batched views. See [`GemmParams`].
