@@ -12,7 +12,7 @@ use kiln_runtime::cpu::attention::{
     attention_backward, attention_forward, AttentionGrads, AttentionInputs, AttentionParams,
     KernelChoice, Mask,
 };
-use kiln_runtime::cpu::gemm::{gemm, GemmParams, GemmThreads, MatView};
+use kiln_runtime::cpu::gemm::{gemm, thread_plan, GemmParams, GemmThreads, MatView, ThreadPlan};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
@@ -177,7 +177,7 @@ fn gemm_section() {
         rayon::current_num_threads()
     );
     println!(
-        "{:<42} {:>9} {:>9} {:>9}   Auto picks",
+        "{:<42} {:>9} {:>9} {:>9}   Auto's plan",
         "shape", "1 thread", "2 threads", "Auto"
     );
     for sh in &shapes {
@@ -213,10 +213,15 @@ fn gemm_section() {
             });
             rates.push(p.flops() / secs / 1e9);
         }
-        let pick = if (rates[2] - rates[0]).abs() < (rates[2] - rates[1]).abs() {
-            "~1"
-        } else {
-            "~2"
+        let plan = thread_plan(
+            &GemmParams::new(sh.m, sh.n, sh.k)
+                .batched(sh.batch)
+                .with_threads(GemmThreads::Auto),
+        );
+        let pick = match plan {
+            ThreadPlan::Single => "1 thread".to_string(),
+            ThreadPlan::Split(t) => format!("split over {t}"),
+            ThreadPlan::PerMatrix => "matrix per task".to_string(),
         };
         println!(
             "{:<42} {:>9.1} {:>9.1} {:>9.1}   {}",

@@ -424,3 +424,35 @@ fn bad_shapes_are_errors() {
     .unwrap();
     assert_eq!(c, vec![3.0; 4]);
 }
+
+#[test]
+fn auto_threading_plan_follows_the_size_rule() {
+    use kiln_runtime::cpu::gemm::{thread_plan, ThreadPlan};
+    let two = rayon::ThreadPoolBuilder::new()
+        .num_threads(2)
+        .build()
+        .unwrap();
+    let one = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap();
+    let qkv = GemmParams::new(768, 384, 128);
+    let attn = GemmParams::new(64, 64, 32).batched(48);
+    let tiny = GemmParams::new(8, 8, 8).batched(4);
+    two.install(|| {
+        assert_eq!(thread_plan(&qkv), ThreadPlan::Split(2));
+        assert_eq!(thread_plan(&attn), ThreadPlan::PerMatrix);
+        assert_eq!(thread_plan(&tiny), ThreadPlan::Single);
+        let single = qkv.with_threads(GemmThreads::Single);
+        assert_eq!(thread_plan(&single), ThreadPlan::Single);
+        // An explicit thread count is obeyed: split one matrix, or spread a batch.
+        let forced = GemmParams::new(8, 8, 8).with_threads(GemmThreads::Rayon(2));
+        assert_eq!(thread_plan(&forced), ThreadPlan::Split(2));
+        let spread = tiny.with_threads(GemmThreads::Rayon(2));
+        assert_eq!(thread_plan(&spread), ThreadPlan::PerMatrix);
+    });
+    one.install(|| {
+        assert_eq!(thread_plan(&qkv), ThreadPlan::Single);
+        assert_eq!(thread_plan(&attn), ThreadPlan::Single);
+    });
+}

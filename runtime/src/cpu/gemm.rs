@@ -168,6 +168,46 @@ pub enum GemmError {
 /// task. The gemm crate itself declines to split products below about 1.2 MFLOP.
 pub const AUTO_THREADS_MIN_FLOPS: f64 = 4.0e6;
 
+/// How a product will use threads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadPlan {
+    /// One thread.
+    Single,
+    /// Each matrix split across this many rayon threads, batch elements one after another.
+    Split(usize),
+    /// Batch elements spread over the rayon pool, each on one thread (many small matrices).
+    PerMatrix,
+}
+
+/// The threading decision [`gemm`] makes for these parameters, in the current rayon pool.
+pub fn thread_plan(p: &GemmParams) -> ThreadPlan {
+    let per_matrix_flops = 2.0 * p.m as f64 * p.n as f64 * p.k as f64;
+    let pool = rayon::current_num_threads().max(1);
+    let (threads, min_batch) = match p.threads {
+        GemmThreads::Single => return ThreadPlan::Single,
+        GemmThreads::Rayon(0) => (pool, 2 * pool),
+        GemmThreads::Rayon(t) => (t, 2 * t),
+        GemmThreads::Auto => {
+            if per_matrix_flops * (p.batch as f64) < AUTO_THREADS_MIN_FLOPS / 4.0 {
+                return ThreadPlan::Single;
+            }
+            (pool, 2)
+        }
+    };
+    if threads <= 1 {
+        ThreadPlan::Single
+    } else if per_matrix_flops >= AUTO_THREADS_MIN_FLOPS {
+        ThreadPlan::Split(threads)
+    } else if p.batch >= min_batch {
+        // Many small matrices: one matrix per task beats splitting each one.
+        ThreadPlan::PerMatrix
+    } else if p.threads == GemmThreads::Auto {
+        ThreadPlan::Single
+    } else {
+        ThreadPlan::Split(threads)
+    }
+}
+
 /// `C = alpha * op(A) * op(B) + beta * C` on strided, possibly batched views. See [`GemmParams`].
 ///
 /// Errors (never panics) when a view reaches outside its slice or when `C`'s view maps two output
@@ -205,33 +245,10 @@ pub fn gemm(
     check_bounds("A", a.len(), batch, m, k, a_view)?;
     check_bounds("B", b.len(), batch, k, n, b_view)?;
 
-    let per_matrix_flops = 2.0 * m as f64 * n as f64 * k as f64;
-    let pool = rayon::current_num_threads().max(1);
-    let (batch_parallel, inner) = match p.threads {
-        GemmThreads::Single => (false, gemm::Parallelism::None),
-        GemmThreads::Rayon(t) => {
-            let t = if t == 0 { pool } else { t };
-            if t <= 1 {
-                (false, gemm::Parallelism::None)
-            } else if batch >= 2 * t && per_matrix_flops < AUTO_THREADS_MIN_FLOPS {
-                // Many small matrices: one matrix per task beats splitting each one.
-                (true, gemm::Parallelism::None)
-            } else {
-                (false, gemm::Parallelism::Rayon(t))
-            }
-        }
-        GemmThreads::Auto => {
-            if pool <= 1 {
-                (false, gemm::Parallelism::None)
-            } else if per_matrix_flops >= AUTO_THREADS_MIN_FLOPS {
-                (false, gemm::Parallelism::Rayon(pool))
-            } else if batch >= 2 && per_matrix_flops * batch as f64 >= AUTO_THREADS_MIN_FLOPS / 4.0
-            {
-                (true, gemm::Parallelism::None)
-            } else {
-                (false, gemm::Parallelism::None)
-            }
-        }
+    let (batch_parallel, inner) = match thread_plan(p) {
+        ThreadPlan::Single => (false, gemm::Parallelism::None),
+        ThreadPlan::PerMatrix => (true, gemm::Parallelism::None),
+        ThreadPlan::Split(t) => (false, gemm::Parallelism::Rayon(t)),
     };
 
     let cptr = SendPtr(c.as_mut_ptr());
@@ -268,7 +285,7 @@ pub fn gemm(
             )
         }
     };
-    if batch_parallel && batch > 1 {
+    if batch_parallel {
         (0..batch)
             .into_par_iter()
             .for_each(|bi| one(bi, gemm::Parallelism::None));
