@@ -439,10 +439,14 @@ fn auto_threading_plan_follows_the_size_rule() {
     let qkv = GemmParams::new(768, 384, 128);
     let attn = GemmParams::new(64, 64, 32).batched(48);
     let tiny = GemmParams::new(8, 8, 8).batched(4);
+    let big_batch = GemmParams::new(256, 256, 64).batched(48);
+    let pair = GemmParams::new(768, 384, 128).batched(2);
     two.install(|| {
         assert_eq!(thread_plan(&qkv), ThreadPlan::Split(2));
         assert_eq!(thread_plan(&attn), ThreadPlan::PerMatrix);
         assert_eq!(thread_plan(&tiny), ThreadPlan::Single);
+        assert_eq!(thread_plan(&big_batch), ThreadPlan::PerMatrix);
+        assert_eq!(thread_plan(&pair), ThreadPlan::Split(2));
         let single = qkv.with_threads(GemmThreads::Single);
         assert_eq!(thread_plan(&single), ThreadPlan::Single);
         // An explicit thread count is obeyed: split one matrix, or spread a batch.

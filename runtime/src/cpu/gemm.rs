@@ -183,28 +183,29 @@ pub enum ThreadPlan {
 pub fn thread_plan(p: &GemmParams) -> ThreadPlan {
     let per_matrix_flops = 2.0 * p.m as f64 * p.n as f64 * p.k as f64;
     let pool = rayon::current_num_threads().max(1);
-    let (threads, min_batch) = match p.threads {
+    let threads = match p.threads {
         GemmThreads::Single => return ThreadPlan::Single,
-        GemmThreads::Rayon(0) => (pool, 2 * pool),
-        GemmThreads::Rayon(t) => (t, 2 * t),
+        GemmThreads::Rayon(0) => pool,
+        GemmThreads::Rayon(t) => t,
         GemmThreads::Auto => {
             if per_matrix_flops * (p.batch as f64) < AUTO_THREADS_MIN_FLOPS / 4.0 {
                 return ThreadPlan::Single;
             }
-            (pool, 2)
+            pool
         }
     };
     if threads <= 1 {
         ThreadPlan::Single
-    } else if per_matrix_flops >= AUTO_THREADS_MIN_FLOPS {
-        ThreadPlan::Split(threads)
-    } else if p.batch >= min_batch {
-        // Many small matrices: one matrix per task beats splitting each one.
+    } else if p.batch >= 2 * threads {
+        // Enough matrices to go round: whole matrices per task need no synchronisation inside
+        // a product and keep each one's packed panels in one core's cache.
         ThreadPlan::PerMatrix
-    } else if p.threads == GemmThreads::Auto {
-        ThreadPlan::Single
-    } else {
+    } else if per_matrix_flops >= AUTO_THREADS_MIN_FLOPS || p.threads != GemmThreads::Auto {
         ThreadPlan::Split(threads)
+    } else if p.batch >= 2 {
+        ThreadPlan::PerMatrix
+    } else {
+        ThreadPlan::Single
     }
 }
 
