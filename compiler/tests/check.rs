@@ -64,3 +64,19 @@ fn valid_specs_check_clean() {
         assert!(!rendered.contains("Warning") && !rendered.contains("⚠"), "{} has warnings:\n{rendered}", f.display());
     }
 }
+
+#[test]
+fn specs_and_stdlib_are_canonically_formatted() {
+    for dir in ["specs", "stdlib"] {
+        for e in std::fs::read_dir(root().join(dir)).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_none_or(|x| x != "kiln") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            let file = kiln_grammar::parse(&text).unwrap_or_else(|e| panic!("{}: {e:?}", p.display()));
+            let formatted = kiln_grammar::format(&file, &text);
+            assert!(formatted == text, "{} is not formatted: run `kiln fmt {}`", p.display(), p.display());
+        }
+    }
+}
