@@ -12,7 +12,7 @@ use std::time::Instant;
 use crate::ir::print::print_with_errors;
 use crate::ir::{verify, Graph, IrError, VerifyError};
 use crate::passes::{
-    self, const_fold, cse, dce, layout, simplify, strip_stop_gradient, PassResult,
+    self, const_fold, cse, dce, layout, simplify, strip_stop_gradient, Pass, PassResult,
 };
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -194,6 +194,31 @@ pub fn verify_graph(g: &Graph) -> Result<(), Vec<VerifyError>> {
     }
 }
 
+/// Runs one pass and, with `verify`, the verifier after it (errors name the pass and the round).
+pub fn run_pass(
+    g: &mut Graph,
+    pass: &Pass,
+    verify: bool,
+    round: usize,
+) -> Result<PassResult, PipelineError> {
+    let result = (pass.run)(g).map_err(|error| PipelineError::Ir {
+        pass: pass.name,
+        error,
+    })?;
+    if verify {
+        if let Err(errors) = verify_graph(g) {
+            let ir = print_with_errors(g, &errors);
+            return Err(PipelineError::Verify {
+                pass: pass.name,
+                round,
+                errors,
+                ir,
+            });
+        }
+    }
+    Ok(result)
+}
+
 struct Runner<'o> {
     graph: Graph,
     opts: &'o PipelineOptions,
@@ -227,22 +252,8 @@ impl<'o> Runner<'o> {
         }
         let pass = passes::lookup(name).ok_or_else(|| PipelineError::UnknownPass(name.into()))?;
         let t = Instant::now();
-        let result = (pass.run)(&mut self.graph).map_err(|error| PipelineError::Ir {
-            pass: pass.name,
-            error,
-        })?;
+        let result = run_pass(&mut self.graph, pass, self.opts.verify_each, round)?;
         let micros = t.elapsed().as_micros();
-        if self.opts.verify_each {
-            if let Err(errors) = verify_graph(&self.graph) {
-                let ir = print_with_errors(&self.graph, &errors);
-                return Err(PipelineError::Verify {
-                    pass: pass.name,
-                    round,
-                    errors,
-                    ir,
-                });
-            }
-        }
         let changed = result.changed;
         self.log.runs.push(PassRun {
             pass: pass.name,

@@ -207,8 +207,3 @@ fn sole_use(g: &Graph, m: ValueId, v: ValueId) -> bool {
         && !g.outputs().iter().any(|o| o.value == m)
         && !g.updates().iter().any(|u| u.value == m)
 }
-
-fn same_type(g: &Graph, op: &Op, inputs: &[ValueId], like: ValueId) -> bool {
-    let tys: Vec<&TensorType> = inputs.iter().map(|u| g.ty(*u)).collect();
-    matches!(infer(op, &tys), Ok(t) if &t == g.ty(like))
-}
