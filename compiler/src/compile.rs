@@ -328,6 +328,9 @@ fn bind_diag(e: &IrError, b: &Bindings) -> SemaDiagnostic {
                 .collect::<Vec<_>>()
                 .join(", ")
         )),
+        IrError::BadAttribute { .. } | IrError::ShapeMismatch { .. } => Some(
+            "the run dims do not fit the model: is --seq above the config's `ctx`?".to_string(),
+        ),
         _ => None,
     };
     diag(
