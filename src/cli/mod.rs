@@ -1,5 +1,6 @@
 //! Subcommand definitions (clap) and their dispatch.
 
+mod compile;
 mod spec;
 
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Compile a config (and with --train its training step) and print the IR, Graphviz or a
+    /// JSON summary (op counts, FLOPs, bytes).
+    Compile(compile::CompileArgs),
 }
 
 pub fn run(cli: Cli) -> miette::Result<ExitCode> {
@@ -48,5 +52,6 @@ pub fn run(cli: Cli) -> miette::Result<ExitCode> {
         Command::Check { files } => spec::check(&files),
         Command::Fmt { check, files } => spec::fmt(&files, check),
         Command::Params { spec, model, set, json } => spec::params(&spec, model.as_deref(), &set, json),
+        Command::Compile(args) => compile::run(&args),
     }
 }
