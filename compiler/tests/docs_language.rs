@@ -329,3 +329,23 @@ fn error_examples_name_documented_codes() {
         }
     }
 }
+
+#[test]
+fn the_stated_limits_are_the_checker_s() {
+    use kiln_compiler::sema::eval::{MAX_NODES, MAX_STEPS};
+    let underscored = |n: u64| {
+        let s = n.to_string();
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push('_');
+            }
+            out.push(c);
+        }
+        format!("`{out}`")
+    };
+    let doc = std::fs::read_to_string(root().join("docs/language.md")).expect("docs/language.md");
+    for n in [MAX_STEPS, MAX_NODES as u64] {
+        assert!(doc.contains(&underscored(n)), "docs/language.md does not state the limit {}", underscored(n));
+    }
+}
