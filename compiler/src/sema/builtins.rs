@@ -226,7 +226,9 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
                     Ok(Value::Tensor(v))
                 }
                 Value::Int(d) if name == "abs" => match d.as_const() {
-                    Some(n) => Ok(Value::Int(Dim::c(n.abs()))),
+                    Some(n) => Ok(Value::Int(Dim::c(
+                        n.checked_abs().ok_or_else(|| ev.err("sema::overflow", *l, "integer overflow"))?,
+                    ))),
                     None => Err(ev.err("sema::symbolic", *l, "`abs` of a run dim")),
                 },
                 other => {

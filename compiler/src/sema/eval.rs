@@ -18,10 +18,13 @@ use super::value::Value;
 use super::Workspace;
 use crate::ir::{BinaryOp as IrBin, CmpOp, DType, Dim, IrError, Op, UnaryOp as IrUn, ValueId};
 
-/// Limits that keep any input — however hostile — from hanging the checker.
+/// Limits that keep any input — however hostile — from hanging the checker. They bound time:
+/// lowering costs about 10 µs per graph node and a few hundred ns per step (debug or release), so
+/// these caps reject a runaway spec within about 2.5 s. The largest published config, PaLM-540B,
+/// lowers to 18 790 nodes; `MAX_NODES` leaves 13 times that (room for a 1000-layer model).
 pub const MAX_CALL_DEPTH: usize = 64;
-pub const MAX_NODES: usize = 2_000_000;
-pub const MAX_STEPS: u64 = 20_000_000;
+pub const MAX_NODES: usize = 250_000;
+pub const MAX_STEPS: u64 = 5_000_000;
 
 /// One frame of the block call stack (for diagnostics that arise inside the stdlib).
 #[derive(Clone, Debug)]
@@ -509,11 +512,23 @@ impl<'w> Eval<'w> {
                         format!("`repeat` count is negative ({n})"),
                     ));
                 }
+                // Every iteration costs at least one step: a count beyond the steps left can only
+                // end in `sema::too_large`, so say so now rather than after seconds of unrolling.
+                if n as u64 > MAX_STEPS.saturating_sub(self.steps) {
+                    return Err(self.err_help(
+                        "sema::too_large",
+                        Loc { file, span: count.span },
+                        format!("`repeat {n}` unrolls into too large a program"),
+                        format!("Kiln stops after {MAX_STEPS} evaluation steps or {MAX_NODES} graph nodes"),
+                    ));
+                }
                 let label = match label {
                     Some(l) => l.name.clone(),
                     None => self.default_label("blocks"),
                 };
                 for i in 0..n {
+                    // Each iteration counts, so that even an empty body cannot loop for ever.
+                    self.tick(loc)?;
                     if let Some(v) = var {
                         env.vars.insert(v.name.clone(), Value::Int(Dim::c(i)));
                     }
@@ -720,7 +735,7 @@ impl<'w> Eval<'w> {
         self.param_decls.insert(full.clone(), self.user_loc(loc));
         let v = self
             .lower
-            .node(Op::Param { name: full, shape, dtype, init, trainable: true }, &[])
+            .unique_param(Op::Param { name: full, shape, dtype, init, trainable: true })
             .map_err(|e| self.ir_err(loc, e))?;
         env.vars.insert(name.name.clone(), Value::Tensor(v));
         Ok(())
@@ -997,6 +1012,10 @@ impl<'w> Eval<'w> {
                 if d == 0 {
                     return Err(self.err("sema::division_by_zero", lb, "division by zero"));
                 }
+                if d == -1 {
+                    // `div_exact` would overflow on an `i64::MIN` coefficient; this is `-x`.
+                    return Ok(Value::Int(Dim::c(0).sub(&x)));
+                }
                 match x.div_exact(d) {
                     Some(q) => Value::Int(q),
                     None => {
@@ -1017,7 +1036,9 @@ impl<'w> Eval<'w> {
                     FloorDiv | Mod if b == 0 => {
                         return Err(self.err("sema::division_by_zero", lb, "division by zero"))
                     }
-                    FloorDiv => Value::Int(Dim::c(a.div_euclid(b))),
+                    FloorDiv => Value::Int(Dim::c(a.checked_div_euclid(b).ok_or_else(|| overflow(self))?)),
+                    // `i64::MIN % -1` overflows in Rust; the remainder of any division by ±1 is 0.
+                    Mod if b == -1 => Value::Int(Dim::c(0)),
                     Mod => Value::Int(Dim::c(a.rem_euclid(b))),
                     Pow if b < 0 => Value::Float((a as f64).powf(b as f64)),
                     Pow => {

@@ -28,6 +28,17 @@ impl Lower {
         self.graph.add(op, inputs, name)
     }
 
+    /// Emit a `Param` whose full name the evaluator has already checked to be unique (its
+    /// `param_decls` table). `Graph::add` would check again by scanning every node, which made a
+    /// spec with many parameters quadratic to check: a hostile `layers = 8000000` ran for minutes
+    /// before reaching `MAX_NODES`. The type still comes from the op table.
+    pub fn unique_param(&mut self, op: Op) -> Result<ValueId, IrError> {
+        debug_assert!(matches!(op, Op::Param { .. }));
+        let ty = crate::ir::infer(&op, &[])?;
+        let name = if self.scope.is_empty() { None } else { Some(self.scope.clone()) };
+        Ok(self.graph.add_unchecked(op, &[], ty, name))
+    }
+
     pub fn ty(&self, v: ValueId) -> TensorType {
         self.graph.ty(v).clone()
     }

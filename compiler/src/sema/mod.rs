@@ -588,8 +588,9 @@ pub fn param_counts(g: &Graph) -> ParamCounts {
     let mut total = 0u64;
     let mut emb = 0u64;
     for p in g.params() {
-        let n: u64 = g.shape(p).iter().map(|d| d.as_const().unwrap_or(0).max(0) as u64).product();
-        total += n;
+        // Saturating: a spec may declare more than 2^64 elements; the count must not panic.
+        let n: u64 = g.shape(p).iter().fold(1u64, |acc, d| acc.saturating_mul(d.as_const().unwrap_or(0).max(0) as u64));
+        total = total.saturating_add(n);
         let is_table = g.users(p).iter().any(|u| {
             let node = g.node(*u);
             match node.op() {
@@ -599,10 +600,10 @@ pub fn param_counts(g: &Graph) -> ParamCounts {
             }
         });
         if is_table {
-            emb += n;
+            emb = emb.saturating_add(n);
         }
     }
-    ParamCounts { total, non_embedding: total - emb }
+    ParamCounts { total, non_embedding: total.saturating_sub(emb) }
 }
 
 /// Parse a `--set` value: integers, floats, `true`/`false`, `none`, quoted strings, the mask names
