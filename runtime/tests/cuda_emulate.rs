@@ -326,9 +326,8 @@ fn row_kernels_match_the_reference_evaluator() {
         .map(|(p, l)| codegen::generate(&p, &l).unwrap())
         .collect();
     let data_src = data::source();
-    let mut sources: Vec<&Source> = kernels.iter().map(|k| &k.source).collect();
+    let sources: Vec<&Source> = kernels.iter().map(|k| &k.source).collect();
     let row_emu = Emu::build(&cxx, &sources);
-    sources.clear();
     let data_emu = Emu::build(&cxx, &[&data_src]);
     let mut rng = Rng(11);
     let max_grid = 3; // small, so flat kernels' grid-stride loops wrap
@@ -711,6 +710,18 @@ fn attention_matches_the_cpu_kernel() {
             0,
         ),
     ];
+    // All modules in one host compile: each source lives in its own namespace, and its macros
+    // are redefined before the next one is expanded.
+    let mut sources: Vec<Source> = vec![];
+    for (k, storage, _) in &cases {
+        for direction in [Direction::Forward, Direction::Backward] {
+            let v = attention::Variant::of(&AttentionKernel { direction, ..*k }, *storage);
+            if !sources.iter().any(|s| s.name == v.name()) {
+                sources.push(attention::source(&v).unwrap());
+            }
+        }
+    }
+    let emu = Emu::build(&cxx, &sources.iter().collect::<Vec<_>>());
     let mut rng = Rng(9);
     for (k, storage, bias_heads) in cases {
         let (b, h, hk, t, s, d) = (k.batch, k.heads, k.kv_heads, k.q_len, k.kv_len, k.head_dim);
@@ -768,14 +779,15 @@ fn attention_matches_the_cpu_kernel() {
         )
         .unwrap();
 
-        let fwd_src = attention::source(&attention::Variant::of(&k, storage)).unwrap();
         let kb = AttentionKernel {
             direction: Direction::Backward,
             ..k
         };
-        let bwd_src = attention::source(&attention::Variant::of(&kb, storage)).unwrap();
-        let fwd = Emu::build(&cxx, &[&fwd_src]);
-        let bwd = Emu::build(&cxx, &[&bwd_src]);
+        let module_of = |kernel: &AttentionKernel| {
+            let name = attention::Variant::of(kernel, storage).name();
+            sources.iter().position(|s| s.name == name).unwrap()
+        };
+        let (fwd_i, bwd_i) = (module_of(&k), module_of(&kb));
         let (mut gq, mut gk, mut gv, mut gdo) = (
             Buf::stored(&q, storage),
             Buf::stored(&kk, storage),
@@ -793,7 +805,7 @@ fn attention_matches_the_cpu_kernel() {
             lse: glse.as_mut_ptr() as u64,
         };
         for l in plan_attention_forward(&k, &ptrs).unwrap() {
-            fwd.launch(0, &l);
+            emu.launch(fwd_i, &l);
         }
         let mut gdq = Buf::stored(&vec![f32::NAN; dq.len()], storage);
         let mut gdk = Buf::stored(&vec![f32::NAN; dk.len()], storage);
@@ -809,7 +821,7 @@ fn attention_matches_the_cpu_kernel() {
             d_scratch: dscr.as_mut_ptr() as u64,
         };
         for l in plan_attention_backward(&kb, &ptrs, &grads).unwrap() {
-            bwd.launch(0, &l);
+            emu.launch(bwd_i, &l);
         }
         let (atol, rtol) = match storage {
             Storage::F32 => (2e-5, 2e-4),
