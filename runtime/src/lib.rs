@@ -7,6 +7,8 @@ pub mod backend;
 pub mod checkpoint;
 pub mod config;
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod data;
 pub mod evaltasks;
 pub mod hf;
