@@ -21,7 +21,10 @@ fn a_missing_data_file_is_a_diagnostic() {
     occupied_out(tmp.path());
     let before = fingerprint(tmp.path());
     let o = kiln(tmp.path(), &["train", "run.yaml", "--resume"]);
-    assert_fails(&o, &["config::missing_file", "corpus.txt", "does not exist"]);
+    assert_fails(
+        &o,
+        &["config::missing_file", "corpus.txt", "does not exist"],
+    );
     assert_eq!(fingerprint(tmp.path()), before);
 }
 
@@ -46,11 +49,27 @@ fn a_yaml_typo_points_at_its_line_with_a_suggestion() {
     let o = kiln(tmp.path(), &["train", "run.yaml"]);
     assert_fails(
         &o,
-        &["config::unknown_field", "unknown field `log_evry`", "did you mean `log_every`?", "log_evry: 10"],
+        &[
+            "config::unknown_field",
+            "unknown field `log_evry`",
+            "did you mean `log_every`?",
+            "log_evry: 10",
+        ],
     );
     assert_eq!(fingerprint(tmp.path()), before);
     // The same kind of typo through `--set`.
-    let o = kiln(tmp.path(), &["train", "run.yaml", "--resume", "--set", "log_evry=2", "--set", "optimizer.lrr=0.1"]);
+    let o = kiln(
+        tmp.path(),
+        &[
+            "train",
+            "run.yaml",
+            "--resume",
+            "--set",
+            "log_evry=2",
+            "--set",
+            "optimizer.lrr=0.1",
+        ],
+    );
     assert_fails(&o, &["unknown field"]);
     assert_eq!(fingerprint(tmp.path()), before);
 }
@@ -84,7 +103,19 @@ fn a_checkpoint_of_another_spec_is_refused() {
     std::fs::copy(cli_common::repo().join("specs/gpt2.kiln"), &spec).unwrap();
     write_run(tmp.path(), "");
     let set_spec = format!("spec={}", spec.display());
-    let o = kiln(tmp.path(), &["train", "run.yaml", "--set", &set_spec, "--set", "steps=2", "--set", "eval.every=0"]);
+    let o = kiln(
+        tmp.path(),
+        &[
+            "train",
+            "run.yaml",
+            "--set",
+            &set_spec,
+            "--set",
+            "steps=2",
+            "--set",
+            "eval.every=0",
+        ],
+    );
     assert_eq!(o.status.code(), Some(0), "{}", cli_common::stderr(&o));
 
     // The spec is edited: resuming would train another model under the old weights.
@@ -92,17 +123,49 @@ fn a_checkpoint_of_another_spec_is_refused() {
     text.push_str("\nconfig gpt2_other = gpt2(vocab = 96, ctx = 32, d = 32, layers = 2, heads = 4, dropout = 0.0)\n");
     std::fs::write(&spec, text).unwrap();
     let before = fingerprint(tmp.path());
-    let o = kiln(tmp.path(), &["train", "run.yaml", "--set", &set_spec, "--set", "steps=3", "--set", "eval.every=0", "--resume"]);
+    let o = kiln(
+        tmp.path(),
+        &[
+            "train",
+            "run.yaml",
+            "--set",
+            &set_spec,
+            "--set",
+            "steps=3",
+            "--set",
+            "eval.every=0",
+            "--resume",
+        ],
+    );
     assert_fails(&o, &["checkpoint::incompatible", "spec now hashes to"]);
     assert_eq!(fingerprint(tmp.path()), before);
 
     // Evaluating it as another family's model lists what does not fit.
-    let llama = format!("spec={}", cli_common::repo().join("specs/llama.kiln").display());
+    let llama = format!(
+        "spec={}",
+        cli_common::repo().join("specs/llama.kiln").display()
+    );
     let ckpt = tmp.path().join("out/ckpt-00000002.safetensors");
     let o = kiln(
         tmp.path(),
-        &["eval", "run.yaml", "--checkpoint", ckpt.to_str().unwrap(), "--set", &llama, "--set", "model=llama_tiny"],
+        &[
+            "eval",
+            "run.yaml",
+            "--checkpoint",
+            ckpt.to_str().unwrap(),
+            "--set",
+            &llama,
+            "--set",
+            "model=llama_tiny",
+        ],
     );
-    assert_fails(&o, &["checkpoint::incompatible", "llama_tiny", "checkpoint::missing_tensor"]);
+    assert_fails(
+        &o,
+        &[
+            "checkpoint::incompatible",
+            "llama_tiny",
+            "checkpoint::missing_tensor",
+        ],
+    );
     assert_eq!(fingerprint(tmp.path()), before);
 }

@@ -22,7 +22,10 @@ fn reference() -> &'static (Vec<u8>, kiln_runtime::checkpoint::TensorMap) {
         let o = kiln(tmp.path(), &["train", "run.yaml"]);
         assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
         let out = tmp.path().join("out");
-        (std::fs::read(out.join("metrics.jsonl")).unwrap(), latest(&out).params)
+        (
+            std::fs::read(out.join("metrics.jsonl")).unwrap(),
+            latest(&out).params,
+        )
     })
 }
 
@@ -33,7 +36,10 @@ fn latest(out: &Path) -> kiln_runtime::checkpoint::Checkpoint {
 
 fn spawn(dir: &Path, crash: Option<&str>) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-    c.args(["train", "run.yaml"]).current_dir(dir).stdout(Stdio::null()).stderr(Stdio::piped());
+    c.args(["train", "run.yaml"])
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     match crash {
         Some(v) => c.env("KILN_TEST_CRASH", v),
         None => c.env_remove("KILN_TEST_CRASH"),
@@ -59,7 +65,10 @@ fn wait_for_step(out: &Path, step: u64, child: &mut Child) {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let ok = Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap();
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(ok.success());
 }
 
@@ -68,7 +77,10 @@ fn resume_and_compare(dir: &Path) {
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     let (metrics, params) = reference();
     let got = std::fs::read(dir.join("out/metrics.jsonl")).unwrap();
-    assert_eq!(String::from_utf8_lossy(&got), String::from_utf8_lossy(metrics));
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(metrics)
+    );
     assert_eq!(&latest(&dir.join("out")).params, params);
 }
 
@@ -84,7 +96,11 @@ fn sigint_checkpoints_and_resume_is_bitwise_identical() {
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted after step"), "{err}");
     let ckpt = latest(&tmp.path().join("out"));
-    assert!(ckpt.meta.step >= 2 && ckpt.meta.step < 12, "step {}", ckpt.meta.step);
+    assert!(
+        ckpt.meta.step >= 2 && ckpt.meta.step < 12,
+        "step {}",
+        ckpt.meta.step
+    );
     resume_and_compare(tmp.path());
 }
 
@@ -93,7 +109,12 @@ fn crash_during(point: &str) -> PathBuf {
     write_run(tmp.path(), "");
     let child = spawn(tmp.path(), Some(point));
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), None, "killed by a signal: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        None,
+        "killed by a signal: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     tmp.keep()
 }
 
@@ -101,12 +122,18 @@ fn crash_during(point: &str) -> PathBuf {
 fn kill_during_a_checkpoint_write_keeps_the_previous_checkpoint() {
     let dir = crash_during("checkpoint:8");
     let out = dir.join("out");
-    assert!(out.join(".tmp-ckpt-00000008.safetensors").exists(), "a torn temporary file is left");
+    assert!(
+        out.join(".tmp-ckpt-00000008.safetensors").exists(),
+        "a torn temporary file is left"
+    );
     assert!(!out.join("ckpt-00000008.safetensors").exists());
     // The previous checkpoint loads.
     assert_eq!(latest(&out).meta.step, 4);
     resume_and_compare(&dir);
-    assert!(!out.join(".tmp-ckpt-00000008.safetensors").exists(), "cleaned up on resume");
+    assert!(
+        !out.join(".tmp-ckpt-00000008.safetensors").exists(),
+        "cleaned up on resume"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -115,7 +142,11 @@ fn kill_during_the_latest_pointer_update_keeps_the_previous_checkpoint() {
     let dir = crash_during("latest:8");
     let out = dir.join("out");
     assert!(out.join("ckpt-00000008.safetensors").exists());
-    assert_eq!(latest(&out).meta.step, 4, "`latest` still names the previous checkpoint");
+    assert_eq!(
+        latest(&out).meta.step,
+        4,
+        "`latest` still names the previous checkpoint"
+    );
     resume_and_compare(&dir);
     std::fs::remove_dir_all(&dir).unwrap();
 }

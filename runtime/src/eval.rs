@@ -12,14 +12,12 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::evaltasks::{
-    self, load, shipped_tasks, McConfig, MetricValue, TaskKind, TaskSpec,
-};
+use crate::config::RunConfig;
 use crate::evaltasks::baseline::SamplingGenerator;
+use crate::evaltasks::{self, load, shipped_tasks, McConfig, MetricValue, TaskKind, TaskSpec};
+use crate::generate::{logits_model, LogitsModel};
 use crate::sample::{SamplingConfig, TokenSampler};
 use crate::session::{compile_run, load_spec, make_backend, Executor, Programs, RunError};
-use crate::config::RunConfig;
-use crate::generate::{logits_model, LogitsModel};
 use crate::tokenizer::Tokenizer;
 use crate::train::{load_compatible, load_run_data, restore, sequential_loss};
 
@@ -179,10 +177,10 @@ pub fn evaluate(config: &RunConfig, opts: &EvalOptions) -> Result<EvalReport, Ru
                 data.tokenizer.kind_name(),
                 data.tokenizer.vocab_size()
             ),
-            found: Tokenizer::from_json(&ckpt.meta.tokenizer)
-                .map_or_else(|_| "unreadable".to_string(), |t| {
-                    format!("{} with {} tokens", t.kind_name(), t.vocab_size())
-                }),
+            found: Tokenizer::from_json(&ckpt.meta.tokenizer).map_or_else(
+                |_| "unreadable".to_string(),
+                |t| format!("{} with {} tokens", t.kind_name(), t.vocab_size()),
+            ),
         });
     }
     if !specs.is_empty() {

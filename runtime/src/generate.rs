@@ -1,9 +1,9 @@
 //! `kiln generate`: continue a prompt with a trained checkpoint, and the model-as-a-function
 //! pieces evaluation tasks share with it.
 //!
-//! A checkpoint carries its resolved run config, tokenizer and spec hash, so generation needs
-//! nothing else: the config names the spec and model, the logits program is compiled from it,
-//! and the parameters are loaded by name.
+//! A checkpoint carries its resolved run config, tokenizer and spec text, so generation needs
+//! nothing else (the spec file may since have moved or changed): the logits program is compiled
+//! from the stored spec and model name, and the parameters are loaded by name.
 //!
 //! There is no KV cache yet: each new token recomputes the logits of the whole window (the last
 //! `seq_len` tokens), right-padded to the program's fixed shape. Padding after the last real
@@ -18,10 +18,11 @@ use crate::config::RunConfig;
 use crate::evaltasks::{ModelError, Scorer};
 use crate::sample::{self, Generated, SamplingConfig, TokenSampler};
 use crate::session::{
-    compile_run, load_spec, make_backend, param_shapes, CompiledRun, Executor, Programs, RunError,
+    compile_run, load_spec, load_spec_text, make_backend, param_shapes, CompiledRun, Executor,
+    Programs, RunError,
 };
 use crate::tokenizer::Tokenizer;
-use crate::train::restore;
+use crate::train::{restore, SPEC_TEXT_KEY};
 
 /// A model as a function from tokens to next-token logits, over the logits program.
 pub struct LogitsModel {
@@ -112,7 +113,11 @@ fn log_sum_exp(row: &[f32]) -> f64 {
     if !max.is_finite() {
         return max;
     }
-    max + row.iter().map(|&x| (f64::from(x) - max).exp()).sum::<f64>().ln()
+    max + row
+        .iter()
+        .map(|&x| (f64::from(x) - max).exp())
+        .sum::<f64>()
+        .ln()
 }
 
 impl Scorer for LogitsModel {
@@ -140,10 +145,10 @@ impl Scorer for LogitsModel {
             let end = n.min(first + self.window);
             let start = (end - 1).saturating_sub(self.window);
             let rows = self.forward(&all[start..end - 1]).map_err(err)?;
-            for j in first..end {
+            for (j, &target) in all.iter().enumerate().take(end).skip(first) {
                 let pos = j - 1 - start;
                 let row = &rows[pos * v..(pos + 1) * v];
-                let target = all[j] as usize;
+                let target = target as usize;
                 let logit = row.get(target).ok_or_else(|| {
                     err(format!(
                         "token id {target} is outside the model's {v} outputs"
@@ -204,7 +209,12 @@ pub fn load_inference(path: &Path, executor: Executor) -> Result<Inference, RunE
     let checkpoint = load_checkpoint(path)?;
     let config = checkpoint_config(path, &checkpoint)?;
     let tokenizer = Tokenizer::from_json(&checkpoint.meta.tokenizer)?;
-    let spec = load_spec(&config)?;
+    // The spec text the run was trained from travels in the checkpoint; older checkpoints
+    // without it read the file (whose hash must still match).
+    let spec = match checkpoint.meta.extra.get(SPEC_TEXT_KEY) {
+        Some(text) => load_spec_text(&config, text)?,
+        None => load_spec(&config)?,
+    };
     let compiled = compile_run(&config, &spec, Programs::Inference)?;
     let model = logits_model(executor, &config, &compiled, path, &checkpoint)?;
     Ok(Inference {

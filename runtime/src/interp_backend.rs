@@ -52,7 +52,11 @@ fn exec(e: impl std::fmt::Display) -> BackendError {
 impl InterpBackend {
     /// Binds `graph`'s symbolic dims with `bindings` and initialises every persistent tensor as
     /// `interp::init_params` does for `seed` (the definition every backend shares).
-    pub fn new(graph: &Graph, bindings: &Bindings, seed: u64) -> Result<InterpBackend, BackendError> {
+    pub fn new(
+        graph: &Graph,
+        bindings: &Bindings,
+        seed: u64,
+    ) -> Result<InterpBackend, BackendError> {
         let bound = graph.bind(bindings).map_err(exec)?;
         let state = interp::init_params(&bound, bindings, seed).map_err(exec)?;
         let mut trainable = Vec::new();
@@ -79,7 +83,8 @@ impl InterpBackend {
                     }
                 }
                 Op::Input { name, dtype, .. } => {
-                    let shape = kiln_compiler::ir::bind_shape(node.shape(), bindings).map_err(exec)?;
+                    let shape =
+                        kiln_compiler::ir::bind_shape(node.shape(), bindings).map_err(exec)?;
                     inputs.push(InputSpec {
                         name: name.clone(),
                         shape,
@@ -222,10 +227,15 @@ impl Backend for InterpBackend {
             step: rng.step,
             precision: Precision::Declared,
         };
-        let out = interp::run(&self.graph, &self.bindings, &bound, &self.state, &opts).map_err(exec)?;
+        let out =
+            interp::run(&self.graph, &self.bindings, &bound, &self.state, &opts).map_err(exec)?;
         for (name, t) in out.updates {
             self.state.insert(name, t);
         }
-        Ok(out.outputs.iter().map(|(n, t)| (n.clone(), host(t))).collect())
+        Ok(out
+            .outputs
+            .iter()
+            .map(|(n, t)| (n.clone(), host(t)))
+            .collect())
     }
 }

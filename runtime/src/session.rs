@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use kiln_compiler::ir::{Bindings, Graph, IrError, Op};
+use kiln_compiler::ir::{Bindings, Graph, IrError};
 use kiln_compiler::sema::{self, Request, SemaDiagnostic, Value, Workspace};
 use kiln_compiler::train::{self as ctrain, DecayRule, StepOptions};
 use miette::Diagnostic;
@@ -89,7 +89,7 @@ pub enum RunError {
     #[diagnostic(code(run::compile))]
     Compile {
         program: &'static str,
-        source: IrError,
+        source: Box<IrError>,
     },
     #[error("the {program} program failed: {source}")]
     #[diagnostic(code(run::backend))]
@@ -173,7 +173,9 @@ impl FromStr for Executor {
         match s {
             "interp" => Ok(Executor::Interp),
             "cpu" => Ok(Executor::Cpu),
-            other => Err(format!("unknown executor `{other}` (expected `interp` or `cpu`)")),
+            other => Err(format!(
+                "unknown executor `{other}` (expected `interp` or `cpu`)"
+            )),
         }
     }
 }
@@ -269,6 +271,7 @@ pub fn copy_params(from: &dyn Backend, to: &mut dyn Backend) -> Result<(), RunEr
 /// A run config's spec, loaded and checked for syntax.
 pub struct LoadedSpec {
     pub path: PathBuf,
+    pub text: String,
     pub hash: String,
     workspace: Workspace,
     /// The config's `set:` overrides as sema values.
@@ -308,8 +311,15 @@ pub fn load_spec(config: &RunConfig) -> Result<LoadedSpec, RunError> {
             e.utf8_error().valid_up_to()
         ),
     })?;
+    load_spec_text(config, &text)
+}
+
+/// Checks the syntax of spec `text` (the file `config.spec` names, or a copy of it that a
+/// checkpoint carries).
+pub fn load_spec_text(config: &RunConfig, text: &str) -> Result<LoadedSpec, RunError> {
+    let path = config.spec.clone();
     let mut workspace = Workspace::new();
-    workspace.add_file(&path.display().to_string(), &text);
+    workspace.add_file(&path.display().to_string(), text);
     let errors: Vec<SemaDiagnostic> = workspace
         .load_diagnostics
         .iter()
@@ -320,7 +330,8 @@ pub fn load_spec(config: &RunConfig) -> Result<LoadedSpec, RunError> {
         return Err(spec_error(&path, errors));
     }
     Ok(LoadedSpec {
-        hash: spec_hash(&text),
+        text: text.to_string(),
+        hash: spec_hash(text),
         path,
         workspace,
         overrides: config
@@ -355,10 +366,10 @@ fn stream_objective(config: &RunConfig) -> Result<ObjectiveKind, RunError> {
     };
     match config.objective.parse::<ObjectiveKind>() {
         Ok(k @ (ObjectiveKind::CausalLm | ObjectiveKind::PrefixLm)) => Ok(k),
-        Ok(ObjectiveKind::Seq2Seq | ObjectiveKind::SpanCorruption) => {
-            Err(unsupported("`kiln train` trains `causal_lm` and `prefix_lm` on token streams")
-                .into())
-        }
+        Ok(ObjectiveKind::Seq2Seq | ObjectiveKind::SpanCorruption) => Err(unsupported(
+            "`kiln train` trains `causal_lm` and `prefix_lm` on token streams",
+        )
+        .into()),
         Err(_) => Err(unsupported("known objectives: causal_lm, prefix_lm").into()),
     }
 }
@@ -518,7 +529,7 @@ pub fn compile_run(
             let step = compile_step(&forward, &step_options(config)).map_err(|source| {
                 RunError::Compile {
                     program: "train",
-                    source,
+                    source: Box::new(source),
                 }
             })?;
             Some(bind(config, step, b * config.grad_accum, t, "train")?)
@@ -536,10 +547,10 @@ pub fn compile_run(
     let logits = bind(config, logits_graph, 1, t, "logits")?;
     let vocab = logits_width(&logits).ok_or_else(|| RunError::Compile {
         program: "logits",
-        source: IrError::NotFound {
+        source: Box::new(IrError::NotFound {
             kind: "output",
             name: "logits".to_string(),
-        },
+        }),
     })?;
     Ok(CompiledRun {
         spec_path: spec.path.clone(),
@@ -557,13 +568,7 @@ pub fn compile_run(
 fn logits_width(p: &Program) -> Option<usize> {
     let v = p.graph.output("logits")?;
     let dim = p.graph.shape(v).last()?;
-    dim.bind(&p.bindings).ok().and_then(|d| usize::try_from(d).ok())
-}
-
-/// Whether a graph declares a parameter named `name` (for tests and checks).
-pub fn has_param(graph: &Graph, name: &str) -> bool {
-    graph
-        .params()
-        .into_iter()
-        .any(|v| matches!(graph.node(v).op(), Op::Param { name: n, .. } if n == name))
+    dim.bind(&p.bindings)
+        .ok()
+        .and_then(|d| usize::try_from(d).ok())
 }

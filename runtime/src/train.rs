@@ -30,13 +30,21 @@ use crate::checkpoint::{
 };
 use crate::config::{ConfigErrorKind, RunConfig};
 use crate::data::{load_dataset, DataError, Dataset, SamplerStream, SequentialBatches, Tokens};
-use crate::metrics::{MetricRecord, MetricsWriter, TimingRecord, TimingsWriter, METRICS_FILE, TIMINGS_FILE};
-use crate::objectives::{ObjectiveBatch, ObjectiveKind, StreamBatcher, StreamBatcherState, StreamObjective};
+use crate::metrics::{
+    MetricRecord, MetricsWriter, TimingRecord, TimingsWriter, METRICS_FILE, TIMINGS_FILE,
+};
+use crate::objectives::{
+    ObjectiveBatch, ObjectiveKind, StreamBatcher, StreamBatcherState, StreamObjective,
+};
 use crate::progress::Progress;
 use crate::session::{
     compile_run, copy_params, load_spec, make_backend, param_shapes, CompiledRun, Executor,
     Programs, RunError, StateName,
 };
+
+/// Checkpoint metadata (`extra.` map) holding the spec text the run was trained from, so that
+/// generation needs only the checkpoint.
+pub const SPEC_TEXT_KEY: &str = "spec_text";
 
 /// Name of the loss plot in the output folder.
 pub const PLOT_FILE: &str = "loss.svg";
@@ -70,7 +78,9 @@ impl std::str::FromStr for CrashPoint {
         match kind {
             "checkpoint" => Ok(CrashPoint::CheckpointFile(step)),
             "latest" => Ok(CrashPoint::LatestPointer(step)),
-            _ => Err(format!("expected `checkpoint:STEP` or `latest:STEP`, got `{s}`")),
+            _ => Err(format!(
+                "expected `checkpoint:STEP` or `latest:STEP`, got `{s}`"
+            )),
         }
     }
 }
@@ -167,12 +177,17 @@ pub fn batch_inputs(batch: &ObjectiveBatch) -> BTreeMap<String, InputTensor> {
         .collect()
 }
 
-fn scalar_output(out: &BTreeMap<String, crate::checkpoint::HostTensor>, name: &str) -> Result<f32, RunError> {
+fn scalar_output(
+    out: &BTreeMap<String, crate::checkpoint::HostTensor>,
+    name: &str,
+) -> Result<f32, RunError> {
     out.get(name)
         .and_then(|t| t.data.first().copied())
         .ok_or_else(|| RunError::Backend {
             program: "train",
-            source: crate::backend::BackendError::Exec(format!("the program has no `{name}` output")),
+            source: crate::backend::BackendError::Exec(format!(
+                "the program has no `{name}` output"
+            )),
         })
 }
 
@@ -265,7 +280,9 @@ pub fn load_run_data(config: &RunConfig, compiled: &CompiledRun) -> Result<Datas
                     compiled.vocab
                 ),
                 "vocabulary too small",
-                Some(format!("raise the model's vocabulary: `set: {{vocab: {vocab}}}`")),
+                Some(format!(
+                    "raise the model's vocabulary: `set: {{vocab: {vocab}}}`"
+                )),
             )
             .into());
     }
@@ -299,7 +316,12 @@ impl Batchers {
         let obj = stream_objective(kind, config.seq_len);
         let b = config.batch_size;
         Ok(Batchers {
-            train: StreamBatcher::new(obj.clone(), config.seed, SamplerStream::Train, b * config.grad_accum)?,
+            train: StreamBatcher::new(
+                obj.clone(),
+                config.seed,
+                SamplerStream::Train,
+                b * config.grad_accum,
+            )?,
             train_eval: StreamBatcher::new(obj.clone(), config.seed, SamplerStream::TrainEval, b)?,
             val_eval: StreamBatcher::new(obj, config.seed, SamplerStream::ValEval, b)?,
         })
@@ -319,16 +341,24 @@ impl Batchers {
         out
     }
 
-    fn restore(config: &RunConfig, kind: ObjectiveKind, path: &Path, meta: &CheckpointMeta) -> Result<Batchers, RunError> {
+    fn restore(
+        config: &RunConfig,
+        kind: ObjectiveKind,
+        path: &Path,
+        meta: &CheckpointMeta,
+    ) -> Result<Batchers, RunError> {
         let obj = stream_objective(kind, config.seq_len);
         let get = |name: &str| -> Result<StreamBatcherState, RunError> {
             let one = |part: &str| {
                 let key = format!("{name}.{part}");
-                meta.samplers.get(&key).cloned().ok_or_else(|| CheckpointError::Metadata {
-                    path: path.to_path_buf(),
-                    key: format!("sampler.{key}"),
-                    reason: "absent".to_string(),
-                })
+                meta.samplers
+                    .get(&key)
+                    .cloned()
+                    .ok_or_else(|| CheckpointError::Metadata {
+                        path: path.to_path_buf(),
+                        key: format!("sampler.{key}"),
+                        reason: "absent".to_string(),
+                    })
             };
             Ok(StreamBatcherState {
                 windows: one("windows")?,
@@ -350,7 +380,9 @@ pub fn snapshot(backend: &dyn Backend, meta: CheckpointMeta) -> Result<Checkpoin
     let mut opt_m = TensorMap::new();
     let mut opt_v = TensorMap::new();
     for (name, _) in backend.state_shapes() {
-        let t = backend.get_state(&name).map_err(RunError::backend("train"))?;
+        let t = backend
+            .get_state(&name)
+            .map_err(RunError::backend("train"))?;
         match StateName::parse(&name) {
             StateName::Param(p) => params.insert(p.to_string(), t),
             StateName::FirstMoment(p) => opt_m.insert(p.to_string(), t),
@@ -367,7 +399,12 @@ pub fn snapshot(backend: &dyn Backend, meta: CheckpointMeta) -> Result<Checkpoin
 
 /// Loads a checkpoint's tensors into a backend: parameters always, optimizer state when
 /// `with_optimizer` (training resumes) and the backend has it.
-pub fn restore(backend: &mut dyn Backend, ckpt: &Checkpoint, path: &Path, with_optimizer: bool) -> Result<(), RunError> {
+pub fn restore(
+    backend: &mut dyn Backend,
+    ckpt: &Checkpoint,
+    path: &Path,
+    with_optimizer: bool,
+) -> Result<(), RunError> {
     for (name, shape) in backend.state_shapes() {
         let (found, is_param) = match StateName::parse(&name) {
             StateName::Param(p) => (ckpt.params.get(p), true),
@@ -393,7 +430,9 @@ pub fn restore(backend: &mut dyn Backend, ckpt: &Checkpoint, path: &Path, with_o
                 })
             }
         };
-        backend.set_state(&name, t).map_err(RunError::backend("model"))?;
+        backend
+            .set_state(&name, t)
+            .map_err(RunError::backend("model"))?;
     }
     Ok(())
 }
@@ -444,7 +483,11 @@ fn check_fresh_out_dir(dir: &Path) -> Result<(), RunError> {
 }
 
 /// Saves a checkpoint, or simulates a crash in the middle of saving it.
-fn save(dir: &CheckpointDir, ckpt: &Checkpoint, crash: Option<CrashPoint>) -> Result<PathBuf, RunError> {
+fn save(
+    dir: &CheckpointDir,
+    ckpt: &Checkpoint,
+    crash: Option<CrashPoint>,
+) -> Result<PathBuf, RunError> {
     let step = ckpt.meta.step;
     let name = CheckpointDir::file_name(step);
     match crash {
@@ -503,7 +546,11 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
         check_fresh_out_dir(&out_dir)?;
     }
     let ckpt_dir = CheckpointDir::open(&out_dir, config.checkpoint.keep)?;
-    let resumed = if opts.resume { ckpt_dir.latest()? } else { None };
+    let resumed = if opts.resume {
+        ckpt_dir.latest()?
+    } else {
+        None
+    };
     let (start, mut batchers) = match &resumed {
         Some(path) => {
             let ckpt = load_compatible(path, config, &compiled, param_shapes(backend.as_ref()))?;
@@ -517,14 +564,22 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
     let metrics_path = out_dir.join(METRICS_FILE);
     let timings_path = out_dir.join(TIMINGS_FILE);
     let (mut metrics, mut timings) = if resumed.is_some() {
-        (MetricsWriter::resume(&metrics_path, start)?, TimingsWriter::resume(&timings_path, start)?)
+        (
+            MetricsWriter::resume(&metrics_path, start)?,
+            TimingsWriter::resume(&timings_path, start)?,
+        )
     } else {
-        (MetricsWriter::create(&metrics_path)?, TimingsWriter::create(&timings_path)?)
+        (
+            MetricsWriter::create(&metrics_path)?,
+            TimingsWriter::create(&timings_path)?,
+        )
     };
 
     let tokens_per_step = config.tokens_per_step();
     let mut progress = match opts.progress {
-        ProgressOutput::Auto => Progress::new(config.steps, start, tokens_per_step, config.log_every),
+        ProgressOutput::Auto => {
+            Progress::new(config.steps, start, tokens_per_step, config.log_every)
+        }
         ProgressOutput::Lines(w) => Progress::lines(w, start, tokens_per_step, config.log_every),
     };
     if let Some(path) = &resumed {
@@ -537,15 +592,29 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
     let mut last_record = None;
 
     let evaluate = |eval: &mut dyn Backend,
-                        backend: &dyn Backend,
-                        batchers: &mut Batchers,
-                        record: &mut MetricRecord|
+                    backend: &dyn Backend,
+                    batchers: &mut Batchers,
+                    record: &mut MetricRecord|
      -> Result<(), RunError> {
         copy_params(backend, eval)?;
         let n = config.eval.batches;
-        record.train_eval_loss = Some(estimate_loss(eval, &mut batchers.train_eval, &data.train, "train", n, seed)?);
+        record.train_eval_loss = Some(estimate_loss(
+            eval,
+            &mut batchers.train_eval,
+            &data.train,
+            "train",
+            n,
+            seed,
+        )?);
         if has_val {
-            record.val_loss = Some(estimate_loss(eval, &mut batchers.val_eval, &data.val, "validation", n, seed)?);
+            record.val_loss = Some(estimate_loss(
+                eval,
+                &mut batchers.val_eval,
+                &data.val,
+                "validation",
+                n,
+                seed,
+            )?);
         }
         Ok(())
     };
@@ -593,9 +662,14 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
         if last && config.eval.full && has_val {
             if compiled.objective == ObjectiveKind::CausalLm {
                 copy_params(backend.as_ref(), eval.as_mut())?;
-                if let Some((loss, _)) =
-                    sequential_loss(eval.as_mut(), &data.val, config.batch_size, config.seq_len, seed, None)?
-                {
+                if let Some((loss, _)) = sequential_loss(
+                    eval.as_mut(),
+                    &data.val,
+                    config.batch_size,
+                    config.seq_len,
+                    seed,
+                    None,
+                )? {
                     record.full_val_loss = Some(loss as f32);
                 }
             } else {
@@ -626,7 +700,9 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
         }
         last_record = Some(record);
         let stop = opts.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
-        let ckpt_due = last || stop || (config.checkpoint.every > 0 && step.is_multiple_of(config.checkpoint.every));
+        let ckpt_due = last
+            || stop
+            || (config.checkpoint.every > 0 && step.is_multiple_of(config.checkpoint.every));
         if ckpt_due {
             let meta = CheckpointMeta {
                 spec_path: config.spec.display().to_string(),
@@ -637,7 +713,10 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
                 samplers: batchers.states(),
                 tokenizer: data.tokenizer.to_json(),
                 config_yaml: config.to_yaml(),
-                extra: BTreeMap::from([("objective".to_string(), config.objective.clone())]),
+                extra: BTreeMap::from([
+                    ("objective".to_string(), config.objective.clone()),
+                    (SPEC_TEXT_KEY.to_string(), spec.text.clone()),
+                ]),
             };
             let ckpt = snapshot(backend.as_ref(), meta)?;
             last_ckpt = Some(save(&ckpt_dir, &ckpt, opts.crash)?);
@@ -648,7 +727,11 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
         }
     }
 
-    if let Err(e) = crate::plot::plot_metrics_file(&metrics_path, &format!("{} on {}", config.model, data_name(config)), &out_dir.join(PLOT_FILE)) {
+    if let Err(e) = crate::plot::plot_metrics_file(
+        &metrics_path,
+        &format!("{} on {}", config.model, data_name(config)),
+        &out_dir.join(PLOT_FILE),
+    ) {
         progress.message(&format!("warning: no loss plot: {e}"));
     }
     match outcome {
@@ -669,7 +752,11 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
 }
 
 fn data_name(config: &RunConfig) -> String {
-    let p = config.data.path.as_ref().or(config.data.token_file.as_ref());
+    let p = config
+        .data
+        .path
+        .as_ref()
+        .or(config.data.token_file.as_ref());
     p.and_then(|p| p.file_stem())
         .map_or_else(|| "data".to_string(), |s| s.to_string_lossy().into_owned())
 }

@@ -185,10 +185,7 @@ fn a_checkpoint_of_another_model_is_refused() {
     let llama = loop_common::repo().join("specs/llama.kiln");
     let other = loop_common::load(
         &path,
-        &[
-            &format!("spec={}", llama.display()),
-            "model=llama_tiny",
-        ],
+        &[&format!("spec={}", llama.display()), "model=llama_tiny"],
     );
     let opts = EvalOptions {
         executor: Executor::Interp,
@@ -210,4 +207,20 @@ fn a_checkpoint_of_another_model_is_refused() {
         }
         other => panic!("expected an incompatible checkpoint, got {other:?}"),
     }
+}
+
+#[test]
+fn generation_needs_only_the_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = loop_common::write_run(tmp.path(), "");
+    let spec = tmp.path().join("model.kiln");
+    std::fs::copy(loop_common::repo().join("specs/gpt2.kiln"), &spec).unwrap();
+    let set_spec = format!("spec={}", spec.display());
+    let config = loop_common::load(&path, &[&set_spec, "steps=2", "eval.every=0"]);
+    let ckpt = train(&config, quiet()).unwrap().checkpoint.unwrap();
+    std::fs::remove_file(&spec).unwrap();
+    std::fs::remove_file(tmp.path().join("corpus.txt")).unwrap();
+    let mut inf = load_inference(&ckpt, Executor::Interp).unwrap();
+    let g = generate(&mut inf, "ROMEO", 3, SamplingConfig::greedy()).unwrap();
+    assert_eq!(g.tokens.len(), 3);
 }

@@ -74,9 +74,16 @@ fn interrupted_and_resumed_run_matches_an_uninterrupted_one() {
     assert_eq!(s.outcome, TrainOutcome::Interrupted);
     assert_eq!(s.step, 6);
     let ckpt = s.checkpoint.expect("interrupt writes a checkpoint");
-    assert!(ckpt.ends_with(CheckpointDir::file_name(6)), "{}", ckpt.display());
+    assert!(
+        ckpt.ends_with(CheckpointDir::file_name(6)),
+        "{}",
+        ckpt.display()
+    );
     let s = train(&split, options(true, None)).unwrap();
-    assert_eq!((s.outcome, s.start_step, s.step), (TrainOutcome::Finished, 6, 12));
+    assert_eq!(
+        (s.outcome, s.start_step, s.step),
+        (TrainOutcome::Finished, 6, 12)
+    );
 
     let a = std::fs::read(straight.out_dir.join("metrics.jsonl")).unwrap();
     let b = std::fs::read(split.out_dir.join("metrics.jsonl")).unwrap();
@@ -151,7 +158,10 @@ fn sgd_with_momentum_resumes_bitwise() {
         std::fs::read(split.out_dir.join("metrics.jsonl")).unwrap()
     );
     let x = final_state(&straight.out_dir);
-    assert!(!x.opt_m.is_empty() && x.opt_v.is_empty(), "SGD keeps one buffer");
+    assert!(
+        !x.opt_m.is_empty() && x.opt_v.is_empty(),
+        "SGD keeps one buffer"
+    );
     assert_eq!(x.opt_m, final_state(&split.out_dir).opt_m);
 }
 
