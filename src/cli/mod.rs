@@ -1,6 +1,7 @@
 //! Subcommand definitions (clap) and their dispatch.
 
 mod compile;
+mod run;
 mod spec;
 
 use std::path::PathBuf;
@@ -45,6 +46,91 @@ pub enum Command {
     /// Compile a config (and with --train its training step) and print the IR, Graphviz or a
     /// JSON summary (op counts, FLOPs, bytes).
     Compile(compile::CompileArgs),
+    /// Train a model as a run config (YAML) says; writes metrics, checkpoints and a loss plot.
+    Train {
+        config: PathBuf,
+        /// Run-config overrides, `--set optimizer.lr=3e-4`.
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+        /// Output folder (replaces the config's `out_dir`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue from the latest checkpoint in the output folder.
+        #[arg(long)]
+        resume: bool,
+        /// What executes the programs: `interp` (reference interpreter) or `cpu`.
+        #[arg(long)]
+        executor: Option<String>,
+    },
+    /// Validation loss and perplexity of a checkpoint, or its scores on evaluation tasks.
+    Eval {
+        config: PathBuf,
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+        /// An evaluation task (repeatable): shakespeare_nextline, shakespeare_speaker_mc, shakespeare_speaker.
+        #[arg(long = "task", value_name = "NAME")]
+        tasks: Vec<String>,
+        /// Folder of the task files.
+        #[arg(long, default_value = "data/tasks")]
+        tasks_dir: PathBuf,
+        /// Few-shot examples per prompt.
+        #[arg(long, default_value_t = 0)]
+        fewshot: usize,
+        /// Only the first N examples of each task.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Only the first N validation batches.
+        #[arg(long)]
+        max_batches: Option<usize>,
+        /// One JSON object per result.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        executor: Option<String>,
+    },
+    /// Continue a prompt with a trained checkpoint.
+    Generate {
+        checkpoint: PathBuf,
+        #[arg(long)]
+        prompt: String,
+        /// Tokens to generate.
+        #[arg(long, default_value_t = 200)]
+        tokens: usize,
+        /// 0 is greedy.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f32,
+        #[arg(long)]
+        top_k: Option<usize>,
+        #[arg(long)]
+        top_p: Option<f32>,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        executor: Option<String>,
+    },
+    /// Data preparation.
+    Data {
+        #[command(subcommand)]
+        command: DataCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DataCommand {
+    /// Tokenize a corpus once into a memory-mapped token file (`data.token_file` in a run config).
+    Prepare {
+        input: PathBuf,
+        #[arg(long, short)]
+        out: PathBuf,
+        /// `char`, `byte`, or the path of a Hugging Face tokenizer.json.
+        #[arg(long, default_value = "char")]
+        tokenizer: String,
+        /// Fraction held out for validation (the end of the corpus).
+        #[arg(long, default_value_t = 0.1)]
+        val_fraction: f64,
+    },
 }
 
 pub fn run(cli: Cli) -> miette::Result<ExitCode> {
@@ -53,5 +139,13 @@ pub fn run(cli: Cli) -> miette::Result<ExitCode> {
         Command::Fmt { check, files } => spec::fmt(&files, check),
         Command::Params { spec, model, set, json } => spec::params(&spec, model.as_deref(), &set, json),
         Command::Compile(args) => compile::run(&args),
+        Command::Train { config, set, out, resume, executor } => run::train(&config, &set, out.as_deref(), resume, executor.as_deref()),
+        Command::Eval { config, checkpoint, set, tasks, tasks_dir, fewshot, limit, max_batches, json, executor } => {
+            run::eval(&config, &set, &checkpoint, &tasks, &tasks_dir, json, fewshot, limit, max_batches, executor.as_deref())
+        }
+        Command::Generate { checkpoint, prompt, tokens, temperature, top_k, top_p, seed, executor } => {
+            run::generate(&checkpoint, &prompt, tokens, temperature, top_k, top_p, seed, executor.as_deref())
+        }
+        Command::Data { command: DataCommand::Prepare { input, out, tokenizer, val_fraction } } => run::data_prepare(&input, &out, &tokenizer, val_fraction),
     }
 }

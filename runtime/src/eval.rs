@@ -1,0 +1,237 @@
+//! `kiln eval`: a checkpoint's validation loss and perplexity, or its scores on evaluation tasks.
+//!
+//! The validation loss is over the whole validation split in non-overlapping windows of
+//! `seq_len` (each token after the first is a target once), in batches of `batch_size` windows;
+//! a last batch with fewer windows is dropped, so every batch has the compiled shape and at most
+//! `batch_size - 1` windows go unscored. Perplexity is `exp(loss)`.
+//!
+//! Tasks (`--task NAME`) are the shipped ones of [`crate::evaltasks::shipped_tasks`], scored the
+//! lm-evaluation-harness way through the logits program: multiple choice by log-likelihood,
+//! generation greedily up to the task's stop strings.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::config::RunConfig;
+use crate::evaltasks::baseline::SamplingGenerator;
+use crate::evaltasks::{self, load, shipped_tasks, McConfig, MetricValue, TaskKind, TaskSpec};
+use crate::generate::{logits_model, LogitsModel};
+use crate::sample::{SamplingConfig, TokenSampler};
+use crate::session::{compile_run, load_spec, make_backend, Executor, Programs, RunError};
+use crate::tokenizer::Tokenizer;
+use crate::train::{load_compatible, load_run_data, restore, sequential_loss};
+
+/// How to run `kiln eval`.
+#[derive(Debug, Clone)]
+pub struct EvalOptions {
+    pub executor: Executor,
+    pub checkpoint: PathBuf,
+    /// Task names; empty means the validation loss.
+    pub tasks: Vec<String>,
+    /// Folder holding the task files (`data/tasks`).
+    pub tasks_dir: PathBuf,
+    pub num_fewshot: usize,
+    /// Evaluate only the first `limit` examples of each task.
+    pub limit: Option<usize>,
+    /// Score only the first `max_batches` validation batches.
+    pub max_batches: Option<usize>,
+}
+
+/// The validation loss of a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ValReport {
+    pub loss: f64,
+    pub perplexity: f64,
+    /// Target tokens scored.
+    pub tokens: usize,
+}
+
+/// One task's scores: `{"task": ..., "metrics": {...}, "n": ...}` in JSON.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskReport {
+    pub task: String,
+    pub n: usize,
+    /// Metric values and their standard errors (`acc`, `acc_stderr`, ...).
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl TaskReport {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({"task": self.task, "metrics": self.metrics, "n": self.n})
+    }
+}
+
+/// What `kiln eval` measured.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EvalReport {
+    Validation(ValReport),
+    Tasks(Vec<TaskReport>),
+}
+
+fn task_spec(name: &str) -> Result<TaskSpec, RunError> {
+    let tasks = shipped_tasks();
+    if let Some(t) = tasks.iter().find(|t| t.name == name) {
+        return Ok(t.clone());
+    }
+    let names: Vec<&str> = tasks.iter().map(|t| t.name).collect();
+    Err(RunError::Usage {
+        message: format!("unknown task `{name}`"),
+        help: Some(format!("tasks: {}", names.join(", "))),
+    })
+}
+
+fn insert(metrics: &mut BTreeMap<String, f64>, name: &str, v: MetricValue) {
+    metrics.insert(name.to_string(), v.value);
+    metrics.insert(format!("{name}_stderr"), v.stderr);
+}
+
+/// Runs one shipped task against a model.
+pub fn run_task(
+    spec: &TaskSpec,
+    dir: &Path,
+    tokenizer: &Tokenizer,
+    model: &mut LogitsModel,
+    num_fewshot: usize,
+    limit: Option<usize>,
+) -> Result<TaskReport, RunError> {
+    let fewshot = spec.fewshot(num_fewshot, 1234);
+    let cut = |n: usize| limit.map_or(n, |l| l.min(n));
+    let mut metrics = BTreeMap::new();
+    let n = match spec.kind {
+        TaskKind::MultipleChoice => {
+            let docs = load::load_multiple_choice(&dir.join(spec.file))?;
+            let pool = load::load_multiple_choice(&dir.join(spec.train_file))?;
+            let docs = &docs[..cut(docs.len())];
+            let report = evaltasks::evaluate_multiple_choice(
+                docs,
+                &pool,
+                &fewshot,
+                tokenizer,
+                model,
+                McConfig::default(),
+            )?;
+            insert(&mut metrics, "acc", report.acc);
+            insert(&mut metrics, "acc_norm", report.acc_norm);
+            metrics.insert("chance".to_string(), report.chance);
+            report.n
+        }
+        TaskKind::Generation => {
+            let docs = load::load_text_to_text(&dir.join(spec.file))?;
+            let pool = load::load_text_to_text(&dir.join(spec.train_file))?;
+            let docs = &docs[..cut(docs.len())];
+            let usable = tokenizer.vocab_size();
+            let mut generator = SamplingGenerator {
+                logits: |context: &[u32]| -> Result<Vec<f32>, String> {
+                    let mut row = model.next_logits(context)?;
+                    row.truncate(usable);
+                    Ok(row)
+                },
+                tokenizer: tokenizer.clone(),
+                sampler: TokenSampler::new(SamplingConfig::greedy())?,
+                eos: None,
+            };
+            let report = evaltasks::evaluate_generation(
+                docs,
+                &pool,
+                &fewshot,
+                tokenizer,
+                &mut generator,
+                spec.max_tokens,
+                &spec.stop_strings(),
+            )?;
+            insert(&mut metrics, "exact_match", report.exact_match);
+            insert(&mut metrics, "f1", report.f1);
+            report.n
+        }
+    };
+    Ok(TaskReport {
+        task: spec.name.to_string(),
+        n,
+        metrics,
+    })
+}
+
+/// Evaluates a checkpoint against a run config's data (or tasks).
+pub fn evaluate(config: &RunConfig, opts: &EvalOptions) -> Result<EvalReport, RunError> {
+    // Unknown task names fail before anything is loaded.
+    let specs = opts
+        .tasks
+        .iter()
+        .map(|t| task_spec(t))
+        .collect::<Result<Vec<_>, _>>()?;
+    let spec = load_spec(config)?;
+    let compiled = compile_run(config, &spec, Programs::Inference)?;
+    let data = load_run_data(config, &compiled)?;
+    let path = &opts.checkpoint;
+    let mut eval = make_backend(opts.executor, &compiled.eval, config.seed, config.threads)?;
+    let ckpt = load_compatible(
+        path,
+        config,
+        &compiled,
+        crate::session::param_shapes(eval.as_ref()),
+    )?;
+    if ckpt.meta.tokenizer != data.tokenizer.to_json() {
+        return Err(RunError::TokenizerMismatch {
+            expected: format!(
+                "{} with {} tokens",
+                data.tokenizer.kind_name(),
+                data.tokenizer.vocab_size()
+            ),
+            found: Tokenizer::from_json(&ckpt.meta.tokenizer).map_or_else(
+                |_| "unreadable".to_string(),
+                |t| format!("{} with {} tokens", t.kind_name(), t.vocab_size()),
+            ),
+        });
+    }
+    if !specs.is_empty() {
+        let mut model = logits_model(opts.executor, config, &compiled, path, &ckpt)?;
+        let mut reports = Vec::new();
+        for s in &specs {
+            reports.push(run_task(
+                s,
+                &opts.tasks_dir,
+                &data.tokenizer,
+                &mut model,
+                opts.num_fewshot,
+                opts.limit,
+            )?);
+        }
+        return Ok(EvalReport::Tasks(reports));
+    }
+    restore(eval.as_mut(), &ckpt, path, false)?;
+    if data.val.is_empty() {
+        return Err(config
+            .error_at(
+                &["data", "val_fraction"],
+                crate::config::ConfigErrorKind::Invalid,
+                "there is no validation split to evaluate",
+                "no validation data",
+                Some("set `data.val_fraction` above 0".to_string()),
+            )
+            .into());
+    }
+    let scored = sequential_loss(
+        eval.as_mut(),
+        &data.val,
+        config.batch_size,
+        config.seq_len,
+        config.seed,
+        opts.max_batches,
+    )?;
+    let Some((loss, tokens)) = scored else {
+        return Err(RunError::Usage {
+            message: format!(
+                "the validation split ({} tokens) holds fewer than batch_size = {} windows of seq_len = {}",
+                data.val.len(),
+                config.batch_size,
+                config.seq_len
+            ),
+            help: Some("lower `batch_size` (`--set batch_size=1`) or `seq_len`".to_string()),
+        });
+    };
+    Ok(EvalReport::Validation(ValReport {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+    }))
+}

@@ -1,0 +1,260 @@
+//! `kiln generate`: continue a prompt with a trained checkpoint, and the model-as-a-function
+//! pieces evaluation tasks share with it.
+//!
+//! A checkpoint carries its resolved run config, tokenizer and spec text, so generation needs
+//! nothing else (the spec file may since have moved or changed): the logits program is compiled
+//! from the stored spec and model name, and the parameters are loaded by name.
+//!
+//! There is no KV cache yet: each new token recomputes the logits of the whole window (the last
+//! `seq_len` tokens), right-padded to the program's fixed shape. Padding after the last real
+//! token changes nothing under a causal mask, which is what the stream objectives train.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use crate::backend::{Backend, InputTensor, StepRng};
+use crate::checkpoint::{load_checkpoint, Checkpoint, ModelSignature};
+use crate::config::RunConfig;
+use crate::evaltasks::{ModelError, Scorer};
+use crate::sample::{self, Generated, SamplingConfig, TokenSampler};
+use crate::session::{
+    compile_run, load_spec, load_spec_text, make_backend, param_shapes, CompiledRun, Executor,
+    Programs, RunError,
+};
+use crate::tokenizer::Tokenizer;
+use crate::train::{restore, SPEC_TEXT_KEY};
+
+/// A model as a function from tokens to next-token logits, over the logits program.
+pub struct LogitsModel {
+    backend: Box<dyn Backend>,
+    /// Tokens the program reads.
+    window: usize,
+    /// Width of a logits row (the model's vocabulary).
+    vocab: usize,
+    seed: u64,
+}
+
+impl LogitsModel {
+    /// `backend` runs a logits program over `[1, window]` tokens giving `[1, window, vocab]`.
+    pub fn new(backend: Box<dyn Backend>, window: usize, vocab: usize, seed: u64) -> LogitsModel {
+        LogitsModel {
+            backend,
+            window,
+            vocab,
+            seed,
+        }
+    }
+
+    pub fn window(&self) -> usize {
+        self.window
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.vocab
+    }
+
+    /// Logits at every position of `ids` (at most `window` of them), row after row.
+    pub fn forward(&mut self, ids: &[u32]) -> Result<Vec<f32>, String> {
+        if ids.is_empty() || ids.len() > self.window {
+            return Err(format!(
+                "a context of {} tokens does not fit the window of {}",
+                ids.len(),
+                self.window
+            ));
+        }
+        let mut data = vec![0i32; self.window];
+        for (d, &id) in data.iter_mut().zip(ids) {
+            *d = i32::try_from(id).map_err(|_| format!("token id {id} does not fit an i32"))?;
+        }
+        let inputs = BTreeMap::from([(
+            "tokens".to_string(),
+            InputTensor::I32 {
+                shape: vec![1, self.window],
+                data,
+            },
+        )]);
+        let out = self
+            .backend
+            .run(
+                &inputs,
+                StepRng {
+                    seed: self.seed,
+                    step: 0,
+                },
+            )
+            .map_err(|e| e.to_string())?;
+        let logits = out
+            .get("logits")
+            .ok_or_else(|| "the program has no `logits` output".to_string())?;
+        let need = ids.len() * self.vocab;
+        if logits.data.len() < need {
+            return Err(format!(
+                "the logits output has {} values, fewer than {need}",
+                logits.data.len()
+            ));
+        }
+        Ok(logits.data[..need].to_vec())
+    }
+
+    /// Logits of the token after `context` (its last `window` tokens are read).
+    pub fn next_logits(&mut self, context: &[u32]) -> Result<Vec<f32>, String> {
+        if context.is_empty() {
+            return Err("cannot continue an empty context".to_string());
+        }
+        let tail = &context[context.len().saturating_sub(self.window)..];
+        let rows = self.forward(tail)?;
+        Ok(rows[(tail.len() - 1) * self.vocab..].to_vec())
+    }
+}
+
+/// log Σ exp(row), in f64.
+fn log_sum_exp(row: &[f32]) -> f64 {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    if !max.is_finite() {
+        return max;
+    }
+    max + row
+        .iter()
+        .map(|&x| (f64::from(x) - max).exp())
+        .sum::<f64>()
+        .ln()
+}
+
+impl Scorer for LogitsModel {
+    /// Σ log P(continuation token | everything before it), reading the last `window` tokens
+    /// before the continuation's end. The context must not be empty: these models have no start
+    /// token to predict the first token from.
+    fn loglik(&mut self, context: &[u32], continuation: &[u32]) -> Result<f64, ModelError> {
+        let err = |message: String| ModelError { message };
+        if continuation.is_empty() {
+            return Ok(0.0);
+        }
+        if context.is_empty() {
+            return Err(err(
+                "an empty context cannot be scored: the model has no start token".to_string(),
+            ));
+        }
+        let all: Vec<u32> = context.iter().chain(continuation).copied().collect();
+        let n = all.len();
+        let v = self.vocab;
+        let mut total = 0.0;
+        // Targets in chunks of at most `window`, each read with the `window` tokens before its
+        // end (the harness's rolling windows when a continuation outgrows the window).
+        let mut first = n - continuation.len();
+        while first < n {
+            let end = n.min(first + self.window);
+            let start = (end - 1).saturating_sub(self.window);
+            let rows = self.forward(&all[start..end - 1]).map_err(err)?;
+            for (j, &target) in all.iter().enumerate().take(end).skip(first) {
+                let pos = j - 1 - start;
+                let row = &rows[pos * v..(pos + 1) * v];
+                let target = target as usize;
+                let logit = row.get(target).ok_or_else(|| {
+                    err(format!(
+                        "token id {target} is outside the model's {v} outputs"
+                    ))
+                })?;
+                total += f64::from(*logit) - log_sum_exp(row);
+            }
+            first = end;
+        }
+        Ok(total)
+    }
+}
+
+/// A checkpoint made ready for inference: its config, tokenizer and a logits model.
+pub struct Inference {
+    pub config: RunConfig,
+    pub tokenizer: Tokenizer,
+    pub model: LogitsModel,
+    pub checkpoint: Checkpoint,
+}
+
+/// The run config stored in a checkpoint (paths in it are absolute).
+pub fn checkpoint_config(path: &Path, ckpt: &Checkpoint) -> Result<RunConfig, RunError> {
+    Ok(RunConfig::from_yaml(
+        &ckpt.meta.config_yaml,
+        &format!("{} (stored run config)", path.display()),
+        Path::new(""),
+        &[],
+    )?)
+}
+
+/// Loads `ckpt` (read from `path`) into a fresh program of `compiled`, checking that it fits.
+pub fn logits_model(
+    executor: Executor,
+    config: &RunConfig,
+    compiled: &CompiledRun,
+    path: &Path,
+    ckpt: &Checkpoint,
+) -> Result<LogitsModel, RunError> {
+    let mut backend = make_backend(executor, &compiled.logits, config.seed, config.threads)?;
+    let signature = ModelSignature {
+        spec_hash: Some(compiled.spec_hash.clone()),
+        model: config.model.clone(),
+        params: param_shapes(backend.as_ref()),
+    };
+    ckpt.check_compatible(path, &signature)?;
+    restore(backend.as_mut(), ckpt, path, false)?;
+    Ok(LogitsModel::new(
+        backend,
+        compiled.window,
+        compiled.vocab,
+        config.seed,
+    ))
+}
+
+/// Loads a checkpoint and everything it names (spec, model config, tokenizer).
+pub fn load_inference(path: &Path, executor: Executor) -> Result<Inference, RunError> {
+    let checkpoint = load_checkpoint(path)?;
+    let config = checkpoint_config(path, &checkpoint)?;
+    let tokenizer = Tokenizer::from_json(&checkpoint.meta.tokenizer)?;
+    // The spec text the run was trained from travels in the checkpoint; older checkpoints
+    // without it read the file (whose hash must still match).
+    let spec = match checkpoint.meta.extra.get(SPEC_TEXT_KEY) {
+        Some(text) => load_spec_text(&config, text)?,
+        None => load_spec(&config)?,
+    };
+    let compiled = compile_run(&config, &spec, Programs::Inference)?;
+    let model = logits_model(executor, &config, &compiled, path, &checkpoint)?;
+    Ok(Inference {
+        config,
+        tokenizer,
+        model,
+        checkpoint,
+    })
+}
+
+/// Samples `tokens` tokens after `prompt`. Tokens the tokenizer cannot decode (ids past its
+/// vocabulary, when the model's output is wider) are never drawn.
+pub fn generate(
+    inference: &mut Inference,
+    prompt: &str,
+    tokens: usize,
+    sampling: SamplingConfig,
+) -> Result<Generated, RunError> {
+    let ids = inference.tokenizer.encode(prompt)?;
+    if ids.is_empty() {
+        return Err(RunError::Usage {
+            message: "the prompt is empty".to_string(),
+            help: Some("give at least one character with `--prompt`".to_string()),
+        });
+    }
+    let mut sampler = TokenSampler::new(sampling)?;
+    let usable = inference.tokenizer.vocab_size();
+    let model = &mut inference.model;
+    let next = |context: &[u32]| -> Result<Vec<f32>, String> {
+        let mut row = model.next_logits(context)?;
+        row.truncate(usable);
+        Ok(row)
+    };
+    Ok(sample::generate(
+        next,
+        &inference.tokenizer,
+        &mut sampler,
+        &ids,
+        tokens,
+        &[],
+        None,
+    )?)
+}

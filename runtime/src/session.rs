@@ -1,0 +1,574 @@
+//! From a run config to runnable programs: load the spec, instantiate the named model with the
+//! config's objective, build the training step, bind the run dims, and hand each program to an
+//! executor.
+//!
+//! Three programs share one set of parameter names, so state moves between them by name:
+//! - `train`: forward + loss + backward + clipping + optimizer update, batch
+//!   `batch_size × grad_accum` (gradient accumulation is a larger batch: the mean loss over
+//!   `grad_accum` equal micro-batches is the mean over their rows), inputs `tokens`, `lr`, `step`;
+//! - `eval`: forward + loss without dropout at batch `batch_size` (loss estimates, `kiln eval`);
+//! - `logits`: the model alone at batch 1 over a window of `seq_len` tokens (generation and task
+//!   scoring; shorter contexts are right-padded, which a causal mask makes invisible).
+//!
+//! Two choices live here and nowhere else, so each is a one-line change: [`compile_step`] (today
+//! `train::training_step` on the unoptimized graph; the pass pipeline slots in there) and
+//! [`make_backend`] (which executor runs a program).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use kiln_compiler::ir::{Bindings, Graph, IrError};
+use kiln_compiler::sema::{self, Request, SemaDiagnostic, Value, Workspace};
+use kiln_compiler::train::{self as ctrain, DecayRule, StepOptions};
+use miette::Diagnostic;
+
+use crate::backend::{Backend, BackendError};
+use crate::checkpoint::{spec_hash, CheckpointError};
+use crate::config::{
+    ConfigError, ConfigErrorKind, Device, HyperValue, Optimizer, Precision, RunConfig,
+};
+use crate::data::DataError;
+use crate::evaltasks::{EvalError, TaskError};
+use crate::interp_backend::InterpBackend;
+use crate::metrics::MetricsError;
+use crate::objectives::{ObjectiveError, ObjectiveKind};
+use crate::sample::{GenerateError, SampleError};
+use crate::tokenizer::TokenizerError;
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+// ---------------------------------------------------------------------------------------------
+
+/// Why a train, eval or generate run could not start or stopped with an error.
+#[derive(Debug, thiserror::Error, Diagnostic)]
+pub enum RunError {
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Data(#[from] DataError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Objective(#[from] ObjectiveError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Sample(#[from] SampleError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Generate(#[from] GenerateError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    Task(#[from] TaskError),
+    #[error(transparent)]
+    #[diagnostic(transparent)]
+    TaskEval(#[from] EvalError),
+    #[error("spec `{path}` has {count} error{}", if *.count == 1 { "" } else { "s" })]
+    #[diagnostic(code(run::spec))]
+    Spec {
+        path: PathBuf,
+        count: usize,
+        #[related]
+        diagnostics: Vec<SemaDiagnostic>,
+    },
+    #[error("cannot read `{path}`: {reason}")]
+    #[diagnostic(code(run::io))]
+    Io { path: PathBuf, reason: String },
+    #[error("cannot build the {program} program: {source}")]
+    #[diagnostic(code(run::compile))]
+    Compile {
+        program: &'static str,
+        source: Box<IrError>,
+    },
+    #[error("the {program} program failed: {source}")]
+    #[diagnostic(code(run::backend))]
+    Backend {
+        program: &'static str,
+        source: BackendError,
+    },
+    #[error("the `{name}` executor is not available yet")]
+    #[diagnostic(
+        code(run::executor),
+        help("use `--executor interp` (the reference interpreter: slow, for tiny models)")
+    )]
+    ExecutorUnavailable { name: String },
+    #[error("`{dir}` already holds a run (`{found}`)")]
+    #[diagnostic(
+        code(run::out_dir_in_use),
+        help("pass `--resume` to continue it, or `--out DIR` to start a new run elsewhere")
+    )]
+    OutDirInUse { dir: PathBuf, found: String },
+    #[error("the checkpoint was trained with a different tokenizer ({found}) than this data gives ({expected})")]
+    #[diagnostic(
+        code(run::tokenizer_mismatch),
+        help("use the data (and tokenizer) the checkpoint was trained on")
+    )]
+    TokenizerMismatch { expected: String, found: String },
+    #[error("checkpoint `{path}` has no optimizer state `{name}`")]
+    #[diagnostic(
+        code(run::optimizer_state),
+        help("resume with the optimizer the checkpoint was trained with")
+    )]
+    MissingOptimizerState { path: PathBuf, name: String },
+    #[error("{message}")]
+    #[diagnostic(code(run::usage))]
+    Usage {
+        message: String,
+        #[help]
+        help: Option<String>,
+    },
+}
+
+impl RunError {
+    pub(crate) fn backend(program: &'static str) -> impl Fn(BackendError) -> RunError {
+        move |source| RunError::Backend { program, source }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Executors
+// ---------------------------------------------------------------------------------------------
+
+/// What executes a compiled program.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Executor {
+    /// The reference interpreter ([`InterpBackend`]): slow and obviously right.
+    Interp,
+    /// The fused CPU program (`cpu::CpuBackend`).
+    Cpu,
+}
+
+impl Executor {
+    /// The executor used when none is named. Switch to `Cpu` once `cpu::CpuBackend` exists.
+    pub const DEFAULT: Executor = Executor::Interp;
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Executor::Interp => "interp",
+            Executor::Cpu => "cpu",
+        }
+    }
+}
+
+impl fmt::Display for Executor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Executor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Executor, String> {
+        match s {
+            "interp" => Ok(Executor::Interp),
+            "cpu" => Ok(Executor::Cpu),
+            other => Err(format!(
+                "unknown executor `{other}` (expected `interp` or `cpu`)"
+            )),
+        }
+    }
+}
+
+/// A graph with its run dims bound.
+#[derive(Debug, Clone)]
+pub struct Program {
+    pub graph: Graph,
+    pub bindings: Bindings,
+}
+
+/// Builds the executor for `program`, its persistent state initialised from `seed` (the init
+/// every backend shares: `ir::rng::init_element`). The only place that picks an executor.
+pub fn make_backend(
+    executor: Executor,
+    program: &Program,
+    seed: u64,
+    threads: Option<usize>,
+) -> Result<Box<dyn Backend>, RunError> {
+    // The interpreter is single-threaded; `threads` is for the CPU executor.
+    let _ = threads;
+    match executor {
+        Executor::Interp => Ok(Box::new(
+            InterpBackend::new(&program.graph, &program.bindings, seed)
+                .map_err(RunError::backend("model"))?,
+        )),
+        Executor::Cpu => Err(RunError::ExecutorUnavailable {
+            name: executor.name().to_string(),
+        }),
+    }
+}
+
+/// The training step from a forward graph with a `loss` output. The pass pipeline
+/// (`compile::compile` / `pipeline::optimize`) belongs here once it lands.
+pub fn compile_step(forward: &Graph, opts: &StepOptions) -> Result<Graph, IrError> {
+    ctrain::training_step(forward, opts)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Persistent state names
+// ---------------------------------------------------------------------------------------------
+
+/// What a persistent tensor of a training program is, by its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateName<'a> {
+    Param(&'a str),
+    /// AdamW's first moment or SGD's momentum buffer of a parameter.
+    FirstMoment(&'a str),
+    /// AdamW's second moment of a parameter.
+    SecondMoment(&'a str),
+}
+
+impl<'a> StateName<'a> {
+    /// Classifies `opt.m.X`, `opt.buf.X` (SGD momentum, stored with the first moments),
+    /// `opt.v.X`, and parameters.
+    pub fn parse(name: &'a str) -> StateName<'a> {
+        if let Some(p) = name.strip_prefix("opt.m.") {
+            StateName::FirstMoment(p)
+        } else if let Some(p) = name.strip_prefix("opt.buf.") {
+            StateName::FirstMoment(p)
+        } else if let Some(p) = name.strip_prefix("opt.v.") {
+            StateName::SecondMoment(p)
+        } else {
+            StateName::Param(name)
+        }
+    }
+}
+
+/// Parameter shapes of a backend, by name (optimizer state left out).
+pub fn param_shapes(backend: &dyn Backend) -> BTreeMap<String, Vec<usize>> {
+    backend
+        .state_shapes()
+        .into_iter()
+        .filter(|(n, _)| matches!(StateName::parse(n), StateName::Param(_)))
+        .collect()
+}
+
+/// Copies every parameter `to` has from `from` (train → eval before an evaluation).
+pub fn copy_params(from: &dyn Backend, to: &mut dyn Backend) -> Result<(), RunError> {
+    for (name, _) in to.state_shapes() {
+        if let StateName::Param(_) = StateName::parse(&name) {
+            let t = from.get_state(&name).map_err(RunError::backend("train"))?;
+            to.set_state(&name, &t).map_err(RunError::backend("eval"))?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The spec and its programs
+// ---------------------------------------------------------------------------------------------
+
+/// A run config's spec, loaded and checked for syntax.
+pub struct LoadedSpec {
+    pub path: PathBuf,
+    pub text: String,
+    pub hash: String,
+    workspace: Workspace,
+    /// The config's `set:` overrides as sema values.
+    overrides: Vec<(String, Value)>,
+}
+
+impl fmt::Debug for LoadedSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadedSpec")
+            .field("path", &self.path)
+            .field("hash", &self.hash)
+            .finish()
+    }
+}
+
+fn hyper_value(v: &HyperValue) -> Value {
+    match v {
+        HyperValue::Int(n) => Value::Int(kiln_compiler::ir::Dim::c(*n)),
+        HyperValue::Float(x) => Value::Float(*x),
+        HyperValue::Bool(b) => Value::Bool(*b),
+        // Strings may name masks, dtypes and other constants (`mask: causal`).
+        HyperValue::Str(s) => sema::parse_value(s),
+    }
+}
+
+/// Reads the spec a config names and checks its syntax.
+pub fn load_spec(config: &RunConfig) -> Result<LoadedSpec, RunError> {
+    let path = config.spec.clone();
+    let bytes = std::fs::read(&path).map_err(|e| RunError::Io {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| RunError::Io {
+        path: path.clone(),
+        reason: format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ),
+    })?;
+    load_spec_text(config, &text)
+}
+
+/// Checks the syntax of spec `text` (the file `config.spec` names, or a copy of it that a
+/// checkpoint carries).
+pub fn load_spec_text(config: &RunConfig, text: &str) -> Result<LoadedSpec, RunError> {
+    let path = config.spec.clone();
+    let mut workspace = Workspace::new();
+    workspace.add_file(&path.display().to_string(), text);
+    let errors: Vec<SemaDiagnostic> = workspace
+        .load_diagnostics
+        .iter()
+        .filter(|d| d.is_error())
+        .cloned()
+        .collect();
+    if !errors.is_empty() {
+        return Err(spec_error(&path, errors));
+    }
+    Ok(LoadedSpec {
+        text: text.to_string(),
+        hash: spec_hash(text),
+        path,
+        workspace,
+        overrides: config
+            .set
+            .iter()
+            .map(|(k, v)| (k.clone(), hyper_value(v)))
+            .collect(),
+    })
+}
+
+fn spec_error(path: &Path, diagnostics: Vec<SemaDiagnostic>) -> RunError {
+    RunError::Spec {
+        path: path.to_path_buf(),
+        count: diagnostics.iter().filter(|d| d.is_error()).count().max(1),
+        diagnostics,
+    }
+}
+
+/// Objectives whose batches `kiln train` can build from a token stream.
+fn stream_objective(config: &RunConfig) -> Result<ObjectiveKind, RunError> {
+    let unsupported = |help: &str| {
+        config.error_at(
+            &["objective"],
+            ConfigErrorKind::Invalid,
+            format!(
+                "objective `{}` cannot be trained by `kiln train` yet",
+                config.objective
+            ),
+            "not supported",
+            Some(help.to_string()),
+        )
+    };
+    match config.objective.parse::<ObjectiveKind>() {
+        Ok(k @ (ObjectiveKind::CausalLm | ObjectiveKind::PrefixLm)) => Ok(k),
+        Ok(ObjectiveKind::Seq2Seq | ObjectiveKind::SpanCorruption) => Err(unsupported(
+            "`kiln train` trains `causal_lm` and `prefix_lm` on token streams",
+        )
+        .into()),
+        Err(_) => Err(unsupported("known objectives: causal_lm, prefix_lm").into()),
+    }
+}
+
+/// Checks the settings the interpreter and the loops cannot honour.
+fn check_runnable(config: &RunConfig) -> Result<(), RunError> {
+    if config.device != Device::Cpu {
+        return Err(config
+            .error_at(
+                &["device"],
+                ConfigErrorKind::Invalid,
+                "`device: cuda` is not available in this build",
+                "not available",
+                Some("use `device: cpu`".to_string()),
+            )
+            .into());
+    }
+    if config.precision != Precision::F32 {
+        return Err(config
+            .error_at(
+                &["precision"],
+                ConfigErrorKind::Invalid,
+                "only `precision: f32` can be trained yet",
+                "not available",
+                Some("use `precision: f32`".to_string()),
+            )
+            .into());
+    }
+    if let Optimizer::Sgd { nesterov: true, .. } = config.optimizer.resolved() {
+        return Err(config
+            .error_at(
+                &["optimizer", "nesterov"],
+                ConfigErrorKind::Invalid,
+                "Nesterov momentum is not implemented in the compiled optimizer yet",
+                "not available",
+                Some("use `nesterov: false`".to_string()),
+            )
+            .into());
+    }
+    Ok(())
+}
+
+/// The training step's options from the run config. Weight decay follows nanoGPT: every
+/// parameter of two or more dimensions decays, embeddings included; biases and norm scales don't.
+pub fn step_options(config: &RunConfig) -> StepOptions {
+    let optimizer = match config.optimizer.resolved() {
+        Optimizer::AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+            ..
+        } => ctrain::Optimizer::AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        },
+        Optimizer::Sgd {
+            momentum,
+            weight_decay,
+            ..
+        } => ctrain::Optimizer::Sgd {
+            momentum,
+            weight_decay,
+        },
+    };
+    StepOptions {
+        optimizer,
+        decay: DecayRule { embeddings: true },
+        clip: (config.grad_clip > 0.0).then_some(config.grad_clip),
+    }
+}
+
+/// The three programs of a run.
+#[derive(Debug)]
+pub struct CompiledRun {
+    pub spec_path: PathBuf,
+    pub spec_hash: String,
+    pub objective: ObjectiveKind,
+    /// Output width of the model (its vocabulary).
+    pub vocab: usize,
+    /// Tokens the logits program reads (`seq_len`).
+    pub window: usize,
+    pub train: Option<Program>,
+    pub eval: Program,
+    pub logits: Program,
+}
+
+/// Which programs to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Programs {
+    /// Train, eval and logits (`kiln train`).
+    All,
+    /// Eval and logits (`kiln eval`, `kiln generate`).
+    Inference,
+}
+
+impl LoadedSpec {
+    fn instantiate(
+        &self,
+        config: &RunConfig,
+        objective: Option<&str>,
+        training: bool,
+    ) -> Result<Graph, RunError> {
+        let req = Request {
+            config: config.model.clone(),
+            overrides: self.overrides.clone(),
+            objective: objective.map(|o| (o.to_string(), vec![])),
+            training,
+        };
+        self.workspace
+            .instantiate(&req)
+            .map(|i| i.graph)
+            .map_err(|ds| spec_error(&self.path, ds))
+    }
+}
+
+/// Binds `graph` at `batch`/`seq` and checks that it binds (a `seq_len` beyond the model's
+/// context fails here, pointed at `seq_len`).
+fn bind(
+    config: &RunConfig,
+    graph: Graph,
+    batch: usize,
+    seq: usize,
+    program: &'static str,
+) -> Result<Program, RunError> {
+    let bindings = Bindings::new()
+        .with("batch", batch as i64)
+        .with("seq", seq as i64);
+    match graph.bind(&bindings) {
+        Ok(_) => Ok(Program { graph, bindings }),
+        Err(e) => Err(config
+            .error_at(
+                &["seq_len"],
+                ConfigErrorKind::Invalid,
+                format!("the {program} program does not fit seq_len {seq}: {e}"),
+                "does not fit the model",
+                Some("`seq_len` must be at most the model's context".to_string()),
+            )
+            .into()),
+    }
+}
+
+/// Compiles the programs of a run config.
+pub fn compile_run(
+    config: &RunConfig,
+    spec: &LoadedSpec,
+    which: Programs,
+) -> Result<CompiledRun, RunError> {
+    check_runnable(config)?;
+    let objective = stream_objective(config)?;
+    let (b, t) = (config.batch_size, config.seq_len);
+    let train = match which {
+        Programs::All => {
+            let forward = spec.instantiate(config, Some(&config.objective), true)?;
+            let step = compile_step(&forward, &step_options(config)).map_err(|source| {
+                RunError::Compile {
+                    program: "train",
+                    source: Box::new(source),
+                }
+            })?;
+            Some(bind(config, step, b * config.grad_accum, t, "train")?)
+        }
+        Programs::Inference => None,
+    };
+    let eval = bind(
+        config,
+        spec.instantiate(config, Some(&config.objective), false)?,
+        b,
+        t,
+        "eval",
+    )?;
+    let logits_graph = spec.instantiate(config, None, false)?;
+    let logits = bind(config, logits_graph, 1, t, "logits")?;
+    let vocab = logits_width(&logits).ok_or_else(|| RunError::Compile {
+        program: "logits",
+        source: Box::new(IrError::NotFound {
+            kind: "output",
+            name: "logits".to_string(),
+        }),
+    })?;
+    Ok(CompiledRun {
+        spec_path: spec.path.clone(),
+        spec_hash: spec.hash.clone(),
+        objective,
+        vocab,
+        window: t,
+        train,
+        eval,
+        logits,
+    })
+}
+
+/// The last dimension of the `logits` output, bound.
+fn logits_width(p: &Program) -> Option<usize> {
+    let v = p.graph.output("logits")?;
+    let dim = p.graph.shape(v).last()?;
+    dim.bind(&p.bindings)
+        .ok()
+        .and_then(|d| usize::try_from(d).ok())
+}

@@ -1,0 +1,762 @@
+//! The training loop behind `kiln train`: nanoGPT's loop, driven through a [`Backend`].
+//!
+//! Per optimizer step `it` (0-based): draw a batch, run the compiled step with
+//! `lr = schedule.lr_at(it)` and `step = it + 1` (Adam's bias correction), log the step's loss,
+//! learning rate and gradient norm. After step `s = it + 1`:
+//! - every `eval.every` steps (and at step 0, before training, and after the last step) the loss is
+//!   estimated on `eval.batches` random batches of each split, as nanoGPT's `estimate_loss`, with
+//!   the eval program (no dropout) holding a copy of the current parameters;
+//! - after the last step with `eval.full`, the loss over the whole validation split in
+//!   non-overlapping windows (a last batch with fewer than `batch_size` windows is dropped, so
+//!   every batch has the program's shape; at most `batch_size - 1` windows go unscored);
+//! - every `checkpoint.every` steps, after the last step, and when interrupted, a checkpoint.
+//!
+//! Everything that decides the numbers — parameter init, batches, dropout — comes from the seed
+//! through counter-based or checkpointed random streams, so a run resumed from any checkpoint
+//! writes a `metrics.jsonl` byte-identical to an uninterrupted run's. Wall-clock figures go to
+//! `timings.jsonl` and the progress display only.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::backend::{Backend, InputTensor, StepRng};
+use crate::checkpoint::{
+    load_checkpoint, save_checkpoint, Checkpoint, CheckpointDir, CheckpointError, CheckpointMeta,
+    ModelSignature, TensorMap, LATEST_FILE,
+};
+use crate::config::{ConfigErrorKind, RunConfig};
+use crate::data::{load_dataset, DataError, Dataset, SamplerStream, SequentialBatches, Tokens};
+use crate::metrics::{
+    MetricRecord, MetricsWriter, TimingRecord, TimingsWriter, METRICS_FILE, TIMINGS_FILE,
+};
+use crate::objectives::{
+    ObjectiveBatch, ObjectiveKind, StreamBatcher, StreamBatcherState, StreamObjective,
+};
+use crate::progress::Progress;
+use crate::session::{
+    compile_run, copy_params, load_spec, make_backend, param_shapes, CompiledRun, Executor,
+    Programs, RunError, StateName,
+};
+
+/// Checkpoint metadata (`extra.` map) holding the spec text the run was trained from, so that
+/// generation needs only the checkpoint.
+pub const SPEC_TEXT_KEY: &str = "spec_text";
+
+/// Name of the loss plot in the output folder.
+pub const PLOT_FILE: &str = "loss.svg";
+
+/// Where progress goes.
+pub enum ProgressOutput {
+    /// A bar on a terminal, plain lines otherwise (stderr).
+    Auto,
+    /// Plain lines to this writer.
+    Lines(Box<dyn Write + Send>),
+}
+
+/// Where a simulated crash strikes (a test hook for crash safety: the process kills itself with
+/// SIGKILL, leaving the files as a power cut or `kill -9` would).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CrashPoint {
+    /// Halfway through writing the checkpoint file of this step (a torn temporary file).
+    CheckpointFile(u64),
+    /// After the checkpoint of this step is in place, halfway through updating `latest`.
+    LatestPointer(u64),
+}
+
+impl std::str::FromStr for CrashPoint {
+    type Err = String;
+    /// `checkpoint:STEP` or `latest:STEP`.
+    fn from_str(s: &str) -> Result<CrashPoint, String> {
+        let (kind, step) = s
+            .split_once(':')
+            .ok_or_else(|| format!("expected `checkpoint:STEP` or `latest:STEP`, got `{s}`"))?;
+        let step: u64 = step.parse().map_err(|_| format!("bad step in `{s}`"))?;
+        match kind {
+            "checkpoint" => Ok(CrashPoint::CheckpointFile(step)),
+            "latest" => Ok(CrashPoint::LatestPointer(step)),
+            _ => Err(format!(
+                "expected `checkpoint:STEP` or `latest:STEP`, got `{s}`"
+            )),
+        }
+    }
+}
+
+/// How to run `kiln train`.
+pub struct TrainOptions {
+    pub executor: Executor,
+    /// Continue from the latest checkpoint in the output folder (start afresh if there is none).
+    pub resume: bool,
+    /// Set (by a signal handler) to stop: the current step finishes, a checkpoint is written.
+    pub stop: Option<Arc<AtomicBool>>,
+    pub progress: ProgressOutput,
+    pub crash: Option<CrashPoint>,
+}
+
+impl Default for TrainOptions {
+    fn default() -> Self {
+        TrainOptions {
+            executor: Executor::DEFAULT,
+            resume: false,
+            stop: None,
+            progress: ProgressOutput::Auto,
+            crash: None,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainOutcome {
+    /// All `steps` are done.
+    Finished,
+    /// Stopped early by the stop flag, with a checkpoint at the last completed step.
+    Interrupted,
+}
+
+/// What `train` did.
+#[derive(Debug, Clone)]
+pub struct TrainSummary {
+    pub outcome: TrainOutcome,
+    /// Steps completed.
+    pub step: u64,
+    /// Where the run resumed from (0 for a fresh run).
+    pub start_step: u64,
+    pub out_dir: PathBuf,
+    /// The last checkpoint written.
+    pub checkpoint: Option<PathBuf>,
+    /// The last metrics record of the run.
+    pub last: Option<MetricRecord>,
+}
+
+/// Registers SIGINT and SIGTERM to set the returned flag; a second signal while the flag is set
+/// terminates the process at once (exit status 130).
+pub fn interrupt_flag() -> std::io::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    #[cfg(unix)]
+    {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        for sig in [SIGINT, SIGTERM] {
+            // Order matters: the conditional shutdown checks the flag before the second
+            // registration sets it, so the first signal only sets it.
+            signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&flag))?;
+            signal_hook::flag::register(sig, Arc::clone(&flag))?;
+        }
+    }
+    Ok(flag)
+}
+
+/// The window objective batches are drawn for.
+fn stream_objective(kind: ObjectiveKind, seq_len: usize) -> StreamObjective {
+    match kind {
+        ObjectiveKind::PrefixLm => StreamObjective::PrefixLm { seq_len },
+        // `compile_run` admits only stream objectives; everything else is a causal LM window.
+        ObjectiveKind::CausalLm | ObjectiveKind::Seq2Seq | ObjectiveKind::SpanCorruption => {
+            StreamObjective::CausalLm { seq_len }
+        }
+    }
+}
+
+/// A batch as program inputs.
+pub fn batch_inputs(batch: &ObjectiveBatch) -> BTreeMap<String, InputTensor> {
+    batch
+        .inputs
+        .iter()
+        .map(|(name, t)| {
+            (
+                name.clone(),
+                InputTensor::I32 {
+                    shape: t.shape().to_vec(),
+                    data: t.data().to_vec(),
+                },
+            )
+        })
+        .collect()
+}
+
+fn scalar_output(
+    out: &BTreeMap<String, crate::checkpoint::HostTensor>,
+    name: &str,
+) -> Result<f32, RunError> {
+    out.get(name)
+        .and_then(|t| t.data.first().copied())
+        .ok_or_else(|| RunError::Backend {
+            program: "train",
+            source: crate::backend::BackendError::Exec(format!(
+                "the program has no `{name}` output"
+            )),
+        })
+}
+
+/// Mean loss of `n` random batches (nanoGPT's `estimate_loss` for one split).
+fn estimate_loss(
+    eval: &mut dyn Backend,
+    batcher: &mut StreamBatcher,
+    tokens: &Tokens,
+    split: &'static str,
+    n: usize,
+    seed: u64,
+) -> Result<f32, RunError> {
+    let mut sum = 0.0f64;
+    for _ in 0..n {
+        let batch = batcher.next_batch(tokens, split)?;
+        let out = eval
+            .run(&batch_inputs(&batch), StepRng { seed, step: 0 })
+            .map_err(RunError::backend("eval"))?;
+        sum += f64::from(scalar_output(&out, "loss")?);
+    }
+    Ok((sum / n as f64) as f32)
+}
+
+/// Loss over every complete batch of non-overlapping windows of `tokens` (causal LM), and the
+/// number of target tokens scored. `max_batches` stops early.
+pub fn sequential_loss(
+    eval: &mut dyn Backend,
+    tokens: &Tokens,
+    batch_size: usize,
+    seq_len: usize,
+    seed: u64,
+    max_batches: Option<usize>,
+) -> Result<Option<(f64, usize)>, RunError> {
+    let mut sum = 0.0f64;
+    let mut batches = 0usize;
+    for batch in SequentialBatches::new(tokens, batch_size, seq_len) {
+        if batch.rows < batch_size || max_batches.is_some_and(|m| batches >= m) {
+            break;
+        }
+        let w = seq_len + 1;
+        let mut ids = vec![0i32; batch.rows * w];
+        for r in 0..batch.rows {
+            for c in 0..seq_len {
+                ids[r * w + c] = batch.inputs[r * seq_len + c] as i32;
+            }
+            ids[r * w + seq_len] = batch.targets[r * seq_len + seq_len - 1] as i32;
+        }
+        let mut inputs = BTreeMap::new();
+        inputs.insert(
+            "tokens".to_string(),
+            InputTensor::I32 {
+                shape: vec![batch.rows, w],
+                data: ids,
+            },
+        );
+        let out = eval
+            .run(&inputs, StepRng { seed, step: 0 })
+            .map_err(RunError::backend("eval"))?;
+        sum += f64::from(scalar_output(&out, "loss")?);
+        batches += 1;
+    }
+    if batches == 0 {
+        return Ok(None);
+    }
+    Ok(Some((sum / batches as f64, batches * batch_size * seq_len)))
+}
+
+/// Loads the data of a run and checks it against the model: vocabulary and split lengths.
+pub fn load_run_data(config: &RunConfig, compiled: &CompiledRun) -> Result<Dataset, RunError> {
+    let source = config.data.source().ok_or_else(|| {
+        config.error_at(
+            &["data"],
+            ConfigErrorKind::Invalid,
+            "`data` needs `path` or `token_file`",
+            "no data source",
+            None,
+        )
+    })?;
+    let data = load_dataset(&source)?;
+    let vocab = data.tokenizer.vocab_size();
+    if vocab > compiled.vocab {
+        return Err(config
+            .error_at(
+                &["model"],
+                ConfigErrorKind::Invalid,
+                format!(
+                    "the {} tokenizer has {vocab} tokens but model `{}` predicts only {}",
+                    data.tokenizer.kind_name(),
+                    config.model,
+                    compiled.vocab
+                ),
+                "vocabulary too small",
+                Some(format!(
+                    "raise the model's vocabulary: `set: {{vocab: {vocab}}}`"
+                )),
+            )
+            .into());
+    }
+    let need = config.seq_len + 1;
+    for (split, tokens) in [("train", &data.train), ("validation", &data.val)] {
+        let too_short = tokens.len() < need && (split == "train" || !tokens.is_empty());
+        if too_short {
+            return Err(DataError::TooShort {
+                split,
+                len: tokens.len(),
+                seq_len: config.seq_len,
+                need,
+            }
+            .into());
+        }
+    }
+    Ok(data)
+}
+
+/// The three batchers of a run and their names in checkpoints.
+struct Batchers {
+    train: StreamBatcher,
+    train_eval: StreamBatcher,
+    val_eval: StreamBatcher,
+}
+
+const SAMPLERS: [&str; 3] = ["train", "train_eval", "val_eval"];
+
+impl Batchers {
+    fn new(config: &RunConfig, kind: ObjectiveKind) -> Result<Batchers, RunError> {
+        let obj = stream_objective(kind, config.seq_len);
+        let b = config.batch_size;
+        Ok(Batchers {
+            train: StreamBatcher::new(
+                obj.clone(),
+                config.seed,
+                SamplerStream::Train,
+                b * config.grad_accum,
+            )?,
+            train_eval: StreamBatcher::new(obj.clone(), config.seed, SamplerStream::TrainEval, b)?,
+            val_eval: StreamBatcher::new(obj, config.seed, SamplerStream::ValEval, b)?,
+        })
+    }
+
+    fn all(&self) -> [&StreamBatcher; 3] {
+        [&self.train, &self.train_eval, &self.val_eval]
+    }
+
+    fn states(&self) -> BTreeMap<String, crate::data::SamplerState> {
+        let mut out = BTreeMap::new();
+        for (name, b) in SAMPLERS.iter().zip(self.all()) {
+            let s = b.state();
+            out.insert(format!("{name}.windows"), s.windows);
+            out.insert(format!("{name}.objective"), s.objective);
+        }
+        out
+    }
+
+    fn restore(
+        config: &RunConfig,
+        kind: ObjectiveKind,
+        path: &Path,
+        meta: &CheckpointMeta,
+    ) -> Result<Batchers, RunError> {
+        let obj = stream_objective(kind, config.seq_len);
+        let get = |name: &str| -> Result<StreamBatcherState, RunError> {
+            let one = |part: &str| {
+                let key = format!("{name}.{part}");
+                meta.samplers
+                    .get(&key)
+                    .cloned()
+                    .ok_or_else(|| CheckpointError::Metadata {
+                        path: path.to_path_buf(),
+                        key: format!("sampler.{key}"),
+                        reason: "absent".to_string(),
+                    })
+            };
+            Ok(StreamBatcherState {
+                windows: one("windows")?,
+                objective: one("objective")?,
+            })
+        };
+        let b = config.batch_size;
+        Ok(Batchers {
+            train: StreamBatcher::from_state(obj.clone(), &get("train")?, b * config.grad_accum)?,
+            train_eval: StreamBatcher::from_state(obj.clone(), &get("train_eval")?, b)?,
+            val_eval: StreamBatcher::from_state(obj, &get("val_eval")?, b)?,
+        })
+    }
+}
+
+/// Every persistent tensor of a backend as a checkpoint (parameters and optimizer state).
+pub fn snapshot(backend: &dyn Backend, meta: CheckpointMeta) -> Result<Checkpoint, RunError> {
+    let mut params = TensorMap::new();
+    let mut opt_m = TensorMap::new();
+    let mut opt_v = TensorMap::new();
+    for (name, _) in backend.state_shapes() {
+        let t = backend
+            .get_state(&name)
+            .map_err(RunError::backend("train"))?;
+        match StateName::parse(&name) {
+            StateName::Param(p) => params.insert(p.to_string(), t),
+            StateName::FirstMoment(p) => opt_m.insert(p.to_string(), t),
+            StateName::SecondMoment(p) => opt_v.insert(p.to_string(), t),
+        };
+    }
+    Ok(Checkpoint {
+        meta,
+        params,
+        opt_m,
+        opt_v,
+    })
+}
+
+/// Loads a checkpoint's tensors into a backend: parameters always, optimizer state when
+/// `with_optimizer` (training resumes) and the backend has it.
+pub fn restore(
+    backend: &mut dyn Backend,
+    ckpt: &Checkpoint,
+    path: &Path,
+    with_optimizer: bool,
+) -> Result<(), RunError> {
+    for (name, shape) in backend.state_shapes() {
+        let (found, is_param) = match StateName::parse(&name) {
+            StateName::Param(p) => (ckpt.params.get(p), true),
+            StateName::FirstMoment(p) => (ckpt.opt_m.get(p), false),
+            StateName::SecondMoment(p) => (ckpt.opt_v.get(p), false),
+        };
+        if !is_param && !with_optimizer {
+            continue;
+        }
+        let t = match found {
+            Some(t) => t,
+            None if is_param => {
+                return Err(CheckpointError::MissingTensor {
+                    tensor: name.clone(),
+                    shape: crate::checkpoint::Shape(shape),
+                }
+                .into())
+            }
+            None => {
+                return Err(RunError::MissingOptimizerState {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                })
+            }
+        };
+        backend
+            .set_state(&name, t)
+            .map_err(RunError::backend("model"))?;
+    }
+    Ok(())
+}
+
+/// Loads a checkpoint and checks it against a compiled run (spec text, model, parameters).
+pub fn load_compatible(
+    path: &Path,
+    config: &RunConfig,
+    compiled: &CompiledRun,
+    params: BTreeMap<String, Vec<usize>>,
+) -> Result<Checkpoint, RunError> {
+    let ckpt = load_checkpoint(path)?;
+    let signature = ModelSignature {
+        spec_hash: Some(compiled.spec_hash.clone()),
+        model: config.model.clone(),
+        params,
+    };
+    ckpt.check_compatible(path, &signature)?;
+    Ok(ckpt)
+}
+
+fn check_tokenizer(data: &Dataset, ckpt: &Checkpoint) -> Result<(), RunError> {
+    let expected = data.tokenizer.to_json();
+    if ckpt.meta.tokenizer != expected {
+        let describe = |json: &str| match crate::tokenizer::Tokenizer::from_json(json) {
+            Ok(t) => format!("{} with {} tokens", t.kind_name(), t.vocab_size()),
+            Err(_) => "unreadable".to_string(),
+        };
+        return Err(RunError::TokenizerMismatch {
+            expected: describe(&expected),
+            found: describe(&ckpt.meta.tokenizer),
+        });
+    }
+    Ok(())
+}
+
+/// Refuses to start a fresh run over an existing one.
+fn check_fresh_out_dir(dir: &Path) -> Result<(), RunError> {
+    for name in [LATEST_FILE, METRICS_FILE] {
+        if dir.join(name).exists() {
+            return Err(RunError::OutDirInUse {
+                dir: dir.to_path_buf(),
+                found: name.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Saves a checkpoint, or simulates a crash in the middle of saving it.
+fn save(
+    dir: &CheckpointDir,
+    ckpt: &Checkpoint,
+    crash: Option<CrashPoint>,
+) -> Result<PathBuf, RunError> {
+    let step = ckpt.meta.step;
+    let name = CheckpointDir::file_name(step);
+    match crash {
+        Some(CrashPoint::CheckpointFile(s)) if s == step => {
+            // The bytes the real write would produce, torn halfway, under the temporary name the
+            // atomic write uses: what a crash during `write_atomic` leaves behind.
+            let scratch = dir.dir().join(".crash-scratch");
+            save_checkpoint(&scratch, ckpt)?;
+            let bytes = std::fs::read(&scratch).map_err(|e| io(&scratch, e))?;
+            let _ = std::fs::remove_file(&scratch);
+            let tmp = dir.dir().join(format!(".tmp-{name}"));
+            std::fs::write(&tmp, &bytes[..bytes.len() / 2]).map_err(|e| io(&tmp, e))?;
+            die()
+        }
+        Some(CrashPoint::LatestPointer(s)) if s == step => {
+            save_checkpoint(&dir.dir().join(&name), ckpt)?;
+            let tmp = dir.dir().join(format!(".tmp-{LATEST_FILE}"));
+            std::fs::write(&tmp, &name.as_bytes()[..name.len() / 2]).map_err(|e| io(&tmp, e))?;
+            die()
+        }
+        _ => Ok(dir.save(ckpt)?),
+    }
+}
+
+fn io(path: &Path, e: std::io::Error) -> RunError {
+    RunError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    }
+}
+
+/// Ends the process as `kill -9` would: no destructors, no flushing.
+fn die() -> ! {
+    #[cfg(unix)]
+    {
+        let _ = signal_hook::low_level::raise(signal_hook::consts::SIGKILL);
+    }
+    std::process::abort()
+}
+
+/// Runs (or resumes) a training run.
+pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, RunError> {
+    // Everything that can fail on user input is checked before the output folder is touched.
+    let spec = load_spec(config)?;
+    let compiled = compile_run(config, &spec, Programs::All)?;
+    let data = load_run_data(config, &compiled)?;
+    let train_program = compiled.train.as_ref().ok_or_else(|| RunError::Usage {
+        message: "internal: no training program was compiled".to_string(),
+        help: None,
+    })?;
+    let mut backend = make_backend(opts.executor, train_program, config.seed, config.threads)?;
+    let mut eval = make_backend(opts.executor, &compiled.eval, config.seed, config.threads)?;
+
+    let out_dir = config.out_dir.clone();
+    if !opts.resume {
+        check_fresh_out_dir(&out_dir)?;
+    }
+    let ckpt_dir = CheckpointDir::open(&out_dir, config.checkpoint.keep)?;
+    let resumed = if opts.resume {
+        ckpt_dir.latest()?
+    } else {
+        None
+    };
+    let (start, mut batchers) = match &resumed {
+        Some(path) => {
+            let ckpt = load_compatible(path, config, &compiled, param_shapes(backend.as_ref()))?;
+            check_tokenizer(&data, &ckpt)?;
+            restore(backend.as_mut(), &ckpt, path, true)?;
+            let batchers = Batchers::restore(config, compiled.objective, path, &ckpt.meta)?;
+            (ckpt.meta.step, batchers)
+        }
+        None => (0, Batchers::new(config, compiled.objective)?),
+    };
+    let metrics_path = out_dir.join(METRICS_FILE);
+    let timings_path = out_dir.join(TIMINGS_FILE);
+    let (mut metrics, mut timings) = if resumed.is_some() {
+        (
+            MetricsWriter::resume(&metrics_path, start)?,
+            TimingsWriter::resume(&timings_path, start)?,
+        )
+    } else {
+        (
+            MetricsWriter::create(&metrics_path)?,
+            TimingsWriter::create(&timings_path)?,
+        )
+    };
+
+    let tokens_per_step = config.tokens_per_step();
+    let mut progress = match opts.progress {
+        ProgressOutput::Auto => {
+            Progress::new(config.steps, start, tokens_per_step, config.log_every)
+        }
+        ProgressOutput::Lines(w) => Progress::lines(w, start, tokens_per_step, config.log_every),
+    };
+    if let Some(path) = &resumed {
+        progress.message(&format!("resuming from {} (step {start})", path.display()));
+    }
+    let schedule = config.lr_schedule();
+    let seed = config.seed;
+    let has_val = !data.val.is_empty();
+    let mut last_ckpt = resumed.clone();
+    let mut last_record = None;
+
+    let evaluate = |eval: &mut dyn Backend,
+                    backend: &dyn Backend,
+                    batchers: &mut Batchers,
+                    record: &mut MetricRecord|
+     -> Result<(), RunError> {
+        copy_params(backend, eval)?;
+        let n = config.eval.batches;
+        record.train_eval_loss = Some(estimate_loss(
+            eval,
+            &mut batchers.train_eval,
+            &data.train,
+            "train",
+            n,
+            seed,
+        )?);
+        if has_val {
+            record.val_loss = Some(estimate_loss(
+                eval,
+                &mut batchers.val_eval,
+                &data.val,
+                "validation",
+                n,
+                seed,
+            )?);
+        }
+        Ok(())
+    };
+
+    if start == 0 && config.eval.every > 0 {
+        let mut record = MetricRecord {
+            step: 0,
+            ..Default::default()
+        };
+        evaluate(eval.as_mut(), backend.as_ref(), &mut batchers, &mut record)?;
+        metrics.write(&record)?;
+        progress.eval(0, record.train_eval_loss, record.val_loss);
+        last_record = Some(record);
+    }
+
+    let segment_start = Instant::now();
+    let mut step = start;
+    let mut outcome = TrainOutcome::Finished;
+    while step < config.steps {
+        let it = step;
+        let t0 = Instant::now();
+        let lr = schedule.lr_at(it);
+        let batch = batchers.train.next_batch(&data.train, "train")?;
+        let mut inputs = batch_inputs(&batch);
+        inputs.insert("lr".to_string(), InputTensor::scalar(lr as f32));
+        inputs.insert("step".to_string(), InputTensor::scalar((it + 1) as f32));
+        let out = backend
+            .run(&inputs, StepRng { seed, step: it + 1 })
+            .map_err(RunError::backend("train"))?;
+        let step_secs = t0.elapsed().as_secs_f64();
+        step = it + 1;
+        let mut record = MetricRecord {
+            step,
+            loss: Some(scalar_output(&out, "loss")?),
+            lr: Some(lr),
+            grad_norm: Some(scalar_output(&out, "grad_norm")?),
+            tokens: Some(step * tokens_per_step),
+            ..Default::default()
+        };
+        let last = step == config.steps;
+        let eval_due = last || (config.eval.every > 0 && step.is_multiple_of(config.eval.every));
+        if eval_due {
+            evaluate(eval.as_mut(), backend.as_ref(), &mut batchers, &mut record)?;
+        }
+        if last && config.eval.full && has_val {
+            if compiled.objective == ObjectiveKind::CausalLm {
+                copy_params(backend.as_ref(), eval.as_mut())?;
+                if let Some((loss, _)) = sequential_loss(
+                    eval.as_mut(),
+                    &data.val,
+                    config.batch_size,
+                    config.seq_len,
+                    seed,
+                    None,
+                )? {
+                    record.full_val_loss = Some(loss as f32);
+                }
+            } else {
+                progress.message("full validation loss is computed for causal_lm only; skipped");
+            }
+        }
+        let log_due = eval_due || step.is_multiple_of(config.log_every);
+        if log_due {
+            metrics.write(&record)?;
+            let tokens_per_s = if step_secs > 0.0 {
+                tokens_per_step as f64 / step_secs
+            } else {
+                0.0
+            };
+            timings.write(&TimingRecord {
+                step,
+                elapsed_s: segment_start.elapsed().as_secs_f64(),
+                step_ms: step_secs * 1e3,
+                tokens_per_s,
+            })?;
+        }
+        progress.step(step, record.loss.unwrap_or(f32::NAN), lr);
+        if eval_due {
+            progress.eval(step, record.train_eval_loss, record.val_loss);
+        }
+        if let Some(full) = record.full_val_loss {
+            progress.message(&format!("step {step}: full validation loss {full:.4}"));
+        }
+        last_record = Some(record);
+        let stop = opts.stop.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+        let ckpt_due = last
+            || stop
+            || (config.checkpoint.every > 0 && step.is_multiple_of(config.checkpoint.every));
+        if ckpt_due {
+            let meta = CheckpointMeta {
+                spec_path: config.spec.display().to_string(),
+                spec_hash: compiled.spec_hash.clone(),
+                model: config.model.clone(),
+                step,
+                seed,
+                samplers: batchers.states(),
+                tokenizer: data.tokenizer.to_json(),
+                config_yaml: config.to_yaml(),
+                extra: BTreeMap::from([
+                    ("objective".to_string(), config.objective.clone()),
+                    (SPEC_TEXT_KEY.to_string(), spec.text.clone()),
+                ]),
+            };
+            let ckpt = snapshot(backend.as_ref(), meta)?;
+            last_ckpt = Some(save(&ckpt_dir, &ckpt, opts.crash)?);
+        }
+        if stop && !last {
+            outcome = TrainOutcome::Interrupted;
+            break;
+        }
+    }
+
+    if let Err(e) = crate::plot::plot_metrics_file(
+        &metrics_path,
+        &format!("{} on {}", config.model, data_name(config)),
+        &out_dir.join(PLOT_FILE),
+    ) {
+        progress.message(&format!("warning: no loss plot: {e}"));
+    }
+    match outcome {
+        TrainOutcome::Interrupted => progress.message(&format!(
+            "interrupted after step {step}; checkpoint written; continue with `--resume`"
+        )),
+        TrainOutcome::Finished => {}
+    }
+    progress.finish();
+    Ok(TrainSummary {
+        outcome,
+        step,
+        start_step: start,
+        out_dir,
+        checkpoint: last_ckpt,
+        last: last_record,
+    })
+}
+
+fn data_name(config: &RunConfig) -> String {
+    let p = config
+        .data
+        .path
+        .as_ref()
+        .or(config.data.token_file.as_ref());
+    p.and_then(|p| p.file_stem())
+        .map_or_else(|| "data".to_string(), |s| s.to_string_lossy().into_owned())
+}

@@ -1,0 +1,203 @@
+//! `kiln train`, `kiln eval`, `kiln generate`, `kiln data prepare`: the commands that run models.
+//!
+//! Each is a thin shell over a runtime call; every failure is a miette diagnostic and exit
+//! code 1. An interrupted training run (SIGINT, SIGTERM) finishes its step, writes a checkpoint
+//! and exits with code 130.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use kiln_runtime::config::{RunConfig, TokenizerConfig};
+use kiln_runtime::data::prepare_token_file;
+use kiln_runtime::eval::{evaluate, EvalOptions, EvalReport};
+use kiln_runtime::generate::{generate as generate_tokens, load_inference};
+use kiln_runtime::sample::SamplingConfig;
+use kiln_runtime::session::Executor;
+use kiln_runtime::train::{
+    interrupt_flag, train as run_train, CrashPoint, ProgressOutput, TrainOptions, TrainOutcome,
+};
+use miette::miette;
+
+/// Environment variable of the crash-safety test hook: `checkpoint:STEP` or `latest:STEP` makes
+/// `kiln train` kill itself in the middle of writing that step's checkpoint or `latest` pointer.
+pub const CRASH_ENV: &str = "KILN_TEST_CRASH";
+
+fn executor(name: Option<&str>) -> miette::Result<Executor> {
+    match name {
+        None => Ok(Executor::DEFAULT),
+        Some(n) => n
+            .parse()
+            .map_err(|e: String| miette!(code = "cli::executor", "{e}")),
+    }
+}
+
+fn load_config(config: &Path, set: &[String], out: Option<&Path>) -> miette::Result<RunConfig> {
+    // A bare file name has an empty parent, which would leave the config's paths relative to
+    // the current folder; checkpoints store them, so anchor them now.
+    let config = match config.parent() {
+        Some(p) if p.as_os_str().is_empty() => Path::new(".").join(config),
+        _ => config.to_path_buf(),
+    };
+    let mut cfg = RunConfig::load(&config, set)?;
+    if let Some(out) = out {
+        cfg.out_dir = std::path::absolute(out).unwrap_or_else(|_| out.to_path_buf());
+    }
+    Ok(cfg)
+}
+
+pub fn train(
+    config: &Path,
+    set: &[String],
+    out: Option<&Path>,
+    resume: bool,
+    exec: Option<&str>,
+) -> miette::Result<ExitCode> {
+    let executor = executor(exec)?;
+    let cfg = load_config(config, set, out)?;
+    let crash = match std::env::var(CRASH_ENV) {
+        Ok(v) => Some(
+            v.parse::<CrashPoint>()
+                .map_err(|e| miette!(code = "cli::crash_hook", "{CRASH_ENV}: {e}"))?,
+        ),
+        Err(_) => None,
+    };
+    let stop = interrupt_flag().map_err(|e| {
+        miette!(
+            code = "cli::signals",
+            "cannot install the interrupt handler: {e}"
+        )
+    })?;
+    let opts = TrainOptions {
+        executor,
+        resume,
+        stop: Some(stop),
+        progress: ProgressOutput::Auto,
+        crash,
+    };
+    let summary = run_train(&cfg, opts)?;
+    if let Some(r) = &summary.last {
+        let mut parts = vec![format!("step {}", r.step)];
+        if let Some(l) = r.loss {
+            parts.push(format!("train loss {l:.4}"));
+        }
+        if let Some(l) = r.val_loss {
+            parts.push(format!("val loss {l:.4}"));
+        }
+        if let Some(l) = r.full_val_loss {
+            parts.push(format!("full val loss {l:.4}"));
+        }
+        eprintln!("{}", parts.join(", "));
+    }
+    if let Some(c) = &summary.checkpoint {
+        eprintln!("checkpoint: {}", c.display());
+    }
+    eprintln!("run folder: {}", summary.out_dir.display());
+    match summary.outcome {
+        TrainOutcome::Finished => Ok(ExitCode::SUCCESS),
+        TrainOutcome::Interrupted => Ok(ExitCode::from(130)),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn eval(
+    config: &Path,
+    set: &[String],
+    checkpoint: &Path,
+    tasks: &[String],
+    tasks_dir: &Path,
+    json: bool,
+    num_fewshot: usize,
+    limit: Option<usize>,
+    max_batches: Option<usize>,
+    exec: Option<&str>,
+) -> miette::Result<ExitCode> {
+    let executor = executor(exec)?;
+    let cfg = load_config(config, set, None)?;
+    let opts = EvalOptions {
+        executor,
+        checkpoint: checkpoint.to_path_buf(),
+        tasks: tasks.to_vec(),
+        tasks_dir: tasks_dir.to_path_buf(),
+        num_fewshot,
+        limit,
+        max_batches,
+    };
+    match evaluate(&cfg, &opts)? {
+        EvalReport::Validation(v) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"split": "val", "loss": v.loss, "perplexity": v.perplexity, "tokens": v.tokens})
+                );
+            } else {
+                println!(
+                    "val loss {:.4}, perplexity {:.4} ({} tokens)",
+                    v.loss, v.perplexity, v.tokens
+                );
+            }
+        }
+        EvalReport::Tasks(reports) => {
+            for r in reports {
+                if json {
+                    println!("{}", r.to_json());
+                } else {
+                    let metrics: Vec<String> = r
+                        .metrics
+                        .iter()
+                        .filter(|(k, _)| !k.ends_with("_stderr"))
+                        .map(|(k, v)| format!("{k} {v:.4}"))
+                        .collect();
+                    println!("{}: {} (n = {})", r.task, metrics.join(", "), r.n);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn generate(
+    checkpoint: &Path,
+    prompt: &str,
+    tokens: usize,
+    temperature: f32,
+    top_k: Option<usize>,
+    top_p: Option<f32>,
+    seed: u64,
+    exec: Option<&str>,
+) -> miette::Result<ExitCode> {
+    let executor = executor(exec)?;
+    let mut inference = load_inference(checkpoint, executor)?;
+    let sampling = SamplingConfig {
+        temperature,
+        top_k,
+        top_p,
+        seed,
+    };
+    let out = generate_tokens(&mut inference, prompt, tokens, sampling)?;
+    println!("{prompt}{}", out.text);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn data_prepare(
+    input: &Path,
+    output: &Path,
+    tokenizer: &str,
+    val_fraction: f64,
+) -> miette::Result<ExitCode> {
+    let tok = match tokenizer {
+        "char" => TokenizerConfig::Char,
+        "byte" => TokenizerConfig::Byte,
+        path => TokenizerConfig::TokenizerJson(PathBuf::from(path)),
+    };
+    let report = prepare_token_file(input, &tok, val_fraction, output)?;
+    eprintln!(
+        "{}: {} train + {} validation tokens, vocabulary {}, {} bytes per token",
+        output.display(),
+        report.train_tokens,
+        report.val_tokens,
+        report.vocab_size,
+        report.token_bytes
+    );
+    Ok(ExitCode::SUCCESS)
+}
