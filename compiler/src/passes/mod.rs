@@ -1,1 +1,4 @@
 //! Graph passes, one per file, each registered by name with a summary.
+
+pub mod attention;
+pub mod fusion;
