@@ -29,11 +29,14 @@ pub(super) struct GroupCode {
     pub cols: usize,
 }
 
-/// The type of a row value.
+/// The type of a row value. `IF` is an integer held as an exact `f32` (an integer tensor that
+/// another row program wrote: row programs only write `f32`); integer ops on it run in `f32`,
+/// which is exact for the small integers (indices, lengths) tensors hold.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ty {
     F,
     I,
+    IF,
     M,
 }
 
@@ -213,25 +216,20 @@ impl Emitter<'_, '_> {
         let id = self.b.input(self.info.origin(u), dt, access);
         self.inputs.push(u);
         let raw = self.b.load(id);
-        let v =
-            match (self.info.dtype(u), w) {
-                (DType::Bool, WordType::I32) => {
-                    let z = self.ci(0);
-                    (self.b.cmp(k::CmpOp::Ne, raw, z), Ty::M)
-                }
-                (DType::Bool, WordType::F32) => {
-                    let z = self.cf(0.0);
-                    (self.b.cmp(k::CmpOp::Ne, raw, z), Ty::M)
-                }
-                (d, WordType::I32) if d.is_int() => (raw, Ty::I),
-                (d, WordType::F32) if d.is_int() => return Err(err(
-                    self.info,
-                    u,
-                    "an integer tensor written by one row program is read as an integer by another",
-                )),
-                (_, WordType::I32) => (self.b.i32_to_f32(raw), Ty::F),
-                (_, WordType::F32) => (raw, Ty::F),
-            };
+        let v = match (self.info.dtype(u), w) {
+            (DType::Bool, WordType::I32) => {
+                let z = self.ci(0);
+                (self.b.cmp(k::CmpOp::Ne, raw, z), Ty::M)
+            }
+            (DType::Bool, WordType::F32) => {
+                let z = self.cf(0.0);
+                (self.b.cmp(k::CmpOp::Ne, raw, z), Ty::M)
+            }
+            (d, WordType::I32) if d.is_int() => (raw, Ty::I),
+            (d, WordType::F32) if d.is_int() => (raw, Ty::IF),
+            (_, WordType::I32) => (self.b.i32_to_f32(raw), Ty::F),
+            (_, WordType::F32) => (raw, Ty::F),
+        };
         self.loads.insert(key, v);
         Ok(v)
     }
@@ -442,7 +440,7 @@ impl Emitter<'_, '_> {
                         return Err(err(info, i, "row programs have no sine or cosine"))
                     }
                 };
-                if t == Ty::I && !matches!(ku, k::UnaryOp::Neg | k::UnaryOp::Abs) {
+                if matches!(t, Ty::I | Ty::IF) && !matches!(ku, k::UnaryOp::Neg | k::UnaryOp::Abs) {
                     return Err(err(info, i, "integer operand"));
                 }
                 (self.b.unary(ku, x), t)
@@ -450,7 +448,8 @@ impl Emitter<'_, '_> {
             Op::Cast { to } => {
                 let (x, t) = a[0];
                 match (t, to) {
-                    (Ty::F, d) if d.is_float() => (x, Ty::F),
+                    (Ty::F | Ty::IF, d) if d.is_float() => (x, Ty::F),
+                    (Ty::IF, d) if d.is_int() => (x, Ty::IF),
                     (Ty::I, d) if d.is_float() => (self.b.i32_to_f32(x), Ty::F),
                     (Ty::I, d) if d.is_int() => (x, Ty::I),
                     (Ty::M, d) if d.is_float() => {
@@ -462,7 +461,7 @@ impl Emitter<'_, '_> {
                         (self.b.select(x, one, zero), Ty::I)
                     }
                     (Ty::M, _) => (x, Ty::M),
-                    (Ty::F, DType::Bool) => {
+                    (Ty::F | Ty::IF, DType::Bool) => {
                         let z = self.cf(0.0);
                         (self.b.cmp(k::CmpOp::Ne, x, z), Ty::M)
                     }
@@ -470,6 +469,7 @@ impl Emitter<'_, '_> {
                         let z = self.ci(0);
                         (self.b.cmp(k::CmpOp::Ne, x, z), Ty::M)
                     }
+                    (Ty::IF, _) => (x, Ty::IF),
                     (Ty::F, _) => {
                         return Err(err(
                             info,
@@ -484,7 +484,14 @@ impl Emitter<'_, '_> {
                 (self.pow(x, *p), Ty::F)
             }
             Op::Binary(bop) => {
-                let ((x, t), (y, _)) = (a[0], a[1]);
+                let ((x, y), t) = self.unify2(a[0], a[1]);
+                if t == Ty::IF && *bop == BinaryOp::Div {
+                    return Err(err(
+                        info,
+                        i,
+                        "integer division of integers another row program wrote",
+                    ));
+                }
                 let kb = match bop {
                     BinaryOp::Add => k::BinaryOp::Add,
                     BinaryOp::Sub => k::BinaryOp::Sub,
@@ -499,7 +506,7 @@ impl Emitter<'_, '_> {
                 (self.b.binary(kb, x, y), t)
             }
             Op::Compare(c) => {
-                let ((x, t), (y, _)) = (a[0], a[1]);
+                let ((x, y), t) = self.unify2(a[0], a[1]);
                 let kc = match c {
                     CmpOp::Lt => k::CmpOp::Lt,
                     CmpOp::Le => k::CmpOp::Le,
@@ -525,7 +532,8 @@ impl Emitter<'_, '_> {
                 }
             }
             Op::Select => {
-                let ((c, _), (x, t), (y, _)) = (a[0], a[1], a[2]);
+                let (c, _) = a[0];
+                let ((x, y), t) = self.unify2(a[1], a[2]);
                 if t == Ty::M {
                     let l = self.b.binary(k::BinaryOp::And, c, x);
                     let nc = self.b.unary(k::UnaryOp::Not, c);
@@ -544,6 +552,15 @@ impl Emitter<'_, '_> {
                 ))
             }
         })
+    }
+
+    /// Two operands of one IR type: an `i32` meets an integer held as `f32` in `f32`.
+    fn unify2(&mut self, a: Val, b: Val) -> ((ValueId, ValueId), Ty) {
+        match (a.1, b.1) {
+            (Ty::IF, Ty::I) => ((a.0, self.b.i32_to_f32(b.0)), Ty::IF),
+            (Ty::I, Ty::IF) => ((self.b.i32_to_f32(a.0), b.0), Ty::IF),
+            (t, _) => ((a.0, b.0), t),
+        }
     }
 
     fn pow(&mut self, x: ValueId, p: f64) -> ValueId {
@@ -653,7 +670,7 @@ impl Emitter<'_, '_> {
     /// `col == idx` for an index held as i32 or as an exact f32.
     fn col_hit(&mut self, ix: ValueId, t: Ty) -> ValueId {
         let col = self.idx(IndexKind::Col);
-        if t == Ty::F {
+        if matches!(t, Ty::F | Ty::IF) {
             let cf = self.b.i32_to_f32(col);
             self.b.cmp(k::CmpOp::Eq, cf, ix)
         } else {
@@ -673,7 +690,7 @@ impl Emitter<'_, '_> {
             Class::Col => return Err(err(info, o, "a per-column value cannot be computed")),
         };
         let v = match v.1 {
-            Ty::F => v.0,
+            Ty::F | Ty::IF => v.0,
             Ty::I => self.b.i32_to_f32(v.0),
             Ty::M => {
                 let (one, zero) = (self.cf(1.0), self.cf(0.0));

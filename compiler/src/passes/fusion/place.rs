@@ -131,13 +131,18 @@ pub(super) fn src_view(info: &Info, mut i: usize) -> usize {
 pub(super) fn class_by_numel(n: usize, rows: usize, cols: usize) -> Option<Class> {
     if n == rows * cols {
         Some(Class::Elem)
-    } else if n == rows {
-        Some(Class::Row)
     } else if n == 1 {
         Some(Class::Scalar)
+    } else if n == rows {
+        Some(Class::Row)
     } else {
         None
     }
+}
+
+/// Classes that read the same data in a group with `rows` rows (one row: per-row is scalar).
+pub(super) fn same_class(a: Class, b: Class, rows: usize) -> bool {
+    a == b || (rows == 1 && matches!((a, b), (Class::Row, Class::Scalar) | (Class::Scalar, Class::Row)))
 }
 
 /// `axes` are the trailing `rank - k` axes; returns `k`.
@@ -505,7 +510,7 @@ impl Placer<'_, '_> {
                 self.plan.home[i] = Some(self.plan.find(h));
             }
         }
-        let mut candidates: Vec<(usize, usize)> = Vec::new();
+        let mut candidates: Vec<(usize, usize, Class)> = Vec::new();
         for i in 0..n {
             if info.escapes[i] {
                 self.demand(i);
@@ -544,9 +549,10 @@ impl Placer<'_, '_> {
                             Some(p) if p == g => {}
                             Some(p)
                                 if self.plan.is_group(p)
-                                    && matches!(want, Class::Elem | Class::Scalar) =>
+                                    && (matches!(want, Class::Elem | Class::Scalar)
+                                        || (want == Class::Row && !info.dtype(u).is_float())) =>
                             {
-                                candidates.push((u, g))
+                                candidates.push((u, g, want))
                             }
                             _ => self.demand(u),
                         }
@@ -555,10 +561,10 @@ impl Placer<'_, '_> {
                 Cat::Source | Cat::Konst | Cat::Alias => {}
             }
         }
-        candidates.sort_unstable();
+        candidates.sort_unstable_by_key(|(u, g, c)| (*u, *g, *c as u8));
         candidates.dedup();
-        for (u, g) in candidates {
-            match self.recompute_tree(u, g) {
+        for (u, g, want) in candidates {
+            match self.recompute_tree(u, g, want) {
                 Some((tree, leaves)) => {
                     for w in leaves {
                         self.demand(w);
@@ -594,30 +600,43 @@ impl Placer<'_, '_> {
         }
     }
 
-    /// The nodes group `g` would duplicate to compute `u` itself, and the values it would load
-    /// instead (which then need buffers); `None` when that is not cheap or not possible.
-    fn recompute_tree(&self, u: usize, g: usize) -> Option<(Vec<usize>, Vec<usize>)> {
+    /// The nodes group `g` would duplicate to compute `u` (read with class `want`) itself, and
+    /// the values it would load instead (which then need buffers); `None` when that is not cheap
+    /// or not possible. Every duplicated node must fit `g`'s space. Integer and boolean trees
+    /// (indices, masks) have no size limit: row programs cannot read integers another row
+    /// program wrote, so recomputing them is the only way.
+    fn recompute_tree(&self, u: usize, g: usize, want: Class) -> Option<(Vec<usize>, Vec<usize>)> {
         let info = self.info;
         let h = self.plan.producer(info, u)?;
-        let scalar = self.plan.is_scalar_group(h);
-        if !scalar && self.plan.space(h) != self.plan.space(g) {
-            return None;
-        }
-        let (max_nodes, max_loads) = if scalar { (16, 6) } else { (12, 3) };
+        let (rows, cols) = self.plan.space(g)?;
+        let ints = !info.dtype(u).is_float();
+        let (max_nodes, max_loads) = if ints {
+            (usize::MAX, usize::MAX)
+        } else if self.plan.is_scalar_group(h) {
+            (16, 6)
+        } else {
+            (12, 3)
+        };
         let mut tree = Vec::new();
         let mut leaves = Vec::new();
         let mut loads = 0;
         let mut seen = std::collections::HashSet::new();
-        let mut stack = vec![u];
-        while let Some(w) = stack.pop() {
-            if !seen.insert(w) || info.konst[w] {
+        let mut stack = vec![(u, want)];
+        while let Some((w, rc)) = stack.pop() {
+            if info.konst[w] || !seen.insert((w, rc as u8)) {
                 continue;
             }
             let p = self.plan.producer(info, w);
             let owner = src_view(info, w);
+            let int = !info.dtype(w).is_float();
+            let recomputable_class = match self.plan.class[w] {
+                Some(Class::Elem | Class::Scalar) => true,
+                Some(Class::Row) => int,
+                _ => false,
+            };
             let leaf = p != Some(h)
-                || self.plan.mat[owner]
-                || !matches!(self.plan.class[w], Some(Class::Elem | Class::Scalar))
+                || (self.plan.mat[owner] && !int)
+                || !recomputable_class
                 || src_view(info, w) != info.src(w);
             if leaf {
                 if let Some(p) = p {
@@ -631,8 +650,13 @@ impl Placer<'_, '_> {
                 leaves.push(w);
                 continue;
             }
+            if !class_by_numel(info.numel(w), rows, cols).is_some_and(|c| same_class(c, rc, rows)) {
+                return None;
+            }
             if info.cat[w] == Cat::Alias {
-                stack.push(info.ins[w][0]);
+                // Free to duplicate, but a member so that users find it.
+                tree.push(w);
+                stack.push((info.ins[w][0], rc));
                 continue;
             }
             match info.op(w) {
@@ -646,13 +670,19 @@ impl Placer<'_, '_> {
                 | Op::PutAlong { .. } => {}
                 _ => return None,
             }
+            let (c, oc) = rule(info, w, rows, cols)?;
+            if !same_class(c, rc, rows) {
+                return None;
+            }
             tree.push(w);
-            stack.extend(info.ins[w].iter().copied());
+            stack.extend(info.ins[w].iter().copied().zip(oc));
         }
-        if tree.len() > max_nodes || loads > max_loads {
+        let cost = tree.iter().filter(|w| info.cat[**w] != Cat::Alias).count();
+        if cost > max_nodes || loads > max_loads {
             return None;
         }
         tree.sort_unstable();
+        tree.dedup();
         Some((tree, leaves))
     }
 }
