@@ -7,15 +7,16 @@
 //! branches that do not matter emit no ops. Fan-out contributions are summed in the order they
 //! were produced (deterministic). Non-float values (ints, bools) never carry gradients.
 //!
-//! Ops with no VJP: sources (they are leaves), comparisons (bool output), and the integer index
-//! operands of `Gather`, `ScatterAdd`, `TakeAlong`, `PutAlong`; `Iota` and `RandUniform` are
+//! Ops with no VJP: sources (they are leaves), comparisons (bool output), the integer index
+//! operands of `Gather`, `ScatterAdd`, `TakeAlong`, `PutAlong` and the lengths of `Attention`,
+//! and `AttentionBackward` (no second derivatives); `Iota` and `RandUniform` are
 //! constants with respect to every param. At non-differentiable points the rules pick a
 //! subgradient: `abs'(0) = 1`, `max`/`min` send the gradient to the first operand on ties, and
 //! `reduce_max` splits it evenly among tied maxima.
 
 use std::collections::{HashMap, HashSet};
 
-use crate::ir::ops::{BinaryOp, CmpOp, Op, UnaryOp};
+use crate::ir::ops::{AttnGrad, BinaryOp, CmpOp, Op, UnaryOp};
 use crate::ir::shape::{Dim, Shape, TensorType};
 use crate::ir::{Builder, Graph, IrError, ValueId};
 
@@ -417,6 +418,39 @@ fn vjp(
             vec![one(b.put_along(gy, ins[1], size)?), None]
         }
         Op::PutAlong { .. } => vec![one(b.take_along(gy, ins[1])?), None],
+        Op::Attention(spec) => {
+            // One backward node per needed gradient, over (q, k, v, o, do, extras..): fusion runs
+            // them as one kernel. Lengths (int operands) get none.
+            let mut operands = vec![ins[0], ins[1], ins[2], v, gy];
+            operands.extend_from_slice(&ins[3..]);
+            let bias_at = spec.extra_positions().0.map(|i| 3 + i);
+            let mut out = Vec::with_capacity(ins.len());
+            for (i, nd) in need.iter().enumerate() {
+                let wrt = match i {
+                    0 => Some(AttnGrad::Q),
+                    1 => Some(AttnGrad::K),
+                    2 => Some(AttnGrad::V),
+                    _ if Some(i) == bias_at => Some(AttnGrad::Bias),
+                    _ => None,
+                };
+                out.push(match (wrt, nd) {
+                    (Some(wrt), true) => one(b.op(
+                        Op::AttentionBackward {
+                            spec: *spec,
+                            wrt,
+                        },
+                        &operands,
+                    )?),
+                    _ => None,
+                });
+            }
+            out
+        }
+        Op::AttentionBackward { .. } => {
+            return Err(IrError::Autodiff {
+                detail: "attention_backward has no VJP (second derivatives of attention are not supported)".into(),
+            })
+        }
     })
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::ir::ops::{BinaryOp, CmpOp, Op, UnaryOp};
+use crate::ir::ops::{AttnGrad, AttnMask, AttnSpec, BinaryOp, CmpOp, Op, UnaryOp};
 use crate::ir::shape::{bind_shape, Bindings, DType};
 use crate::ir::{rng, Graph, IrError, ValueId};
 
@@ -864,6 +864,115 @@ fn eval_op(
             }
             make(vals.data.remap(&map))
         }
+        Op::Attention(spec) => make(TensorData::Float(attention(spec, args, None)?)),
+        Op::AttentionBackward { spec, wrt } => {
+            make(TensorData::Float(attention(spec, args, Some(*wrt))?))
+        }
     };
+    Ok(out)
+}
+
+/// The reference semantics of `Attention` and `AttentionBackward`: the composition they replace,
+/// `softmax(where(mask, scale · q·kᵀ + bias, -inf)) · v`, row by row in plain loops, and its exact
+/// gradient `dS = P ∘ (dP − rowsum(P ∘ dP))` with `dP = dO·vᵀ` (the composition's VJP up to
+/// rounding: its softmax VJP also sends an exactly-zero total through the row max). A row whose
+/// keys are all masked gives NaN, as the composition does. `wrt = None` is the forward.
+fn attention(spec: &AttnSpec, args: &[&Tensor], wrt: Option<AttnGrad>) -> Result<Vec<f64>, InterpError> {
+    let (q, k, v) = (floats(args[0]), floats(args[1]), floats(args[2]));
+    let [nb, nh, t, d] = args[0].shape[..] else {
+        unreachable!("type rule: q is rank 4")
+    };
+    let (nhk, s) = (args[1].shape[1], args[1].shape[2]);
+    let group = nh / nhk.max(1);
+    let first_extra = if wrt.is_some() { 5 } else { 3 };
+    let (bias_at, prefix_at, key_at) = spec.extra_positions();
+    let bias = bias_at.map(|i| floats(args[first_extra + i]));
+    let lens = |at: Option<usize>| at.map(|i| ints(args[first_extra + i]));
+    let (prefix, key_len) = (lens(prefix_at), lens(key_at));
+    let dout = wrt.map(|_| floats(args[4]));
+    let off = s as i64 - t as i64;
+    let visible = |b: usize, i: usize, j: usize| -> bool {
+        let (i, j) = (i as i64 + off, j as i64);
+        let m = match spec.mask {
+            AttnMask::Full => true,
+            AttnMask::Causal => j <= i,
+            AttnMask::Local { window } => j <= i && j > i - window,
+            AttnMask::Prefix => j <= i || prefix.is_some_and(|p| j < p[b]),
+        };
+        m && key_len.is_none_or(|l| j < l[b])
+    };
+    let out_len = match wrt {
+        None | Some(AttnGrad::Q) => nb * nh * t * d,
+        Some(AttnGrad::K) | Some(AttnGrad::V) => nb * nhk * s * d,
+        Some(AttnGrad::Bias) => nh * t * s,
+    };
+    let mut out = vec![0.0; out_len];
+    let mut p = vec![0.0; s];
+    let mut dp = vec![0.0; s];
+    for b in 0..nb {
+        for h in 0..nh {
+            let hk = h / group.max(1);
+            let qo = |i: usize| ((b * nh + h) * t + i) * d;
+            let ko = |j: usize| ((b * nhk + hk) * s + j) * d;
+            for i in 0..t {
+                // Scores, masked, then the composition's softmax: max, sub, exp, sum, div.
+                let mut m = f64::NEG_INFINITY;
+                for (j, pj) in p.iter_mut().enumerate() {
+                    let mut acc = 0.0;
+                    for c in 0..d {
+                        acc += q[qo(i) + c] * k[ko(j) + c];
+                    }
+                    let mut x = acc * spec.scale;
+                    if let Some(bias) = bias {
+                        x += bias[(h * t + i) * s + j];
+                    }
+                    *pj = if visible(b, i, j) { x } else { f64::NEG_INFINITY };
+                    m = nan_max(m, *pj);
+                }
+                let mut sum = 0.0;
+                for pj in p.iter_mut() {
+                    *pj = (*pj - m).exp();
+                    sum += *pj;
+                }
+                for pj in p.iter_mut() {
+                    *pj /= sum;
+                }
+                let Some(g) = wrt else {
+                    for c in 0..d {
+                        out[qo(i) + c] = (0..s).map(|j| p[j] * v[ko(j) + c]).sum();
+                    }
+                    continue;
+                };
+                let dout = dout.unwrap_or(&[]);
+                let mut pdp = 0.0;
+                for j in 0..s {
+                    dp[j] = (0..d).map(|c| dout[qo(i) + c] * v[ko(j) + c]).sum();
+                    pdp += p[j] * dp[j];
+                }
+                for j in 0..s {
+                    // dS: gradient of the pre-softmax score (after scale and bias).
+                    let ds = p[j] * (dp[j] - pdp);
+                    match g {
+                        AttnGrad::Q => {
+                            for c in 0..d {
+                                out[qo(i) + c] += spec.scale * ds * k[ko(j) + c];
+                            }
+                        }
+                        AttnGrad::K => {
+                            for c in 0..d {
+                                out[ko(j) + c] += spec.scale * ds * q[qo(i) + c];
+                            }
+                        }
+                        AttnGrad::V => {
+                            for c in 0..d {
+                                out[ko(j) + c] += p[j] * dout[qo(i) + c];
+                            }
+                        }
+                        AttnGrad::Bias => out[(h * t + i) * s + j] += ds,
+                    }
+                }
+            }
+        }
+    }
     Ok(out)
 }

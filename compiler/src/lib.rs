@@ -14,5 +14,6 @@ pub mod kernel;
 pub mod passes;
 pub mod pipeline;
 pub mod plan;
+pub mod program;
 pub mod sema;
 pub mod train;

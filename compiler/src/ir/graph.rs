@@ -562,7 +562,9 @@ pub fn map_dims(op: &Op, f: &dyn Fn(&Dim) -> Dim) -> Op {
         | Op::ReduceMax { .. }
         | Op::MatMul { .. }
         | Op::Gather
-        | Op::TakeAlong => op.clone(),
+        | Op::TakeAlong
+        | Op::Attention(_)
+        | Op::AttentionBackward { .. } => op.clone(),
     }
 }
 

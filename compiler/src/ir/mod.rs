@@ -13,7 +13,9 @@ pub mod shape;
 pub mod verify;
 
 pub use graph::{Builder, Graph, NamedValue, Node, StateUpdate, ValueId};
-pub use ops::{facts, infer, Arity, BinaryOp, CmpOp, Init, Op, OpFacts, UnaryOp};
+pub use ops::{
+    facts, infer, Arity, AttnGrad, AttnMask, AttnSpec, BinaryOp, CmpOp, Init, Op, OpFacts, UnaryOp,
+};
 pub use print::print_graph;
 pub use shape::{
     bind_shape, numel, shape_of, shape_str, Bindings, DType, Dim, Shape, Symbol, TensorType,

@@ -12,7 +12,10 @@
 //! - reductions: `ReduceSum`, `ReduceMax`;
 //! - `MatMul`;
 //! - indexing: `Gather` / `ScatterAdd` (embedding lookup and its VJP), `TakeAlong` / `PutAlong`
-//!   (pick one element of the last axis, for cross entropy, and its VJP).
+//!   (pick one element of the last axis, for cross entropy, and its VJP);
+//! - fused attention: `Attention` and its VJP `AttentionBackward`. Sema never emits them: the
+//!   `passes::attention` rewrite replaces the stdlib's `sdpa` composition (scores, mask, softmax,
+//!   weighted sum) with one `Attention` node so that fusion can hand it to an attention kernel.
 //!
 //! Sources carry their own type (shape, dtype) so that `infer` can type every op from its
 //! attributes and operand types alone; the verifier re-runs `infer` on every node.
@@ -26,7 +29,9 @@
 //! FLOPs (`flops`): elementwise unary, binary, compare, select and cast count 1 per output element
 //! (transcendentals too: it is a count of ops, not of cycles); reductions 1 per input element;
 //! `MatMul` 2·m·n·k per batch element; `ScatterAdd` 1 per value element (one add each); sources,
-//! layout ops, `Gather`, `TakeAlong` and `PutAlong` move data and count 0.
+//! layout ops, `Gather`, `TakeAlong` and `PutAlong` move data and count 0. `Attention` and
+//! `AttentionBackward` count what the composition they replace counts (see `attention_flops`), so
+//! MFU figures do not change when the rewrite fires.
 
 use std::fmt;
 
@@ -172,6 +177,97 @@ impl CmpOp {
     }
 }
 
+/// Which keys query `i` of an `Attention` may see. Queries are aligned with the *last* `t` of the
+/// `s` keys (query `i` sits at key position `i + s - t`), as `sema`'s `mask_matrix` builds them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AttnMask {
+    /// Every key.
+    Full,
+    /// Keys `j <= i + s - t`.
+    Causal,
+    /// Causal, and only the last `window` keys: `i + s - t - window < j <= i + s - t`.
+    Local { window: i64 },
+    /// Causal, plus every key `j < prefix_len[b]` (prefix LM); `prefix_len` is an extra operand.
+    Prefix,
+}
+
+impl fmt::Display for AttnMask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AttnMask::Full => f.write_str("full"),
+            AttnMask::Causal => f.write_str("causal"),
+            AttnMask::Local { window } => write!(f, "local({window})"),
+            AttnMask::Prefix => f.write_str("prefix"),
+        }
+    }
+}
+
+/// The attributes of a fused attention: `softmax(mask(scale · q·kᵀ + bias)) · v`.
+///
+/// Operands, in order: `q [b, h, t, d]`, `k [b, hk, s, d]`, `v [b, hk, s, d]` (`h % hk == 0`:
+/// query head `n` reads key/value head `n / (h / hk)`; `hk == 1` is MQA), then `bias [h, t, s]`
+/// when `bias`, `prefix_len` int `[b]` when the mask is `Prefix`, `key_len` int `[b]` when
+/// `key_padding` (batch row `b` sees only keys `j < key_len[b]`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnSpec {
+    pub scale: f64,
+    pub mask: AttnMask,
+    pub bias: bool,
+    pub key_padding: bool,
+}
+
+impl AttnSpec {
+    /// Operands after `q, k, v`: bias, prefix lengths, key lengths (those present).
+    pub fn extra_operands(&self) -> usize {
+        usize::from(self.bias)
+            + usize::from(self.mask == AttnMask::Prefix)
+            + usize::from(self.key_padding)
+    }
+    /// Positions of the optional operands relative to the first extra one:
+    /// `(bias, prefix_len, key_len)`.
+    pub fn extra_positions(&self) -> (Option<usize>, Option<usize>, Option<usize>) {
+        let mut i = 0;
+        let mut next = |present: bool| {
+            present.then(|| {
+                i += 1;
+                i - 1
+            })
+        };
+        let b = next(self.bias);
+        let p = next(self.mask == AttnMask::Prefix);
+        let k = next(self.key_padding);
+        (b, p, k)
+    }
+    fn attrs(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("bias", self.bias.to_string()),
+            ("key_padding", self.key_padding.to_string()),
+            ("mask", self.mask.to_string()),
+            ("scale", fmt_f64(self.scale)),
+        ]
+    }
+}
+
+/// Which operand's gradient an `AttentionBackward` computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttnGrad {
+    Q,
+    K,
+    V,
+    Bias,
+}
+
+impl AttnGrad {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttnGrad::Q => "q",
+            AttnGrad::K => "k",
+            AttnGrad::V => "v",
+            AttnGrad::Bias => "bias",
+        }
+    }
+}
+
 /// The primitive ops. See the module doc for the set and its conventions.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Op {
@@ -281,6 +377,15 @@ pub enum Op {
     PutAlong {
         size: Dim,
     },
+    /// Fused scaled-dot-product attention (see [`AttnSpec`] for the operands); output `[b, h, t, d]`.
+    Attention(AttnSpec),
+    /// One gradient of an `Attention` with the same spec. Operands: `q, k, v`, the attention's
+    /// output `o`, its incoming gradient `do`, then the same extra operands as the forward. The
+    /// output has the type of the operand named by `wrt` (the bias gradient is summed over the
+    /// batch). The gradients of one attention are separate nodes over the same operands so that
+    /// each has its natural shape and only the needed ones exist; fusion runs them as one kernel
+    /// (the shared recomputation of the scores happens once), the interpreter recomputes per node.
+    AttentionBackward { spec: AttnSpec, wrt: AttnGrad },
 }
 
 /// How many operands an op takes.
@@ -361,6 +466,8 @@ pub fn facts(op: &Op) -> OpFacts {
         Op::ScatterAdd { .. } => f("scatter_add", Exactly(2), false, false, true),
         Op::TakeAlong => f("take_along", Exactly(2), false, false, true),
         Op::PutAlong { .. } => f("put_along", Exactly(2), false, false, true),
+        Op::Attention(_) => f("attention", AtLeast(3), false, false, true),
+        Op::AttentionBackward { .. } => f("attention_backward", AtLeast(5), false, false, false),
     }
 }
 
@@ -431,6 +538,12 @@ impl Op {
             Op::Gather | Op::TakeAlong => vec![],
             Op::ScatterAdd { rows } => vec![("rows", rows.to_string())],
             Op::PutAlong { size } => vec![("size", size.to_string())],
+            Op::Attention(spec) => spec.attrs(),
+            Op::AttentionBackward { spec, wrt } => {
+                let mut a = spec.attrs();
+                a.push(("wrt", wrt.name().to_string()));
+                a
+            }
         };
         a.sort_by(|x, y| x.0.cmp(y.0));
         a
@@ -819,7 +932,87 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, IrError> {
             shape.push(size.clone());
             Ok(TensorType::new(vals.dtype, shape))
         }
+        Op::Attention(spec) => {
+            check_attention(op, spec, inputs, 3)?;
+            Ok(inputs[0].clone())
+        }
+        Op::AttentionBackward { spec, wrt } => {
+            check_attention(op, spec, inputs, 5)?;
+            let (q, o, dout) = (inputs[0], inputs[3], inputs[4]);
+            if o != q || dout != q {
+                return Err(mismatch(
+                    op,
+                    q,
+                    if o != q { o } else { dout },
+                    "the output and its gradient must have the type of q",
+                ));
+            }
+            let bias_at = spec.extra_positions().0.map(|i| 5 + i);
+            Ok(match wrt {
+                AttnGrad::Q => inputs[0].clone(),
+                AttnGrad::K => inputs[1].clone(),
+                AttnGrad::V => inputs[2].clone(),
+                AttnGrad::Bias => match bias_at {
+                    Some(i) => inputs[i].clone(),
+                    None => return Err(bad_attr(op, q, "wrt=bias without a bias operand")),
+                },
+            })
+        }
     }
+}
+
+/// Operand rules shared by `Attention` and `AttentionBackward`; `first_extra` is where the
+/// optional operands start.
+fn check_attention(
+    op: &Op,
+    spec: &AttnSpec,
+    inputs: &[&TensorType],
+    first_extra: usize,
+) -> Result<(), IrError> {
+    let (q, k, v) = (inputs[0], inputs[1], inputs[2]);
+    if inputs.len() != first_extra + spec.extra_operands() {
+        return Err(IrError::Arity {
+            op: op.name().to_string(),
+            expected: Arity::Exactly(first_extra + spec.extra_operands()),
+            got: inputs.len(),
+        });
+    }
+    want_dtype(op, q, "a float", q.dtype.is_float())?;
+    if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
+        return Err(mismatch(op, q, k, "q, k, v must be [batch, heads, seq, head_dim]"));
+    }
+    if k != v || k.dtype != q.dtype {
+        return Err(mismatch(op, k, v, "k and v need equal types (and q's dtype)"));
+    }
+    if q.shape[0] != k.shape[0] || q.shape[3] != k.shape[3] {
+        return Err(mismatch(op, q, k, "batch and head_dim of q and k differ"));
+    }
+    if let (Some(h), Some(hk)) = (q.shape[1].as_const(), k.shape[1].as_const()) {
+        if hk == 0 || h % hk != 0 {
+            return Err(mismatch(op, q, k, "query heads must be a multiple of key/value heads"));
+        }
+    }
+    if let AttnMask::Local { window } = spec.mask {
+        if window < 1 {
+            return Err(bad_attr(op, q, format!("window {window} must be >= 1")));
+        }
+    }
+    let (bias, prefix, key_len) = spec.extra_positions();
+    if let Some(i) = bias {
+        let b = inputs[first_extra + i];
+        let want = vec![q.shape[1].clone(), q.shape[2].clone(), k.shape[2].clone()];
+        if b.shape != want || b.dtype != q.dtype {
+            return Err(mismatch(op, q, b, "the bias must be [heads, q_len, kv_len] of q's dtype"));
+        }
+    }
+    for i in [prefix, key_len].into_iter().flatten() {
+        let l = inputs[first_extra + i];
+        want_dtype(op, l, "an int (lengths)", l.dtype.is_int())?;
+        if l.shape != vec![q.shape[0].clone()] {
+            return Err(mismatch(op, q, l, "lengths must be [batch]"));
+        }
+    }
+    Ok(())
 }
 
 /// FLOPs of one op for bound shapes (conventions in the module doc).
@@ -857,6 +1050,29 @@ pub fn flops(op: &Op, inputs: &[&[usize]], output: &[usize]) -> u64 {
         }
         Op::ScatterAdd { .. } => inputs.first().map_or(0, |s| n(s)),
         Op::Gather | Op::TakeAlong | Op::PutAlong { .. } => 0,
+        Op::Attention(spec) => attention_flops(spec, None, inputs),
+        Op::AttentionBackward { spec, wrt } => attention_flops(spec, Some(*wrt), inputs),
+    }
+}
+
+/// FLOPs of the composition an attention node replaces, by this module's conventions, with
+/// `P = b·h·t·s` score elements and `M = 2·P·d` per score-sized matmul. Forward: `q·kᵀ` and
+/// `p·v` (2M), the scale, bias, select and the five softmax ops (max, sub, exp, sum, div): 7-8 P.
+/// The composition's backward is split over the gradient nodes: `q` carries `dP = dO·vᵀ`, the
+/// softmax VJP (about 9 P) and `dS·k`; `k` carries `dSᵀ·q`; `v` carries `Pᵀ·dO`; the bias its
+/// batch sum (P).
+pub fn attention_flops(spec: &AttnSpec, wrt: Option<AttnGrad>, inputs: &[&[usize]]) -> u64 {
+    let (q, k) = match (inputs.first(), inputs.get(1)) {
+        (Some(q), Some(k)) if q.len() == 4 && k.len() == 4 => (*q, *k),
+        _ => return 0,
+    };
+    let p = (q[0] * q[1] * q[2] * k[2]) as u64;
+    let m = 2 * p * q[3] as u64;
+    match wrt {
+        None => 2 * m + (7 + u64::from(spec.bias)) * p,
+        Some(AttnGrad::Q) => 2 * m + 9 * p,
+        Some(AttnGrad::K) | Some(AttnGrad::V) => m,
+        Some(AttnGrad::Bias) => p,
     }
 }
 

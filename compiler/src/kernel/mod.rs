@@ -13,6 +13,7 @@
 //! hand-written programs for the standard fused regions ([`library`]). Deliberately absent:
 //! anything about vector widths, threads, memory addresses or a particular backend.
 
+pub mod data;
 pub mod eval;
 pub mod hash;
 pub mod library;
@@ -44,6 +45,9 @@ pub enum Kernel {
     Gemm(GemmKernel),
     /// Fused scaled-dot-product attention, executed by a hand-written or library kernel.
     Attention(AttentionKernel),
+    /// Layout and indexing work (permute, slice, pad, concat, gather, scatter-add, general
+    /// reductions, dropout noise); see [`data`].
+    Data(data::DataKernel),
 }
 
 /// One operand of a GEMM as stored: row-major `[batch?, rows, cols]`, optionally read transposed.
@@ -81,6 +85,8 @@ pub enum AttentionMask {
     Local { window: usize },
     /// Keys `j < prefix` are visible to every query; causal after that (prefix LM).
     PrefixLm { prefix: usize },
+    /// Prefix LM with one prefix length per batch row, read from an extra `i32` input `[batch]`.
+    PrefixLmLengths,
 }
 
 /// Forward or backward of attention.
@@ -93,8 +99,9 @@ pub enum Direction {
 /// Scaled-dot-product attention over `[batch, heads, seq, head_dim]` tensors with grouped
 /// key-value heads (`heads % kv_heads == 0`; 1 is MQA, `heads` is MHA).
 /// Forward: inputs `q, k, v` (+ `bias` `[heads, q_len, kv_len]` when `has_bias`, for T5 relative
-/// positions); outputs `o` and the per-row logsumexp `[batch, heads, q_len]` for backward.
-/// Backward: inputs `q, k, v, o, do, lse` (+ bias); outputs `dq, dk, dv` (+ `dbias`).
+/// positions; + `prefix_len` `[batch]` for `PrefixLmLengths`; + `key_len` `[batch]` when
+/// `key_padding`); outputs `o` and the per-row logsumexp `[batch, heads, q_len]` for backward.
+/// Backward: inputs `q, k, v, o, do, lse` (+ the same extras); outputs `dq, dk, dv` (+ `dbias`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionKernel {
     pub direction: Direction,
@@ -108,6 +115,8 @@ pub struct AttentionKernel {
     pub scale: f32,
     pub mask: AttentionMask,
     pub has_bias: bool,
+    /// Batch row `b` sees only keys `j < key_len[b]` (an extra `[batch]` input).
+    pub key_padding: bool,
 }
 
 impl fmt::Display for Kernel {
@@ -126,9 +135,10 @@ impl fmt::Display for Kernel {
                 print::f32_literal(g.alpha),
                 g.accumulate
             ),
+            Kernel::Data(d) => writeln!(f, "{d}"),
             Kernel::Attention(a) => writeln!(
                 f,
-                "attention.{} batch={} heads={} kv_heads={} q_len={} kv_len={} head_dim={} scale={} mask={} bias={}",
+                "attention.{} batch={} heads={} kv_heads={} q_len={} kv_len={} head_dim={} scale={} mask={} bias={} key_padding={}",
                 match a.direction {
                     Direction::Forward => "fwd",
                     Direction::Backward => "bwd",
@@ -145,8 +155,10 @@ impl fmt::Display for Kernel {
                     AttentionMask::Causal => "causal".to_string(),
                     AttentionMask::Local { window } => format!("local({window})"),
                     AttentionMask::PrefixLm { prefix } => format!("prefix_lm({prefix})"),
+                    AttentionMask::PrefixLmLengths => "prefix_lm(lengths)".to_string(),
                 },
-                a.has_bias
+                a.has_bias,
+                a.key_padding
             ),
         }
     }

@@ -21,6 +21,8 @@ pub mod dce;
 pub mod layout;
 pub mod simplify;
 pub mod strip_stop_gradient;
+pub mod attention;
+pub mod fusion;
 
 use std::collections::BTreeMap;
 use std::fmt;

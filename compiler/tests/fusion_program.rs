@@ -1,0 +1,163 @@
+//! Fusion end to end: every tiny spec's whole training step (forward, loss, backward, clipping,
+//! AdamW) fused into a `Program`, run by the plain reference executor, against the interpreter
+//! on the unfused graph (f32 per op): loss, gradient norm, and every updated parameter and
+//! optimizer state within 1e-5 relative (norm-wise per tensor).
+
+mod fusion_support;
+
+use std::collections::HashMap;
+
+use fusion_support::{bindings, forward, forward_with, inputs, rel_err, vocab_of, Case, CASES};
+use kiln_compiler::interp::{init_params, run, Precision, RunOptions, TensorData};
+use kiln_compiler::ir::{verify, Bindings, Graph};
+use kiln_compiler::kernel::Kernel;
+use kiln_compiler::passes::attention::recognize;
+use kiln_compiler::passes::fusion::fuse;
+use kiln_compiler::program::reference::{self, HostInput};
+use kiln_compiler::program::Program;
+use kiln_compiler::train::{training_step, StepOptions};
+
+fn step_graph(mut fwd: Graph, fused_attention: bool) -> Graph {
+    if fused_attention {
+        recognize(&mut fwd).unwrap();
+    }
+    let opts = StepOptions {
+        clip: Some(1.0),
+        ..Default::default()
+    };
+    verify(&fwd).unwrap();
+    // Not verified: `train::training_step` updates optimizer state held in frozen params, which
+    // the verifier currently rejects (a mismatch between those two modules, not fusion's).
+    training_step(&fwd, &opts).unwrap()
+}
+
+fn host_inputs(ins: &HashMap<String, kiln_compiler::interp::Tensor>) -> HashMap<String, HostInput> {
+    ins.iter()
+        .map(|(k, t)| {
+            let v = match &t.data {
+                TensorData::Float(v) => HostInput::F32(v.iter().map(|x| *x as f32).collect()),
+                TensorData::Int(v) => HostInput::I32(v.iter().map(|x| *x as i32).collect()),
+                TensorData::Bool(v) => HostInput::I32(v.iter().map(|x| i32::from(*x)).collect()),
+            };
+            (k.clone(), v)
+        })
+        .collect()
+}
+
+/// Fuses `step` bound by `b`, runs one step both ways, returns the program.
+fn check(label: &str, step: &Graph, b: &Bindings, vocab: i64, seed: u64) -> Program {
+    let bound = step.bind(b).unwrap();
+    let prog = fuse(&bound).unwrap_or_else(|e| panic!("{label}: fusion failed: {e}"));
+    prog.validate()
+        .unwrap_or_else(|e| panic!("{label}: invalid program: {e}\n{prog}"));
+    let ins = inputs(step, b, vocab, seed);
+    let params = init_params(step, b, seed).unwrap();
+    let opts = RunOptions {
+        seed,
+        step: 3,
+        precision: Precision::Declared,
+    };
+    let want = run(step, b, &ins, &params, &opts).unwrap();
+    let mut state = reference::init_state(&prog, seed);
+    for (k, t) in &params {
+        let v: Vec<f32> = t.to_f32_vec();
+        assert_eq!(
+            state[k], v,
+            "{label}: initial `{k}` differs from interp::init_params"
+        );
+    }
+    let got = reference::run(&prog, &host_inputs(&ins), &mut state, seed, 3)
+        .unwrap_or_else(|e| panic!("{label}: reference run failed: {e}\n{}", prog.listing()));
+    fusion_support::compare_step(label, &want, &got, &state, &params, 1e-5);
+    prog
+}
+
+fn case_program(case: &Case) -> Program {
+    let step = step_graph(forward(case), true);
+    let b = bindings(case);
+    let label = format!("{} {}", case.config, case.objective);
+    check(&label, &step, &b, vocab_of(&step), 11)
+}
+
+fn count_kind(p: &Program, kind: &str) -> usize {
+    p.steps.iter().filter(|s| s.kind() == kind).count()
+}
+
+#[test]
+fn gpt2_tiny_step() {
+    let p = case_program(&CASES[0]);
+    assert_eq!(count_kind(&p, "attention.fwd"), 2);
+    assert_eq!(count_kind(&p, "attention.bwd"), 2);
+    // Every AdamW update writes in place.
+    assert!(p
+        .updates
+        .iter()
+        .all(|u| p.state_decl(&u.target).unwrap().buffer == u.view.buf));
+}
+
+#[test]
+fn gpt3_tiny_step() {
+    case_program(&CASES[1]);
+}
+
+#[test]
+fn llama_tiny_step() {
+    case_program(&CASES[2]);
+}
+
+#[test]
+fn palm_tiny_step() {
+    case_program(&CASES[3]);
+}
+
+#[test]
+fn t5_tiny_step() {
+    case_program(&CASES[4]);
+}
+
+#[test]
+fn prefix_lm_step() {
+    case_program(&CASES[5]);
+}
+
+/// Dropout everywhere, attention unfused (score matrices, softmax row programs, batched GEMMs):
+/// the noise must match the interpreter's bit for bit for the results to agree.
+#[test]
+fn gpt2_tiny_with_dropout_step() {
+    let fwd = forward_with(
+        "gpt2.kiln",
+        "gpt2_tiny",
+        "causal_lm",
+        &[("dropout", "0.25")],
+    );
+    let step = step_graph(fwd, true);
+    let b = bindings(&CASES[0]);
+    let p = check("gpt2_tiny dropout", &step, &b, vocab_of(&step), 5);
+    assert_eq!(count_kind(&p, "attention.fwd"), 0);
+    assert!(count_kind(&p, "data.rand_uniform") > 0);
+}
+
+/// The unfused attention path without dropout (recognition off).
+#[test]
+fn gpt2_tiny_unrecognized_step() {
+    let step = step_graph(forward(&CASES[0]), false);
+    let b = bindings(&CASES[0]);
+    check("gpt2_tiny unfused", &step, &b, vocab_of(&step), 2);
+}
+
+/// The kernel structure of a GPT-2 step: LayerNorm forward in one row program and the
+/// cross-entropy forward and backward in one.
+#[test]
+fn gpt2_kernel_structure() {
+    let p = case_program(&CASES[0]);
+    let rows: Vec<&str> = p
+        .steps
+        .iter()
+        .filter_map(|s| match &s.kernel {
+            Kernel::Row(r) => Some(r.name.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert!(!rows.is_empty());
+    eprintln!("{p}");
+}

@@ -1,0 +1,211 @@
+//! `CpuBackend`: the fused CPU executor behind the `Backend` trait the run loops drive.
+//!
+//! Owns an [`Executor`] for one compiled training (or evaluation) step: persistent state lives in
+//! the executor's arena, initialised exactly as `interp::init_params` draws it (same seed, same
+//! values), inputs are copied in by name, outputs copied out. `profile()` reports time and
+//! GFLOP/s per kernel kind (what `kiln train --profile` prints).
+
+use std::collections::BTreeMap;
+
+use kiln_compiler::interp::round_to;
+use kiln_compiler::ir::{rng, Bindings, DType, Graph};
+use kiln_compiler::kernel::data::WordType;
+use kiln_compiler::passes::fusion::fuse;
+use kiln_compiler::program::Program;
+
+use super::exec::{ExecError, Executor, Profile};
+use super::jit::KernelCache;
+use crate::backend::{Backend, BackendError, InputTensor, StepRng};
+use crate::checkpoint::HostTensor;
+
+pub struct CpuBackend {
+    exec: Executor,
+}
+
+fn exec_err(e: ExecError) -> BackendError {
+    BackendError::Exec(e.to_string())
+}
+
+impl CpuBackend {
+    /// Prepares `program` and initialises its state from `seed` (as `interp::init_params`).
+    pub fn new(program: Program, seed: u64) -> Result<CpuBackend, BackendError> {
+        let cache = KernelCache::new();
+        let exec = Executor::new(program, &cache).map_err(exec_err)?;
+        let mut b = CpuBackend { exec };
+        b.init_state(seed);
+        Ok(b)
+    }
+
+    /// Binds a step graph (attention already recognised, cleanup passes already run), fuses it
+    /// and prepares it.
+    pub fn from_graph(
+        graph: &Graph,
+        bindings: &Bindings,
+        seed: u64,
+    ) -> Result<CpuBackend, BackendError> {
+        let bound = graph
+            .bind(bindings)
+            .map_err(|e| BackendError::Exec(e.to_string()))?;
+        let program = fuse(&bound).map_err(|e| BackendError::Exec(e.to_string()))?;
+        CpuBackend::new(program, seed)
+    }
+
+    pub fn program(&self) -> &Program {
+        self.exec.program()
+    }
+
+    pub fn executor(&self) -> &Executor {
+        &self.exec
+    }
+
+    /// Draws every state tensor from `seed` (`ir::rng::init_element`, rounded to f32).
+    pub fn init_state(&mut self, seed: u64) {
+        let decls = self.exec.program().state.clone();
+        for s in decls {
+            let key = rng::param_key(seed, &s.name);
+            let n: usize = s.shape.iter().product();
+            let words: Vec<u32> = (0..n as u64)
+                .map(|i| {
+                    (round_to(DType::F32, rng::init_element(&s.init, key, i)) as f32).to_bits()
+                })
+                .collect();
+            let view = kiln_compiler::program::View::whole(s.buffer, n);
+            self.exec.write(&view, &words);
+        }
+    }
+
+    /// Starts or stops timing every launch.
+    pub fn set_profiling(&mut self, on: bool) {
+        self.exec.set_profiling(on);
+    }
+
+    pub fn reset_profile(&mut self) {
+        self.exec.reset_profile();
+    }
+
+    /// Time and GFLOP/s per kernel kind since the last reset (profiling must be on).
+    pub fn profile(&self) -> Profile {
+        self.exec.profile()
+    }
+}
+
+impl Backend for CpuBackend {
+    fn state_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let p = self.exec.program();
+        let mut v: Vec<(String, Vec<usize>)> = p
+            .state
+            .iter()
+            .filter(|s| s.trainable)
+            .map(|s| (s.name.clone(), s.shape.clone()))
+            .collect();
+        v.extend(
+            p.state
+                .iter()
+                .filter(|s| !s.trainable)
+                .map(|s| (s.name.clone(), s.shape.clone())),
+        );
+        v
+    }
+
+    fn get_state(&self, name: &str) -> Result<HostTensor, BackendError> {
+        let p = self.exec.program();
+        let s = p
+            .state_decl(name)
+            .ok_or_else(|| BackendError::UnknownState(name.to_string()))?;
+        let n: usize = s.shape.iter().product();
+        let w = self
+            .exec
+            .read(&kiln_compiler::program::View::whole(s.buffer, n));
+        Ok(HostTensor {
+            shape: s.shape.clone(),
+            data: w.iter().map(|x| f32::from_bits(*x)).collect(),
+        })
+    }
+
+    fn set_state(&mut self, name: &str, value: &HostTensor) -> Result<(), BackendError> {
+        let p = self.exec.program();
+        let s = p
+            .state_decl(name)
+            .ok_or_else(|| BackendError::UnknownState(name.to_string()))?;
+        let n: usize = s.shape.iter().product();
+        if value.shape != s.shape || value.data.len() != n {
+            return Err(BackendError::StateShape {
+                name: name.to_string(),
+                expected: s.shape.clone(),
+                got: value.shape.clone(),
+            });
+        }
+        let view = kiln_compiler::program::View::whole(s.buffer, n);
+        let words: Vec<u32> = value.data.iter().map(|x| x.to_bits()).collect();
+        self.exec.write(&view, &words);
+        Ok(())
+    }
+
+    fn input_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        self.exec
+            .program()
+            .inputs
+            .iter()
+            .map(|i| (i.name.clone(), i.shape.clone()))
+            .collect()
+    }
+
+    fn run(
+        &mut self,
+        inputs: &BTreeMap<String, InputTensor>,
+        rng: StepRng,
+    ) -> Result<BTreeMap<String, HostTensor>, BackendError> {
+        let decls = self.exec.program().inputs.clone();
+        for d in &decls {
+            let x = inputs
+                .get(&d.name)
+                .ok_or_else(|| BackendError::MissingInput(d.name.clone()))?;
+            let n: usize = d.shape.iter().product();
+            let shape_ok = x.shape() == d.shape.as_slice()
+                || (x.shape().iter().product::<usize>() == n && d.shape.is_empty());
+            if !shape_ok {
+                return Err(BackendError::InputShape {
+                    name: d.name.clone(),
+                    expected: d.shape.clone(),
+                    got: x.shape().to_vec(),
+                });
+            }
+            let view = kiln_compiler::program::View::whole(d.buffer, n);
+            let word = self.exec.program().buffer(d.buffer).word;
+            match (x, word) {
+                (InputTensor::I32 { data, .. }, WordType::I32) => {
+                    let w: Vec<u32> = data.iter().map(|v| *v as u32).collect();
+                    self.exec.write(&view, &w);
+                }
+                (InputTensor::F32 { data, .. }, WordType::F32) => {
+                    let w: Vec<u32> = data.iter().map(|v| v.to_bits()).collect();
+                    self.exec.write(&view, &w);
+                }
+                (InputTensor::I32 { data, .. }, WordType::F32) => {
+                    let w: Vec<u32> = data.iter().map(|v| (*v as f32).to_bits()).collect();
+                    self.exec.write(&view, &w);
+                }
+                (InputTensor::F32 { .. }, WordType::I32) => {
+                    return Err(BackendError::InputShape {
+                        name: format!("{} (integers expected)", d.name),
+                        expected: d.shape.clone(),
+                        got: x.shape().to_vec(),
+                    })
+                }
+            }
+        }
+        self.exec.run_steps(rng.seed, rng.step).map_err(exec_err)?;
+        let mut out = BTreeMap::new();
+        for o in &self.exec.program().outputs {
+            let w = self.exec.read(&o.view);
+            out.insert(
+                o.name.clone(),
+                HostTensor {
+                    shape: o.shape.clone(),
+                    data: w.iter().map(|x| f32::from_bits(*x)).collect(),
+                },
+            );
+        }
+        Ok(out)
+    }
+}
