@@ -80,7 +80,9 @@ pub fn run(g: &mut Graph) -> Result<PassResult, IrError> {
             | Op::Gather
             | Op::ScatterAdd { .. }
             | Op::TakeAlong
-            | Op::PutAlong { .. } => None,
+            | Op::PutAlong { .. }
+            | Op::Attention(_)
+            | Op::AttentionBackward { .. } => None,
         };
         if let Some(value) = folded {
             let new = add_uniform(g, value, &ty, name);

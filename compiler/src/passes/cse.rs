@@ -163,6 +163,8 @@ impl Hash for OpKey {
             } => (transpose_a, transpose_b).hash(h),
             ScatterAdd { rows } => rows.hash(h),
             PutAlong { size } => size.hash(h),
+            // Equality is `Op`'s own; the printed attributes are a faithful, deterministic key.
+            Attention(_) | AttentionBackward { .. } => self.0.attrs().hash(h),
         }
     }
 }
