@@ -113,7 +113,10 @@ pub enum PipelineError {
         ir: String,
     },
     #[error("pass `{pass}`: {error}")]
-    Ir { pass: &'static str, error: IrError },
+    Ir {
+        pass: &'static str,
+        error: Box<IrError>,
+    },
     #[error("no pass named `{0}` in the registry")]
     UnknownPass(String),
 }
@@ -203,7 +206,7 @@ pub fn run_pass(
 ) -> Result<PassResult, PipelineError> {
     let result = (pass.run)(g).map_err(|error| PipelineError::Ir {
         pass: pass.name,
-        error,
+        error: Box::new(error),
     })?;
     if verify {
         if let Err(errors) = verify_graph(g) {

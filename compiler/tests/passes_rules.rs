@@ -806,3 +806,46 @@ fn strip_stop_gradient_removes_the_identity() {
     assert_eq!(r.stats.get("removed"), 2);
     assert_eq!(count(&h, "stop_gradient"), 0);
 }
+
+// ----- the graph's source index (ir/graph.rs), which the passes and the training step rely on ------
+
+#[test]
+fn graph_finds_sources_by_name_through_removal_and_rewrites() {
+    let mut b = Builder::new();
+    let x = input(&mut b, "x", &[2], DType::F32);
+    let z = input(&mut b, "z", &[2], DType::F32);
+    let p = b.param("p", f32s(&[2]), DType::F32, Init::Zeros).unwrap();
+    let y = b.add(x, p).unwrap();
+    b.output("y", y).unwrap();
+    let mut g = b.finish();
+    assert_eq!((g.find_input("x"), g.find_param("p")), (Some(x), Some(p)));
+    assert_eq!((g.find_param("x"), g.find_input("p")), (None, None));
+    // A duplicate name is refused by `add` (the index answers that check too).
+    let dup = Op::Param {
+        name: "p".into(),
+        shape: f32s(&[2]),
+        dtype: DType::F32,
+        init: Init::Zeros,
+        trainable: true,
+    };
+    assert!(matches!(
+        g.add(dup, &[], None),
+        Err(IrError::DuplicateName { .. })
+    ));
+    // Renaming through `set_op` moves the entry; removing drops it.
+    let renamed = Op::Param {
+        name: "q".into(),
+        shape: f32s(&[2]),
+        dtype: DType::F32,
+        init: Init::Zeros,
+        trainable: true,
+    };
+    let ty = g.ty(p).clone();
+    g.set_op(p, renamed, ty);
+    assert_eq!((g.find_param("p"), g.find_param("q")), (None, Some(p)));
+    g.remove(z);
+    assert_eq!((g.find_input("z"), g.find_input("x")), (None, Some(x)));
+    // A bound copy keeps the index.
+    let bound = g.bind(&Bindings::new()).unwrap();
+    assert_eq!(bound.find_param("q"), Some(p));
+}

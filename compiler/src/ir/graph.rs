@@ -107,6 +107,19 @@ pub struct Graph {
     next_seq: u64,
     outputs: Vec<NamedValue>,
     updates: Vec<StateUpdate>,
+    /// `(is_param, name)` → the first-inserted `Input`/`Param` of that name, so that `find_param`,
+    /// `find_input` and `add`'s duplicate check are not scans (the training step looks up every
+    /// param by name: quadratic on an 80-layer model otherwise).
+    sources: BTreeMap<(bool, String), ValueId>,
+}
+
+/// The index key of a source op.
+fn source_key(op: &Op) -> Option<(bool, String)> {
+    match op {
+        Op::Input { name, .. } => Some((false, name.clone())),
+        Op::Param { name, .. } => Some((true, name.clone())),
+        _ => None,
+    }
 }
 
 impl Graph {
@@ -187,6 +200,7 @@ impl Graph {
     ) -> ValueId {
         let seq = self.next_seq;
         self.next_seq += 1;
+        let key = source_key(&op);
         let idx = self.g.add_node(Node {
             op,
             inputs: inputs.to_vec(),
@@ -199,14 +213,42 @@ impl Graph {
                 self.g.add_edge(v.idx(), idx, pos as u32);
             }
         }
-        ValueId::from_idx(idx)
+        let v = ValueId::from_idx(idx);
+        if let Some(key) = key {
+            self.sources.entry(key).or_insert(v);
+        }
+        v
+    }
+
+    /// Drops `v` from the source index (re-pointing the entry at another source of the same
+    /// name, if a malformed graph has one).
+    fn unindex(&mut self, v: ValueId) {
+        let Some(key) = self.get(v).and_then(|n| source_key(&n.op)) else {
+            return;
+        };
+        if self.sources.get(&key) != Some(&v) {
+            return;
+        }
+        self.sources.remove(&key);
+        let other = self
+            .values()
+            .into_iter()
+            .find(|u| *u != v && source_key(&self.node(*u).op).as_ref() == Some(&key));
+        if let Some(u) = other {
+            self.sources.insert(key, u);
+        }
     }
 
     /// All values in insertion order.
     pub fn values(&self) -> Vec<ValueId> {
-        let mut vs: Vec<ValueId> = self.g.node_indices().map(ValueId::from_idx).collect();
-        vs.sort_by_key(|v| self.node(*v).seq);
-        vs
+        // Sort (seq, id) pairs: looking nodes up inside the comparisons is n log n cache misses.
+        let mut vs: Vec<(u64, ValueId)> = self
+            .g
+            .node_indices()
+            .map(|i| (self.g[i].seq, ValueId::from_idx(i)))
+            .collect();
+        vs.sort_unstable();
+        vs.into_iter().map(|(_, v)| v).collect()
     }
 
     /// Topological order; among ready nodes the earliest inserted goes first, so the order is a
@@ -274,9 +316,17 @@ impl Graph {
 
     /// Replaces the op and type of `v`, keeping its operands (no check; run the verifier).
     pub fn set_op(&mut self, v: ValueId, op: Op, ty: TensorType) {
+        let key = source_key(&op);
+        let same_key = self.get(v).map(|n| source_key(&n.op)) == Some(key.clone());
+        if !same_key {
+            self.unindex(v);
+        }
         if let Some(n) = self.g.node_weight_mut(v.idx()) {
             n.op = op;
             n.ty = ty;
+            if let (false, Some(key)) = (same_key, key) {
+                self.sources.entry(key).or_insert(v);
+            }
         }
     }
 
@@ -311,6 +361,7 @@ impl Graph {
 
     /// Removes `v` and its edges. Users of `v` are left with a dangling operand the verifier reports.
     pub fn remove(&mut self, v: ValueId) -> Option<Node> {
+        self.unindex(v);
         self.g.remove_node(v.idx())
     }
 
@@ -381,16 +432,10 @@ impl Graph {
             .collect()
     }
     pub fn find_param(&self, name: &str) -> Option<ValueId> {
-        self.g
-            .node_indices()
-            .find(|i| matches!(&self.g[*i].op, Op::Param { name: n, .. } if n == name))
-            .map(ValueId::from_idx)
+        self.sources.get(&(true, name.to_string())).copied()
     }
     pub fn find_input(&self, name: &str) -> Option<ValueId> {
-        self.g
-            .node_indices()
-            .find(|i| matches!(&self.g[*i].op, Op::Input { name: n, .. } if n == name))
-            .map(ValueId::from_idx)
+        self.sources.get(&(false, name.to_string())).copied()
     }
 
     /// Number of parameter elements (all params, frozen included), as a dim.

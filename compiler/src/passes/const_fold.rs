@@ -26,19 +26,18 @@
 use crate::interp::round_to;
 use crate::ir::{BinaryOp, CmpOp, DType, Graph, IrError, Op, UnaryOp};
 
-use super::{add_uniform, const_numel, replace, uniform_value, PassResult, PassStats};
+use super::{add_uniform, const_numel, replace, topo, uniform_value, PassResult, PassStats};
 
 pub const NAME: &str = "const_fold";
 
 pub fn run(g: &mut Graph) -> Result<PassResult, IrError> {
     let mut stats = PassStats::new();
-    for v in g.topo_order()? {
+    for v in topo(g)? {
         if !g.contains(v) {
             continue;
         }
         let node = g.node(v);
-        let ty = node.ty().clone();
-        let name = node.name().map(str::to_string);
+        let out_dtype = node.dtype();
         let folded: Option<f64> = match node.op() {
             Op::DimConst { dim, dtype } => dim.as_const().and_then(|c| {
                 let x = c as f64;
@@ -59,8 +58,8 @@ pub fn run(g: &mut Graph) -> Result<PassResult, IrError> {
                 match vals {
                     Some(vals) => {
                         let dts: Vec<DType> = ins.iter().map(|u| g.dtype(*u)).collect();
-                        let in_shape = g.shape(ins[0]).clone();
-                        fold(node.op(), &vals, &dts, ty.dtype, &in_shape)
+                        let in_shape = g.shape(ins[0]);
+                        fold(node.op(), &vals, &dts, out_dtype, in_shape)
                     }
                     None => None,
                 }
@@ -85,6 +84,8 @@ pub fn run(g: &mut Graph) -> Result<PassResult, IrError> {
             | Op::AttentionBackward { .. } => None,
         };
         if let Some(value) = folded {
+            let ty = g.ty(v).clone();
+            let name = g.node(v).name().map(str::to_string);
             let new = add_uniform(g, value, &ty, name);
             replace(g, v, new);
             stats.bump("folded");
@@ -197,7 +198,7 @@ fn fold(
                 }
                 (V::I(i), t) if t.is_int() => int_result(wrap(t, i)),
                 (V::I(i), _) => bool_result(i != 0),
-                (V::B(b), t) if t == DType::Bool => bool_result(b),
+                (V::B(b), DType::Bool) => bool_result(b),
                 (V::B(b), _) => Some(if b { 1.0 } else { 0.0 }),
             }
         }

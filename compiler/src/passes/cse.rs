@@ -9,46 +9,125 @@
 //!
 //! Never merged: `Input` and `Param` (each is a distinct interface slot, even with equal types);
 //! `RandUniform` with different streams (their keys differ; two with the same stream and shape
-//! produce the same numbers and do merge). Nodes are visited in topological order, so chains of
-//! duplicates collapse in one run.
+//! produce the same numbers and do merge). Nodes are visited in topological order with each
+//! operand replaced by its survivor, so chains of duplicates collapse in one run; the graph itself
+//! is rewritten once at the end (re-linking users per merge is quadratic on high fan-out nodes).
 
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 
-use crate::ir::{BinaryOp, CmpOp, Graph, Init, IrError, Op, TensorType, ValueId};
+use crate::ir::{BinaryOp, CmpOp, Graph, Init, IrError, Op, ValueId};
 
-use super::{replace, PassResult, PassStats};
+use super::{topo, FxHasher, PassResult, PassStats};
 
 pub const NAME: &str = "cse";
 
 pub fn run(g: &mut Graph) -> Result<PassResult, IrError> {
     let mut stats = PassStats::new();
-    let mut table: HashMap<Key, ValueId> = HashMap::new();
-    for v in g.topo_order()? {
+    let order = topo(g)?;
+    let bound = order
+        .iter()
+        .map(|v| v.index() as usize + 1)
+        .max()
+        .unwrap_or(0);
+    // The survivor each merged node is replaced by. The graph is only rewritten at the end, in
+    // one sweep: rewriting as we go would re-link every user once per merge.
+    let mut survivor: Vec<Option<ValueId>> = vec![None; bound];
+    // Hash of (op, canonical operands) → a chain of survivors with that hash. Their keyed operands
+    // live in one arena; ops are compared in the graph, so nothing else is copied.
+    let mut heads: HashMap<u64, u32, BuildHasherDefault<FxHasher>> =
+        HashMap::with_capacity_and_hasher(order.len(), BuildHasherDefault::default());
+    let mut entries: Vec<Entry> = Vec::with_capacity(order.len());
+    let mut arena: Vec<ValueId> = Vec::with_capacity(2 * order.len());
+    let mut canon: Vec<ValueId> = Vec::new();
+    let mut key: Vec<ValueId> = Vec::new();
+    let mut relink: Vec<(ValueId, Vec<ValueId>)> = Vec::new();
+    let mut merged: Vec<(ValueId, ValueId)> = Vec::new();
+    for v in order {
         let node = g.node(v);
         if matches!(node.op(), Op::Input { .. } | Op::Param { .. }) {
             continue;
         }
-        let mut inputs = node.inputs().to_vec();
+        canon.clear();
+        canon.extend(node.inputs().iter().map(|u| {
+            survivor
+                .get(u.index() as usize)
+                .copied()
+                .flatten()
+                .unwrap_or(*u)
+        }));
+        key.clear();
+        key.extend_from_slice(&canon);
         if commutative(node.op()) {
-            inputs.sort();
+            key.sort_unstable();
         }
-        let key = Key {
-            op: OpKey(node.op().clone()),
-            ty: node.ty().clone(),
-            inputs,
-        };
-        match table.get(&key) {
-            Some(&first) => {
-                replace(g, v, first);
-                stats.bump("merged");
+        let mut h = FxHasher::default();
+        OpKey(node.op()).hash(&mut h);
+        key.hash(&mut h);
+        let hash = h.finish();
+        // The result type is a function of the op and the operand types, so equal ops on equal
+        // operands have equal types; comparing them too costs little and guards the invariant.
+        let mut at = heads.get(&hash).copied();
+        let mut first = None;
+        while let Some(i) = at {
+            let e = &entries[i as usize];
+            let other = g.node(e.v);
+            if arena[e.start as usize..(e.start + e.len) as usize] == key[..]
+                && OpKey(other.op()) == OpKey(node.op())
+                && other.ty() == node.ty()
+            {
+                first = Some(e.v);
+                break;
+            }
+            at = e.next;
+        }
+        match first {
+            Some(first) => {
+                survivor[v.index() as usize] = Some(first);
+                merged.push((v, first));
             }
             None => {
-                table.insert(key, v);
+                if canon.as_slice() != node.inputs() {
+                    relink.push((v, canon.clone()));
+                }
+                let next = heads.insert(hash, entries.len() as u32);
+                entries.push(Entry {
+                    v,
+                    start: arena.len() as u32,
+                    len: key.len() as u32,
+                    next,
+                });
+                arena.extend_from_slice(&key);
             }
         }
     }
+    // Survivors first read their operands' survivors; then merged nodes hand their outputs and
+    // state updates over and go (they have no users left but other merged nodes).
+    for (v, ins) in relink {
+        g.set_inputs(v, &ins);
+    }
+    let named: std::collections::HashSet<ValueId> = g
+        .outputs()
+        .iter()
+        .map(|o| o.value)
+        .chain(g.updates().iter().map(|u| u.value))
+        .collect();
+    for (v, first) in merged {
+        if named.contains(&v) {
+            g.replace_all_uses(v, first);
+        }
+        g.remove(v);
+        stats.bump("merged");
+    }
     Ok(PassResult::from_stats(stats))
+}
+
+/// One survivor in a hash chain: its keyed operands are `arena[start..start + len]`.
+struct Entry {
+    v: ValueId,
+    start: u32,
+    len: u32,
+    next: Option<u32>,
 }
 
 fn commutative(op: &Op) -> bool {
@@ -59,15 +138,8 @@ fn commutative(op: &Op) -> bool {
     )
 }
 
-#[derive(PartialEq, Eq, Hash)]
-struct Key {
-    op: OpKey,
-    ty: TensorType,
-    inputs: Vec<ValueId>,
-}
-
 /// An op with equality and hashing that compare floats by bits.
-struct OpKey(Op);
+struct OpKey<'a>(&'a Op);
 
 fn init_bits(i: &Init) -> (u8, u64, u64) {
     match i {
@@ -79,10 +151,10 @@ fn init_bits(i: &Init) -> (u8, u64, u64) {
     }
 }
 
-impl PartialEq for OpKey {
+impl PartialEq for OpKey<'_> {
     fn eq(&self, other: &Self) -> bool {
         use Op::*;
-        match (&self.0, &other.0) {
+        match (self.0, other.0) {
             (
                 Param {
                     name: n1,
@@ -116,13 +188,13 @@ impl PartialEq for OpKey {
     }
 }
 
-impl Eq for OpKey {}
+impl Eq for OpKey<'_> {}
 
-impl Hash for OpKey {
+impl Hash for OpKey<'_> {
     fn hash<H: Hasher>(&self, h: &mut H) {
         use Op::*;
-        std::mem::discriminant(&self.0).hash(h);
-        match &self.0 {
+        std::mem::discriminant(self.0).hash(h);
+        match self.0 {
             Input { name, shape, dtype } => (name, shape, dtype).hash(h),
             Param {
                 name,

@@ -21,21 +21,27 @@
 
 use crate::ir::{infer, Graph, IrError, Op, TensorType, ValueId};
 
-use super::{PassResult, PassStats};
+use super::{topo, PassResult, PassStats};
 
 pub const NAME: &str = "layout";
 
 pub fn run(g: &mut Graph) -> Result<PassResult, IrError> {
     let mut stats = PassStats::new();
-    for v in g.topo_order()? {
+    for v in topo(g)? {
         if !g.contains(v) {
             continue;
         }
-        match g.node(v).op().clone() {
+        // Copy out the little each rule needs; cloning every op would copy every shape.
+        let kind = match g.node(v).op() {
             Op::MatMul {
                 transpose_a,
                 transpose_b,
-            } => {
+            } => Kind::MatMul(*transpose_a, *transpose_b),
+            Op::Permute { perm } => Kind::Permute(perm.clone()),
+            _ => continue,
+        };
+        match kind {
+            Kind::MatMul(transpose_a, transpose_b) => {
                 let ins = g.node(v).inputs().to_vec();
                 let (a, fa, ka) = fold_operand(g, ins[0], transpose_a);
                 let (b, fb, kb) = fold_operand(g, ins[1], transpose_b);
@@ -65,7 +71,7 @@ pub fn run(g: &mut Graph) -> Result<PassResult, IrError> {
                     stats.bump("operand_b");
                 }
             }
-            Op::Permute { perm } => {
+            Kind::Permute(perm) => {
                 let m = g.node(v).inputs()[0];
                 let Op::MatMul {
                     transpose_a,
@@ -83,7 +89,8 @@ pub fn run(g: &mut Graph) -> Result<PassResult, IrError> {
                 let r = perm.len();
                 let rest: Vec<usize> = perm.iter().map(|i| swap_last_two(*i, r)).collect();
                 let rest_is_identity = rest.iter().enumerate().all(|(i, p)| i == *p);
-                if !rest_is_identity && !(perm[r - 1] != r - 1 && rest[r - 1] == r - 1) {
+                let moves_rows_only = perm[r - 1] != r - 1 && rest[r - 1] == r - 1;
+                if !rest_is_identity && !moves_rows_only {
                     continue;
                 }
                 let op = Op::MatMul {
@@ -117,10 +124,14 @@ pub fn run(g: &mut Graph) -> Result<PassResult, IrError> {
                     stats.bump("transposed_result");
                 }
             }
-            _ => {}
         }
     }
     Ok(PassResult::from_stats(stats))
+}
+
+enum Kind {
+    MatMul(bool, bool),
+    Permute(Vec<usize>),
 }
 
 /// A matmul operand after folding: an existing value, or a permute still to be added.

@@ -31,7 +31,7 @@
 use crate::ir::{BinaryOp, Graph, IrError, Op, Shape, UnaryOp, ValueId};
 
 use super::{
-    add_uniform, broadcast_scalar, is_const_dim, replace, uniform_source, uniform_value,
+    add_uniform, broadcast_scalar, is_const_dim, replace, topo, uniform_source, uniform_value,
     PassResult, PassStats,
 };
 
@@ -51,7 +51,7 @@ enum Rewrite {
 
 pub fn run(g: &mut Graph) -> Result<PassResult, IrError> {
     let mut stats = PassStats::new();
-    for v in g.topo_order()? {
+    for v in topo(g)? {
         // A rewrite can enable another on the same node (compose, then identity): bounded loop.
         for _ in 0..8 {
             if !g.contains(v) {
