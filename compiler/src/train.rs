@@ -17,8 +17,16 @@ use crate::ir::{BinaryOp, DType, Graph, Init, IrError, Op, Shape, UnaryOp, Value
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Optimizer {
-    AdamW { beta1: f64, beta2: f64, eps: f64, weight_decay: f64 },
-    Sgd { momentum: f64, weight_decay: f64 },
+    AdamW {
+        beta1: f64,
+        beta2: f64,
+        eps: f64,
+        weight_decay: f64,
+    },
+    Sgd {
+        momentum: f64,
+        weight_decay: f64,
+    },
 }
 
 /// Which parameters get weight decay. By default none of the 1-D ones (norm scales, biases) and no
@@ -45,7 +53,12 @@ pub struct StepOptions {
 impl Default for StepOptions {
     fn default() -> Self {
         StepOptions {
-            optimizer: Optimizer::AdamW { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.01 },
+            optimizer: Optimizer::AdamW {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                weight_decay: 0.01,
+            },
             decay: DecayRule::default(),
             clip: None,
         }
@@ -59,7 +72,8 @@ pub fn decays(g: &Graph, p: ValueId, rule: DecayRule) -> bool {
     }
     let is_table = g.users(p).iter().any(|u| {
         let n = g.node(*u);
-        matches!(n.op(), Op::Gather) && n.inputs().first() == Some(&p) || matches!(n.op(), Op::Slice { axis: 0, .. })
+        matches!(n.op(), Op::Gather) && n.inputs().first() == Some(&p)
+            || matches!(n.op(), Op::Slice { axis: 0, .. })
     });
     rule.embeddings || !is_table
 }
@@ -73,9 +87,22 @@ impl B<'_> {
         self.g.add(op, ins, Some(name.to_string()))
     }
     fn scalar(&mut self, v: f64, name: &str) -> Result<ValueId, IrError> {
-        self.add(Op::Constant { value: v, dtype: DType::F32 }, &[], name)
+        self.add(
+            Op::Constant {
+                value: v,
+                dtype: DType::F32,
+            },
+            &[],
+            name,
+        )
     }
-    fn bin(&mut self, op: BinaryOp, a: ValueId, b: ValueId, name: &str) -> Result<ValueId, IrError> {
+    fn bin(
+        &mut self,
+        op: BinaryOp,
+        a: ValueId,
+        b: ValueId,
+        name: &str,
+    ) -> Result<ValueId, IrError> {
         self.add(Op::Binary(op), &[a, b], name)
     }
     fn un(&mut self, op: UnaryOp, a: ValueId, name: &str) -> Result<ValueId, IrError> {
@@ -86,7 +113,14 @@ impl B<'_> {
         if shape.is_empty() {
             return Ok(s);
         }
-        self.add(Op::Broadcast { shape: shape.clone(), axes: (0..shape.len()).collect() }, &[s], name)
+        self.add(
+            Op::Broadcast {
+                shape: shape.clone(),
+                axes: (0..shape.len()).collect(),
+            },
+            &[s],
+            name,
+        )
     }
     /// `a * s` for a scalar `s`.
     fn scale(&mut self, a: ValueId, s: ValueId, name: &str) -> Result<ValueId, IrError> {
@@ -96,7 +130,13 @@ impl B<'_> {
     }
     fn state(&mut self, name: String, shape: &Shape) -> Result<ValueId, IrError> {
         self.add(
-            Op::Param { name: name.clone(), shape: shape.clone(), dtype: DType::F32, init: Init::Zeros, trainable: false },
+            Op::Param {
+                name: name.clone(),
+                shape: shape.clone(),
+                dtype: DType::F32,
+                init: Init::Zeros,
+                trainable: false,
+            },
             &[],
             &name,
         )
@@ -105,12 +145,31 @@ impl B<'_> {
 
 /// Build the training step from a forward graph whose output `loss` is a scalar.
 pub fn training_step(forward: &Graph, opts: &StepOptions) -> Result<Graph, IrError> {
-    let loss = forward.output("loss").ok_or(IrError::NotFound { kind: "output", name: "loss".into() })?;
+    let loss = forward.output("loss").ok_or(IrError::NotFound {
+        kind: "output",
+        name: "loss".into(),
+    })?;
     let grads = autodiff::grad(forward, loss)?;
     let mut g = grads.graph;
     let mut b = B { g: &mut g };
-    let lr = b.add(Op::Input { name: "lr".into(), shape: vec![], dtype: DType::F32 }, &[], "lr")?;
-    let step = b.add(Op::Input { name: "step".into(), shape: vec![], dtype: DType::F32 }, &[], "step")?;
+    let lr = b.add(
+        Op::Input {
+            name: "lr".into(),
+            shape: vec![],
+            dtype: DType::F32,
+        },
+        &[],
+        "lr",
+    )?;
+    let step = b.add(
+        Op::Input {
+            name: "step".into(),
+            shape: vec![],
+            dtype: DType::F32,
+        },
+        &[],
+        "step",
+    )?;
 
     // Global gradient norm (always reported; used to clip when asked).
     let mut sq: Option<ValueId> = None;
@@ -118,14 +177,23 @@ pub fn training_step(forward: &Graph, opts: &StepOptions) -> Result<Graph, IrErr
         let path = format!("optim.norm.{name}");
         let rank = b.g.shape(*gv).len();
         let g2 = b.bin(BinaryOp::Mul, *gv, *gv, &path)?;
-        let s = b.add(Op::ReduceSum { axes: (0..rank).collect(), keepdim: false }, &[g2], &path)?;
+        let s = b.add(
+            Op::ReduceSum {
+                axes: (0..rank).collect(),
+                keepdim: false,
+            },
+            &[g2],
+            &path,
+        )?;
         sq = Some(match sq {
             None => s,
             Some(acc) => b.bin(BinaryOp::Add, acc, s, "optim.norm")?,
         });
     }
     let Some(sq) = sq else {
-        return Err(IrError::Autodiff { detail: "no trainable parameter reaches the loss".into() });
+        return Err(IrError::Autodiff {
+            detail: "no trainable parameter reaches the loss".into(),
+        });
     };
     let norm = b.un(UnaryOp::Sqrt, sq, "optim.norm")?;
     let clip_scale = match opts.clip {
@@ -140,13 +208,15 @@ pub fn training_step(forward: &Graph, opts: &StepOptions) -> Result<Graph, IrErr
         None => None,
     };
 
-    let params: Vec<(String, ValueId)> = grads
-        .grads
-        .iter()
-        .map(|(n, gv)| (n.clone(), *gv))
-        .collect();
+    let params: Vec<(String, ValueId)> =
+        grads.grads.iter().map(|(n, gv)| (n.clone(), *gv)).collect();
     match &opts.optimizer {
-        Optimizer::AdamW { beta1, beta2, eps, weight_decay } => {
+        Optimizer::AdamW {
+            beta1,
+            beta2,
+            eps,
+            weight_decay,
+        } => {
             // Bias corrections from the step input: 1 − βᵗ = 1 − exp(t · ln β).
             let bc = |b: &mut B, beta: f64, name: &str| -> Result<ValueId, IrError> {
                 let lnb = b.scalar(beta.ln(), name)?;
@@ -170,7 +240,10 @@ pub fn training_step(forward: &Graph, opts: &StepOptions) -> Result<Graph, IrErr
             let c_eps = b.scalar(*eps, "optim")?;
             for (name, gv) in params {
                 let path = format!("optim.{name}");
-                let p = b.g.find_param(&name).ok_or(IrError::NotFound { kind: "param", name: name.clone() })?;
+                let p = b.g.find_param(&name).ok_or(IrError::NotFound {
+                    kind: "param",
+                    name: name.clone(),
+                })?;
                 let shape = b.g.shape(p).clone();
                 let gv = match clip_scale {
                     Some(c) => b.scale(gv, c, &path)?,
@@ -194,19 +267,29 @@ pub fn training_step(forward: &Graph, opts: &StepOptions) -> Result<Graph, IrErr
                 let denom = b.bin(BinaryOp::Add, sv, epsb, &path)?;
                 let ratio = b.bin(BinaryOp::Div, m_new, denom, &path)?;
                 let upd = b.scale(ratio, step_size, &path)?;
-                let kept = if decays(b.g, p, opts.decay) && *weight_decay != 0.0 { b.scale(p, decay_keep, &path)? } else { p };
+                let kept = if decays(b.g, p, opts.decay) && *weight_decay != 0.0 {
+                    b.scale(p, decay_keep, &path)?
+                } else {
+                    p
+                };
                 let p_new = b.bin(BinaryOp::Sub, kept, upd, &path)?;
                 b.g.add_update(&name, p_new)?;
                 b.g.add_update(&format!("opt.m.{name}"), m_new)?;
                 b.g.add_update(&format!("opt.v.{name}"), v_new)?;
             }
         }
-        Optimizer::Sgd { momentum, weight_decay } => {
+        Optimizer::Sgd {
+            momentum,
+            weight_decay,
+        } => {
             let c_mom = b.scalar(*momentum, "optim")?;
             let c_wd = b.scalar(*weight_decay, "optim")?;
             for (name, gv) in params {
                 let path = format!("optim.{name}");
-                let p = b.g.find_param(&name).ok_or(IrError::NotFound { kind: "param", name: name.clone() })?;
+                let p = b.g.find_param(&name).ok_or(IrError::NotFound {
+                    kind: "param",
+                    name: name.clone(),
+                })?;
                 let shape = b.g.shape(p).clone();
                 let mut gv = match clip_scale {
                     Some(c) => b.scale(gv, c, &path)?,

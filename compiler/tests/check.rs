@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 use kiln_compiler::sema::{render, Workspace};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").canonicalize().expect("repo root")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repo root")
 }
 
 /// Check one file as a user would (`kiln check FILE`), returning its rendered diagnostics.
@@ -15,12 +18,20 @@ fn check_file(path: &Path) -> (usize, String) {
     let text = std::fs::read_to_string(path).expect("readable test input");
     // Snapshots name files relative to the repo root, so they are the same on every machine.
     let path = path.canonicalize().expect("test input path");
-    let rel = path.strip_prefix(root()).expect("inside the repo").display().to_string();
+    let rel = path
+        .strip_prefix(root())
+        .expect("inside the repo")
+        .display()
+        .to_string();
     let mut ws = Workspace::new();
     let id = ws.add_file(&rel, &text);
     let diags = ws.check(&[id]);
     let errors = diags.iter().filter(|d| d.is_error()).count();
-    let rendered: String = diags.iter().map(|d| render(d)).collect::<Vec<_>>().join("\n");
+    let rendered: String = diags
+        .iter()
+        .map(|d| render(d))
+        .collect::<Vec<_>>()
+        .join("\n");
     (errors, rendered)
 }
 
@@ -33,7 +44,11 @@ fn invalid_specs_produce_their_diagnostics() {
     settings.bind(|| {
         insta::glob!("../../snapshots/check/err", "*.kiln", |path| {
             let (errors, rendered) = check_file(path);
-            assert!(errors > 0, "{} checked clean but must fail:\n{rendered}", path.display());
+            assert!(
+                errors > 0,
+                "{} checked clean but must fail:\n{rendered}",
+                path.display()
+            );
             insta::assert_snapshot!(rendered);
         });
     });
@@ -41,7 +56,9 @@ fn invalid_specs_produce_their_diagnostics() {
 
 #[test]
 fn the_err_corpus_covers_at_least_thirty_cases() {
-    let n = std::fs::read_dir(root().join("snapshots/check/err")).unwrap().count();
+    let n = std::fs::read_dir(root().join("snapshots/check/err"))
+        .unwrap()
+        .count();
     assert!(n >= 30, "only {n} invalid specs");
 }
 
@@ -61,7 +78,11 @@ fn valid_specs_check_clean() {
     for f in files {
         let (errors, rendered) = check_file(&f);
         assert_eq!(errors, 0, "{}:\n{rendered}", f.display());
-        assert!(!rendered.contains("Warning") && !rendered.contains("⚠"), "{} has warnings:\n{rendered}", f.display());
+        assert!(
+            !rendered.contains("Warning") && !rendered.contains("⚠"),
+            "{} has warnings:\n{rendered}",
+            f.display()
+        );
     }
 }
 
@@ -74,9 +95,15 @@ fn specs_and_stdlib_are_canonically_formatted() {
                 continue;
             }
             let text = std::fs::read_to_string(&p).unwrap();
-            let file = kiln_grammar::parse(&text).unwrap_or_else(|e| panic!("{}: {e:?}", p.display()));
+            let file =
+                kiln_grammar::parse(&text).unwrap_or_else(|e| panic!("{}: {e:?}", p.display()));
             let formatted = kiln_grammar::format(&file, &text);
-            assert!(formatted == text, "{} is not formatted: run `kiln fmt {}`", p.display(), p.display());
+            assert!(
+                formatted == text,
+                "{} is not formatted: run `kiln fmt {}`",
+                p.display(),
+                p.display()
+            );
         }
     }
 }

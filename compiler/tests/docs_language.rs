@@ -15,7 +15,9 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use kiln_compiler::ir::Op;
-use kiln_compiler::sema::{builtins, param_counts, render, Request, SemaDiagnostic, Workspace, STDLIB};
+use kiln_compiler::sema::{
+    builtins, param_counts, render, Request, SemaDiagnostic, Workspace, STDLIB,
+};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -45,7 +47,9 @@ fn fenced_blocks(doc: &str, lang: &str) -> Vec<(usize, Vec<String>, String)> {
     let mut out = Vec::new();
     let mut lines = doc.lines().enumerate();
     while let Some((i, line)) = lines.next() {
-        let Some(info) = line.strip_prefix("```").filter(|i| !i.contains('`')) else { continue };
+        let Some(info) = line.strip_prefix("```").filter(|i| !i.contains('`')) else {
+            continue;
+        };
         let mut body = String::new();
         let mut closed = false;
         for (_, l) in lines.by_ref() {
@@ -81,7 +85,11 @@ fn examples() -> Vec<Example> {
             for t in tags {
                 let (k, v) = t.split_once('=').unwrap_or((t.as_str(), ""));
                 let set = |ex: &mut Example, e: Expect| {
-                    assert_eq!(ex.expect, Expect::Clean, "line {line}: more than one of error/warning/fragment");
+                    assert_eq!(
+                        ex.expect,
+                        Expect::Clean,
+                        "line {line}: more than one of error/warning/fragment"
+                    );
                     ex.expect = e;
                 };
                 match k {
@@ -89,16 +97,25 @@ fn examples() -> Vec<Example> {
                     "warning" => set(&mut ex, Expect::Warning(v.to_string())),
                     "fragment" => set(&mut ex, Expect::Fragment),
                     "params" => {
-                        let (c, n) = v.split_once(':').unwrap_or_else(|| panic!("line {line}: params=CONFIG:COUNT"));
-                        let n = n.replace('_', "").parse().unwrap_or_else(|_| panic!("line {line}: bad count `{n}`"));
+                        let (c, n) = v
+                            .split_once(':')
+                            .unwrap_or_else(|| panic!("line {line}: params=CONFIG:COUNT"));
+                        let n = n
+                            .replace('_', "")
+                            .parse()
+                            .unwrap_or_else(|_| panic!("line {line}: bad count `{n}`"));
                         ex.params.push((c.to_string(), n));
                     }
                     "param" => {
-                        let (c, n) = v.split_once(':').unwrap_or_else(|| panic!("line {line}: param=CONFIG:NAME"));
+                        let (c, n) = v
+                            .split_once(':')
+                            .unwrap_or_else(|| panic!("line {line}: param=CONFIG:NAME"));
                         ex.param_names.push((c.to_string(), n.to_string()));
                     }
                     "objective" => {
-                        let (c, n) = v.split_once(':').unwrap_or_else(|| panic!("line {line}: objective=CONFIG:NAME"));
+                        let (c, n) = v
+                            .split_once(':')
+                            .unwrap_or_else(|| panic!("line {line}: objective=CONFIG:NAME"));
                         ex.objectives.push((c.to_string(), n.to_string()));
                     }
                     other => panic!("line {line}: unknown tag `{other}`"),
@@ -122,30 +139,54 @@ fn check_example(ex: &Example) -> Result<(), String> {
     let id = ws.add_file(&format!("language.md:{}", ex.line), &ex.text);
     let diags = ws.check(&[id]);
     let rendered = || show(&diags);
-    let errors: Vec<&str> = diags.iter().filter(|d| d.is_error()).map(|d| d.code).collect();
-    let warnings: Vec<&str> = diags.iter().filter(|d| !d.is_error()).map(|d| d.code).collect();
+    let errors: Vec<&str> = diags
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.code)
+        .collect();
+    let warnings: Vec<&str> = diags
+        .iter()
+        .filter(|d| !d.is_error())
+        .map(|d| d.code)
+        .collect();
     match &ex.expect {
-        Expect::Clean if !diags.is_empty() => return Err(format!("must check clean, but:\n{}", rendered())),
+        Expect::Clean if !diags.is_empty() => {
+            return Err(format!("must check clean, but:\n{}", rendered()))
+        }
         Expect::Error(code) if !errors.contains(&code.as_str()) => {
-            return Err(format!("must fail with `{code}`, but gives {errors:?}:\n{}", rendered()))
+            return Err(format!(
+                "must fail with `{code}`, but gives {errors:?}:\n{}",
+                rendered()
+            ))
         }
         Expect::Warning(code) if !errors.is_empty() || !warnings.contains(&code.as_str()) => {
-            return Err(format!("must warn `{code}` without errors, but:\n{}", rendered()))
+            return Err(format!(
+                "must warn `{code}` without errors, but:\n{}",
+                rendered()
+            ))
         }
         _ => {}
     }
     for (config, want) in &ex.params {
         let inst = ws
-            .instantiate(&Request { config: config.clone(), ..Default::default() })
+            .instantiate(&Request {
+                config: config.clone(),
+                ..Default::default()
+            })
             .map_err(|ds| format!("`{config}` does not instantiate:\n{}", show(&ds)))?;
         let got = param_counts(&inst.graph).total;
         if got != *want {
-            return Err(format!("`{config}` has {got} parameters, the doc says {want}"));
+            return Err(format!(
+                "`{config}` has {got} parameters, the doc says {want}"
+            ));
         }
     }
     for (config, name) in &ex.param_names {
         let inst = ws
-            .instantiate(&Request { config: config.clone(), ..Default::default() })
+            .instantiate(&Request {
+                config: config.clone(),
+                ..Default::default()
+            })
             .map_err(|ds| format!("`{config}` does not instantiate:\n{}", show(&ds)))?;
         if inst.graph.find_param(name).is_none() {
             let names: Vec<String> = inst
@@ -157,13 +198,23 @@ fn check_example(ex: &Example) -> Result<(), String> {
                     _ => None,
                 })
                 .collect();
-            return Err(format!("`{config}` has no parameter `{name}`; it has {names:?}"));
+            return Err(format!(
+                "`{config}` has no parameter `{name}`; it has {names:?}"
+            ));
         }
     }
     for (config, objective) in &ex.objectives {
-        let req = Request { config: config.clone(), objective: Some((objective.clone(), vec![])), training: true, ..Default::default() };
+        let req = Request {
+            config: config.clone(),
+            objective: Some((objective.clone(), vec![])),
+            training: true,
+            ..Default::default()
+        };
         if let Err(ds) = ws.instantiate(&req) {
-            return Err(format!("objective `{objective}` over `{config}`:\n{}", show(&ds)));
+            return Err(format!(
+                "objective `{objective}` over `{config}`:\n{}",
+                show(&ds)
+            ));
         }
     }
     Ok(())
@@ -174,9 +225,19 @@ fn every_example_checks_as_its_tag_states() {
     let exs = examples();
     let failures: Vec<String> = exs
         .iter()
-        .filter_map(|ex| check_example(ex).err().map(|e| format!("--- docs/language.md line {}: {e}\n{}", ex.line, ex.text)))
+        .filter_map(|ex| {
+            check_example(ex)
+                .err()
+                .map(|e| format!("--- docs/language.md line {}: {e}\n{}", ex.line, ex.text))
+        })
         .collect();
-    assert!(failures.is_empty(), "{} of {} examples are wrong:\n{}", failures.len(), exs.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} examples are wrong:\n{}",
+        failures.len(),
+        exs.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -194,7 +255,11 @@ fn the_checker_of_examples_can_fail() {
     assert!(check_example(&wrong(good, Expect::Clean)).is_ok());
     assert!(check_example(&wrong(good, Expect::Error("sema::unknown_name".into()))).is_err());
     assert!(check_example(&wrong("model m() { return y }", Expect::Clean)).is_err());
-    assert!(check_example(&wrong("model m() { return y }", Expect::Error("sema::unknown_name".into()))).is_ok());
+    assert!(check_example(&wrong(
+        "model m() { return y }",
+        Expect::Error("sema::unknown_name".into())
+    ))
+    .is_ok());
     let mut p = wrong(&format!("{good}config c = m()\n"), Expect::Clean);
     p.params.push(("c".into(), 1));
     assert!(check_example(&p).is_err());
@@ -205,7 +270,11 @@ fn fragments_are_few() {
     let exs = examples();
     let fragments = exs.iter().filter(|e| e.expect == Expect::Fragment).count();
     assert!(exs.len() >= 60, "only {} examples", exs.len());
-    assert!(fragments * 10 <= exs.len(), "{fragments} of {} examples are unchecked fragments", exs.len());
+    assert!(
+        fragments * 10 <= exs.len(),
+        "{fragments} of {} examples are unchecked fragments",
+        exs.len()
+    );
 }
 
 /// The text of every example that checks clean (what a reader can copy and run), plus the
@@ -229,9 +298,13 @@ fn is_ident_char(c: char) -> bool {
 fn has_word(text: &str, word: &str, after: &str) -> bool {
     let pat = format!("{word}{after}");
     text.match_indices(&pat).any(|(i, _)| {
-        let before_ok = text[..i].chars().next_back().is_none_or(|c| !is_ident_char(c));
+        let before_ok = text[..i]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !is_ident_char(c));
         let end = i + word.len();
-        let after_ok = !after.is_empty() || text[end..].chars().next().is_none_or(|c| !is_ident_char(c));
+        let after_ok =
+            !after.is_empty() || text[end..].chars().next().is_none_or(|c| !is_ident_char(c));
         before_ok && after_ok
     })
 }
@@ -239,8 +312,15 @@ fn has_word(text: &str, word: &str, after: &str) -> bool {
 #[test]
 fn clean_examples_call_every_builtin() {
     let text = clean_text();
-    let missing: Vec<&str> = builtins::BUILTINS.iter().map(|b| b.name).filter(|n| !has_word(&text, n, "(")).collect();
-    assert!(missing.is_empty(), "builtins without a checked example: {missing:?}");
+    let missing: Vec<&str> = builtins::BUILTINS
+        .iter()
+        .map(|b| b.name)
+        .filter(|n| !has_word(&text, n, "("))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "builtins without a checked example: {missing:?}"
+    );
 }
 
 #[test]
@@ -270,7 +350,10 @@ fn clean_examples_use_every_stdlib_item() {
             }
         }
     }
-    assert!(missing.is_empty(), "stdlib items without a checked example: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "stdlib items without a checked example: {missing:?}"
+    );
 }
 
 /// Every diagnostic code the checker and parser can emit, read from their source: string literals
@@ -290,7 +373,11 @@ fn codes_in_source() -> BTreeSet<String> {
                 let rest = &src[i + 1..];
                 let end = rest.find('"').unwrap_or(0);
                 let code = &rest[..end];
-                if code.len() > ns.len() + 2 && code[ns.len() + 2..].chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                if code.len() > ns.len() + 2
+                    && code[ns.len() + 2..]
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c == '_')
+                {
                     out.insert(code.to_string());
                 }
             }
@@ -312,12 +399,22 @@ fn codes_in_table() -> BTreeSet<String> {
 #[test]
 fn the_diagnostics_table_lists_exactly_the_codes_in_the_source() {
     let src = codes_in_source();
-    assert!(src.len() >= 40, "found only {} codes in the source: {src:?}", src.len());
+    assert!(
+        src.len() >= 40,
+        "found only {} codes in the source: {src:?}",
+        src.len()
+    );
     let table = codes_in_table();
     let undocumented: Vec<_> = src.difference(&table).collect();
     let stale: Vec<_> = table.difference(&src).collect();
-    assert!(undocumented.is_empty(), "codes missing from the table in docs/language.md: {undocumented:?}");
-    assert!(stale.is_empty(), "codes in the table that the source no longer has: {stale:?}");
+    assert!(
+        undocumented.is_empty(),
+        "codes missing from the table in docs/language.md: {undocumented:?}"
+    );
+    assert!(
+        stale.is_empty(),
+        "codes in the table that the source no longer has: {stale:?}"
+    );
 }
 
 #[test]
@@ -325,7 +422,11 @@ fn error_examples_name_documented_codes() {
     let table = codes_in_table();
     for ex in examples() {
         if let Expect::Error(c) | Expect::Warning(c) = &ex.expect {
-            assert!(table.contains(c), "line {}: `{c}` is not in the diagnostics table", ex.line);
+            assert!(
+                table.contains(c),
+                "line {}: `{c}` is not in the diagnostics table",
+                ex.line
+            );
         }
     }
 }
@@ -346,6 +447,10 @@ fn the_stated_limits_are_the_checker_s() {
     };
     let doc = std::fs::read_to_string(root().join("docs/language.md")).expect("docs/language.md");
     for n in [MAX_STEPS, MAX_NODES as u64] {
-        assert!(doc.contains(&underscored(n)), "docs/language.md does not state the limit {}", underscored(n));
+        assert!(
+            doc.contains(&underscored(n)),
+            "docs/language.md does not state the limit {}",
+            underscored(n)
+        );
     }
 }

@@ -18,9 +18,9 @@
 //! KILN_FUZZ_ITERS=1000000 cargo test --release -p kiln-compiler --test fuzz_check -- --nocapture`
 //! (overflow checks on, so that release finds the arithmetic panics a debug build would).
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::cell::Cell;
 use std::sync::{mpsc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,10 @@ fn root() -> PathBuf {
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.replace('_', "").parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.replace('_', "").parse().ok())
+        .unwrap_or(default)
 }
 
 /// One seed input: where it came from, its text, and whether it is a stdlib module.
@@ -52,7 +55,9 @@ struct Seed {
 }
 
 fn kiln_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -84,7 +89,10 @@ fn corpus() -> Vec<Seed> {
             match &mut block {
                 None if line.starts_with("```kiln") => block = Some((i + 1, String::new())),
                 Some((start, text)) if line.starts_with("```") => {
-                    seeds.push(Seed { name: format!("docs/language.md:{start}"), text: std::mem::take(text) });
+                    seeds.push(Seed {
+                        name: format!("docs/language.md:{start}"),
+                        text: std::mem::take(text),
+                    });
                     block = None;
                 }
                 Some((_, text)) => {
@@ -156,7 +164,12 @@ fn tokenize(s: &str) -> Vec<Tok> {
                 j = (j + 1).min(b.len());
             }
             Kind::Number => {
-                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b'.' && b.get(j + 1).is_some_and(u8::is_ascii_digit) || (b[j] == b'-' || b[j] == b'+') && matches!(b[j - 1], b'e' | b'E')) {
+                while j < b.len()
+                    && (b[j].is_ascii_alphanumeric()
+                        || b[j] == b'_'
+                        || b[j] == b'.' && b.get(j + 1).is_some_and(u8::is_ascii_digit)
+                        || (b[j] == b'-' || b[j] == b'+') && matches!(b[j - 1], b'e' | b'E'))
+                {
                     j += 1;
                 }
             }
@@ -172,7 +185,11 @@ fn tokenize(s: &str) -> Vec<Tok> {
                 }
             }
         }
-        out.push(Tok { kind, start: i, end: j.min(b.len()) });
+        out.push(Tok {
+            kind,
+            start: i,
+            end: j.min(b.len()),
+        });
         i = j.min(b.len());
     }
     out
@@ -181,14 +198,44 @@ fn tokenize(s: &str) -> Vec<Tok> {
 // ----- mutations --------------------------------------------------------------------------------
 
 const NUMBERS: &[&str] = &[
-    "0", "1", "-1", "2", "3", "7", "64", "65536", "2147483648", "4294967296", "99999999", "1000000007", "9223372036854775807",
-    "9223372036854775808", "-9223372036854775807 - 1", "(-9223372036854775807 - 1)", "99999999999999999999", "0.0", "-0.0", "1e308",
-    "1e-308", "1e999", "-1e308", "0.5", "1e-5", "123456789.0", "1_000_000_000", "-0", "00", "1e", "2.", ".5", "0x10",
+    "0",
+    "1",
+    "-1",
+    "2",
+    "3",
+    "7",
+    "64",
+    "65536",
+    "2147483648",
+    "4294967296",
+    "99999999",
+    "1000000007",
+    "9223372036854775807",
+    "9223372036854775808",
+    "-9223372036854775807 - 1",
+    "(-9223372036854775807 - 1)",
+    "99999999999999999999",
+    "0.0",
+    "-0.0",
+    "1e308",
+    "1e-308",
+    "1e999",
+    "-1e308",
+    "0.5",
+    "1e-5",
+    "123456789.0",
+    "1_000_000_000",
+    "-0",
+    "00",
+    "1e",
+    "2.",
+    ".5",
+    "0x10",
 ];
 
 const PUNCT: &[&str] = &[
-    "(", ")", "[", "]", "{", "}", ",", ":", ";", ".", "...", "=", "==", "!=", "<", "<=", ">", ">=", "+", "-", "*", "**", "/", "//",
-    "%", "@", "\"", "#", "\n", " ", "\\", "$", "é", "\u{0}",
+    "(", ")", "[", "]", "{", "}", ",", ":", ";", ".", "...", "=", "==", "!=", "<", "<=", ">", ">=",
+    "+", "-", "*", "**", "/", "//", "%", "@", "\"", "#", "\n", " ", "\\", "$", "é", "\u{0}",
 ];
 
 /// A token-ish string from anywhere in the corpus (for splices and swaps).
@@ -197,7 +244,10 @@ fn random_word<'a>(rng: &mut ChaCha8Rng, words: &'a [String]) -> &'a str {
 }
 
 fn pick_tok(rng: &mut ChaCha8Rng, toks: &[Tok], kind: Option<Kind>) -> Option<Tok> {
-    let cands: Vec<&Tok> = toks.iter().filter(|t| kind.map_or(t.kind != Kind::Space, |k| t.kind == k)).collect();
+    let cands: Vec<&Tok> = toks
+        .iter()
+        .filter(|t| kind.map_or(t.kind != Kind::Space, |k| t.kind == k))
+        .collect();
     if cands.is_empty() {
         None
     } else {
@@ -241,7 +291,9 @@ const MUTATIONS: &[(Mutation, u32)] = &[
     (Mutation::Punctuation, 1),
 ];
 
-const OPERATORS: &[&str] = &["+", "-", "*", "/", "//", "%", "**", "@", "==", "!=", "<", ">=", "and", "or"];
+const OPERATORS: &[&str] = &[
+    "+", "-", "*", "/", "//", "%", "**", "@", "==", "!=", "<", ">=", "and", "or",
+];
 
 fn pick_mutation(rng: &mut ChaCha8Rng) -> Mutation {
     let total: u32 = MUTATIONS.iter().map(|(_, w)| w).sum();
@@ -278,7 +330,11 @@ fn mutate(rng: &mut ChaCha8Rng, s: &str, corpus: &[Seed], words: &[String]) -> S
             let mut bytes = s.as_bytes().to_vec();
             let i = rng.random_range(0..bytes.len());
             const MEANINGFUL: &[u8] = b"()[]{},:;.=+-*/%@<>\"#\n 0123456789_aAzZ\\!";
-            bytes[i] = if rng.random_bool(0.5) { rng.random() } else { MEANINGFUL[rng.random_range(0..MEANINGFUL.len())] };
+            bytes[i] = if rng.random_bool(0.5) {
+                rng.random()
+            } else {
+                MEANINGFUL[rng.random_range(0..MEANINGFUL.len())]
+            };
             String::from_utf8_lossy(&bytes).into_owned()
         }
         Mutation::DeleteTokens => {
@@ -291,7 +347,11 @@ fn mutate(rng: &mut ChaCha8Rng, s: &str, corpus: &[Seed], words: &[String]) -> S
             let i = rng.random_range(0..toks.len());
             let j = (i + rng.random_range(1..=8)).min(toks.len());
             let run = &s[toks[i].start..toks[j - 1].end];
-            let times = if rng.random_bool(0.1) { rng.random_range(2..200) } else { 1 };
+            let times = if rng.random_bool(0.1) {
+                rng.random_range(2..200)
+            } else {
+                1
+            };
             replace(s, toks[i].start, toks[i].start, &run.repeat(times))
         }
         // A run of tokens from another file, inserted or replacing a run here.
@@ -305,13 +365,23 @@ fn mutate(rng: &mut ChaCha8Rng, s: &str, corpus: &[Seed], words: &[String]) -> S
             let b = (a + rng.random_range(1..=40)).min(ot.len());
             let piece = &other[ot[a].start..ot[b - 1].end];
             let i = rng.random_range(0..toks.len());
-            let j = if rng.random_bool(0.5) { i } else { (i + rng.random_range(1..=10)).min(toks.len()) };
-            let end = if j == i { toks[i].start } else { toks[j - 1].end };
+            let j = if rng.random_bool(0.5) {
+                i
+            } else {
+                (i + rng.random_range(1..=10)).min(toks.len())
+            };
+            let end = if j == i {
+                toks[i].start
+            } else {
+                toks[j - 1].end
+            };
             replace(s, toks[i].start, end, piece)
         }
         // Huge, zero, negative, malformed, or scaled.
         Mutation::Number => {
-            let Some(t) = pick_tok(rng, &toks, Some(Kind::Number)) else { return s.to_string() };
+            let Some(t) = pick_tok(rng, &toks, Some(Kind::Number)) else {
+                return s.to_string();
+            };
             let orig = &s[t.start..t.end];
             let new = match rng.random_range(0..5) {
                 0 => format!("{orig}{orig}"),
@@ -324,13 +394,22 @@ fn mutate(rng: &mut ChaCha8Rng, s: &str, corpus: &[Seed], words: &[String]) -> S
         }
         // Any word of the corpus (names, keywords, builtins), or two names of this file swapped.
         Mutation::SwapName => {
-            let Some(t) = pick_tok(rng, &toks, Some(Kind::Word)) else { return s.to_string() };
+            let Some(t) = pick_tok(rng, &toks, Some(Kind::Word)) else {
+                return s.to_string();
+            };
             if rng.random_bool(0.3) {
                 if let Some(u) = pick_tok(rng, &toks, Some(Kind::Word)) {
                     let (a, b) = if t.start < u.start { (t, u) } else { (u, t) };
                     if a.start != b.start {
                         let (wa, wb) = (&s[a.start..a.end], &s[b.start..b.end]);
-                        return format!("{}{}{}{}{}", &s[..a.start], wb, &s[a.end..b.start], wa, &s[b.end..]);
+                        return format!(
+                            "{}{}{}{}{}",
+                            &s[..a.start],
+                            wb,
+                            &s[a.end..b.start],
+                            wa,
+                            &s[b.end..]
+                        );
                     }
                 }
             }
@@ -338,12 +417,31 @@ fn mutate(rng: &mut ChaCha8Rng, s: &str, corpus: &[Seed], words: &[String]) -> S
         }
         Mutation::DeleteLine => {
             let i = rng.random_range(0..lines.len());
-            lines.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, l)| *l).collect()
+            lines
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, l)| *l)
+                .collect()
         }
         Mutation::DuplicateLine => {
             let i = rng.random_range(0..lines.len());
-            let times = if rng.random_bool(0.1) { rng.random_range(2..50) } else { 2 };
-            lines.iter().enumerate().map(|(j, l)| if j == i { l.repeat(times) } else { l.to_string() }).collect()
+            let times = if rng.random_bool(0.1) {
+                rng.random_range(2..50)
+            } else {
+                2
+            };
+            lines
+                .iter()
+                .enumerate()
+                .map(|(j, l)| {
+                    if j == i {
+                        l.repeat(times)
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect()
         }
         // A line of another file, inserted or replacing one here.
         Mutation::SpliceLine => {
@@ -353,19 +451,38 @@ fn mutate(rng: &mut ChaCha8Rng, s: &str, corpus: &[Seed], words: &[String]) -> S
             lines
                 .iter()
                 .enumerate()
-                .map(|(j, l)| if j == i { if keep { format!("{line}{l}") } else { line.to_string() } } else { l.to_string() })
+                .map(|(j, l)| {
+                    if j == i {
+                        if keep {
+                            format!("{line}{l}")
+                        } else {
+                            line.to_string()
+                        }
+                    } else {
+                        l.to_string()
+                    }
+                })
                 .collect()
         }
         Mutation::SwapOperator => {
             let ops: Vec<&Tok> = toks
                 .iter()
-                .filter(|t| OPERATORS.contains(&&s[t.start..t.end]) || t.kind == Kind::Punct && OPERATORS.iter().any(|o| o.starts_with(&s[t.start..t.end])))
+                .filter(|t| {
+                    OPERATORS.contains(&&s[t.start..t.end])
+                        || t.kind == Kind::Punct
+                            && OPERATORS.iter().any(|o| o.starts_with(&s[t.start..t.end]))
+                })
                 .collect();
             if ops.is_empty() {
                 return s.to_string();
             }
             let t = ops[rng.random_range(0..ops.len())];
-            replace(s, t.start, t.end, &format!(" {} ", OPERATORS[rng.random_range(0..OPERATORS.len())]))
+            replace(
+                s,
+                t.start,
+                t.end,
+                &format!(" {} ", OPERATORS[rng.random_range(0..OPERATORS.len())]),
+            )
         }
         Mutation::Punctuation => {
             let i = rng.random_range(0..toks.len());
@@ -412,10 +529,16 @@ fn make_case(base_seed: u64, n: u64, corpus: &[Seed], words: &[String]) -> Case 
     for _ in 0..rounds {
         text = mutate(&mut rng, &text, corpus, words);
     }
-    let specs: Vec<usize> = (0..corpus.len()).filter(|&i| corpus[i].name.starts_with("specs/")).collect();
+    let specs: Vec<usize> = (0..corpus.len())
+        .filter(|&i| corpus[i].name.starts_with("specs/"))
+        .collect();
     let spec_index = (corpus[seed_index].name.starts_with("stdlib/") && !specs.is_empty())
         .then(|| specs[rng.random_range(0..specs.len())]);
-    Case { seed_index, text, spec_index }
+    Case {
+        seed_index,
+        text,
+        spec_index,
+    }
 }
 
 // ----- running one case -----------------------------------------------------------------------
@@ -447,7 +570,10 @@ fn run_front_end(name: &str, text: &str, specs: &[&Seed]) -> Outcome {
     }
     for id in ids {
         for c in ws.configs_of(id) {
-            if let Ok(inst) = ws.instantiate(&Request { config: c, ..Default::default() }) {
+            if let Ok(inst) = ws.instantiate(&Request {
+                config: c,
+                ..Default::default()
+            }) {
                 let _ = param_counts(&inst.graph);
             }
         }
@@ -493,7 +619,13 @@ fn run_case(name: &str, text: &str, specs: &[&Seed]) -> Result<Outcome, String> 
     IN_CASE.with(|c| c.set(true));
     let r = catch_unwind(AssertUnwindSafe(|| run_front_end(name, text, specs)));
     IN_CASE.with(|c| c.set(false));
-    r.map_err(|_| LAST_PANIC.lock().ok().and_then(|mut s| s.take()).unwrap_or_else(|| "panic".into()))
+    r.map_err(|_| {
+        LAST_PANIC
+            .lock()
+            .ok()
+            .and_then(|mut s| s.take())
+            .unwrap_or_else(|| "panic".into())
+    })
 }
 
 /// `Some(message)` when the front end panics on this input.
@@ -511,7 +643,12 @@ fn minimise(name: &str, text: &str, specs: &[&Seed]) -> String {
         changed = false;
         let lines: Vec<&str> = cur.split_inclusive('\n').collect();
         for i in 0..lines.len() {
-            let cand: String = lines.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, l)| *l).collect();
+            let cand: String = lines
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, l)| *l)
+                .collect();
             if panics(name, &cand, specs).is_some() {
                 cur = cand;
                 changed = true;
@@ -561,11 +698,22 @@ fn mutated_inputs_never_panic_or_hang() {
         for n in from..from + iters {
             let case = make_case(base_seed, n, &wc, &ww);
             let name = &wc[case.seed_index].name;
-            let name = if name.starts_with("stdlib/") { name.clone() } else { format!("fuzz/{}", name.replace('/', "_")) };
+            let name = if name.starts_with("stdlib/") {
+                name.clone()
+            } else {
+                format!("fuzz/{}", name.replace('/', "_"))
+            };
             let t0 = Instant::now();
             let specs: Vec<&Seed> = case.spec_index.iter().map(|&i| &wc[i]).collect();
             let result = run_case(&name, &case.text, &specs);
-            if tx.send(Report { n, elapsed: t0.elapsed(), result }).is_err() {
+            if tx
+                .send(Report {
+                    n,
+                    elapsed: t0.elapsed(),
+                    result,
+                })
+                .is_err()
+            {
                 return;
             }
         }
@@ -574,7 +722,10 @@ fn mutated_inputs_never_panic_or_hang() {
     if iters == 1 {
         // Replaying one case: show it.
         let c = make_case(base_seed, from, &corpus, &words);
-        eprintln!("case {from}, from {}:\n{}", corpus[c.seed_index].name, c.text);
+        eprintln!(
+            "case {from}, from {}:\n{}",
+            corpus[c.seed_index].name, c.text
+        );
     }
     let started = Instant::now();
     let mut slowest = (Duration::ZERO, 0u64);
@@ -600,7 +751,15 @@ fn mutated_inputs_never_panic_or_hang() {
                     let c = case();
                     let name = &corpus[c.seed_index].name;
                     let specs: Vec<&Seed> = c.spec_index.iter().map(|&i| &corpus[i]).collect();
-                    let small = minimise(if name.starts_with("stdlib/") { name } else { "fuzz.kiln" }, &c.text, &specs);
+                    let small = minimise(
+                        if name.starts_with("stdlib/") {
+                            name
+                        } else {
+                            "fuzz.kiln"
+                        },
+                        &c.text,
+                        &specs,
+                    );
                     failures.push(format!(
                         "case {n} (KILN_FUZZ_SEED={base_seed} KILN_FUZZ_FROM={n} KILN_FUZZ_ITERS=1), from {name}, panics: {msg}\n--- minimised input:\n{small}\n--- full input:\n{}",
                         c.text
@@ -616,7 +775,13 @@ fn mutated_inputs_never_panic_or_hang() {
                     break;
                 }
                 if n > from && (n - from) % 10_000 == 0 {
-                    eprintln!("fuzz: {} cases in {:.1?}, slowest {:?} (case {})", n - from, started.elapsed(), slowest.0, slowest.1);
+                    eprintln!(
+                        "fuzz: {} cases in {:.1?}, slowest {:?} (case {})",
+                        n - from,
+                        started.elapsed(),
+                        slowest.0,
+                        slowest.1
+                    );
                 }
             }
             Err(_) => {
@@ -644,10 +809,18 @@ fn mutated_inputs_never_panic_or_hang() {
     );
     // Mutants must reach the checker, or the fuzzer only tests the parser.
     if iters >= 200 && failures.is_empty() {
-        assert!(outcomes[1] + outcomes[2] >= (next - from) / 4, "too few mutants get past the parser: {outcomes:?}");
+        assert!(
+            outcomes[1] + outcomes[2] >= (next - from) / 4,
+            "too few mutants get past the parser: {outcomes:?}"
+        );
         assert!(outcomes[2] > 0, "no mutant checks clean: {outcomes:?}");
     }
-    assert!(failures.is_empty(), "{} failing case(s):\n\n{}", failures.len(), failures.join("\n\n"));
+    assert!(
+        failures.is_empty(),
+        "{} failing case(s):\n\n{}",
+        failures.len(),
+        failures.join("\n\n")
+    );
     worker.join().expect("fuzz worker");
 }
 
@@ -664,7 +837,10 @@ fn mutations_change_inputs_and_keep_them_deterministic() {
             changed += 1;
         }
     }
-    assert!(changed > 150, "only {changed} of 200 mutants differ from their seed");
+    assert!(
+        changed > 150,
+        "only {changed} of 200 mutants differ from their seed"
+    );
 }
 
 #[test]
@@ -675,7 +851,12 @@ fn the_harness_catches_a_panic() {
     let r = catch_unwind(AssertUnwindSafe(|| panic!("boom")));
     IN_CASE.with(|c| c.set(false));
     assert!(r.is_err());
-    assert!(panics("fuzz.kiln", "model m(d = 4) {\n input x: f32[batch, d]\n return x\n}\n", &[]).is_none());
+    assert!(panics(
+        "fuzz.kiln",
+        "model m(d = 4) {\n input x: f32[batch, d]\n return x\n}\n",
+        &[]
+    )
+    .is_none());
 }
 
 /// Inputs that once made the front end panic or hang (minimised), kept as regressions.

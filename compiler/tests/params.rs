@@ -11,10 +11,24 @@ fn count(spec: &str, config: &str) -> u64 {
     let text = std::fs::read_to_string(root.join("specs").join(spec)).expect("spec file");
     let mut ws = Workspace::new();
     ws.add_file(&format!("specs/{spec}"), &text);
-    assert!(ws.load_diagnostics.is_empty(), "{spec}: {:?}", ws.load_diagnostics);
+    assert!(
+        ws.load_diagnostics.is_empty(),
+        "{spec}: {:?}",
+        ws.load_diagnostics
+    );
     let inst = ws
-        .instantiate(&Request { config: config.into(), ..Default::default() })
-        .unwrap_or_else(|ds| panic!("{config}: {}", ds.iter().map(|d| kiln_compiler::sema::render(d)).collect::<String>()));
+        .instantiate(&Request {
+            config: config.into(),
+            ..Default::default()
+        })
+        .unwrap_or_else(|ds| {
+            panic!(
+                "{config}: {}",
+                ds.iter()
+                    .map(|d| kiln_compiler::sema::render(d))
+                    .collect::<String>()
+            )
+        });
     param_counts(&inst.graph).total
 }
 
@@ -59,14 +73,24 @@ fn gpt3_matches_the_paper_table() {
     ];
     for (c, paper) in table {
         let got = count("gpt3.kiln", c);
-        assert!(within(got, paper, 0.025), "{c}: {got} vs the paper's {paper:e}");
+        assert!(
+            within(got, paper, 0.025),
+            "{c}: {got} vs the paper's {paper:e}"
+        );
     }
 }
 
 #[test]
 fn palm_matches_the_paper_table() {
-    for (c, paper) in [("palm_8b", 8.63e9), ("palm_62b", 62.50e9), ("palm_540b", 540.35e9)] {
+    for (c, paper) in [
+        ("palm_8b", 8.63e9),
+        ("palm_62b", 62.50e9),
+        ("palm_540b", 540.35e9),
+    ] {
         let got = count("palm.kiln", c);
-        assert!(within(got, paper, 0.01), "{c}: {got} vs the paper's {paper:e}");
+        assert!(
+            within(got, paper, 0.01),
+            "{c}: {got} vs the paper's {paper:e}"
+        );
     }
 }

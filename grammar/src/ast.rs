@@ -18,7 +18,10 @@ impl Span {
     }
     /// The smallest span covering both.
     pub fn join(self, other: Span) -> Span {
-        Span { start: self.start.min(other.start), end: self.end.max(other.end) }
+        Span {
+            start: self.start.min(other.start),
+            end: self.end.max(other.end),
+        }
     }
     pub fn len(&self) -> usize {
         self.end - self.start
@@ -172,19 +175,47 @@ pub struct PlanEntry {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Stmt {
     /// `input tokens: i32[batch, seq]`
-    Input { name: Ident, ty: TensorType, span: Span },
+    Input {
+        name: Ident,
+        ty: TensorType,
+        span: Span,
+    },
     /// `param weight: [d, out] = normal(0.02)`
-    Param { name: Ident, ty: TensorType, init: Expr, span: Span },
+    Param {
+        name: Ident,
+        ty: TensorType,
+        init: Expr,
+        span: Span,
+    },
     /// `x = expr`
-    Assign { target: Ident, value: Expr, span: Span },
+    Assign {
+        target: Ident,
+        value: Expr,
+        span: Span,
+    },
     /// `return expr`
     Return { value: Expr, span: Span },
     /// `repeat layers as h { ... }`, `repeat i in layers as h { ... }`
-    Repeat { var: Option<Ident>, count: Expr, label: Option<Ident>, body: Vec<Stmt>, span: Span },
+    Repeat {
+        var: Option<Ident>,
+        count: Expr,
+        label: Option<Ident>,
+        body: Vec<Stmt>,
+        span: Span,
+    },
     /// `if cond { ... } else { ... }`; `else if` is an `If` alone in `else_body`.
-    If { cond: Expr, then_body: Vec<Stmt>, else_body: Option<Vec<Stmt>>, span: Span },
+    If {
+        cond: Expr,
+        then_body: Vec<Stmt>,
+        else_body: Option<Vec<Stmt>>,
+        span: Span,
+    },
     /// `assert cond, "message"`
-    Assert { cond: Expr, message: Option<String>, span: Span },
+    Assert {
+        cond: Expr,
+        message: Option<String>,
+        span: Span,
+    },
     /// `data span_corruption(noise_density = 0.15)`: a data-side transform of an objective.
     Data { call: Expr, span: Span },
 }
@@ -270,16 +301,37 @@ pub enum ExprKind {
     Name(Ident),
     /// `[a, b, c]`
     List(Vec<Expr>),
-    Unary { op: UnaryOp, operand: Box<Expr> },
-    Binary { op: BinaryOp, lhs: Box<Expr>, rhs: Box<Expr> },
+    Unary {
+        op: UnaryOp,
+        operand: Box<Expr>,
+    },
+    Binary {
+        op: BinaryOp,
+        lhs: Box<Expr>,
+        rhs: Box<Expr>,
+    },
     /// `layernorm(x, eps = 1e-5) as ln_1`: the label names the call's parameter scope.
-    Call { callee: Ident, args: Vec<Arg>, label: Option<Ident> },
+    Call {
+        callee: Ident,
+        args: Vec<Arg>,
+        label: Option<Ident>,
+    },
     /// `tokens[:, :-1]`
-    Index { base: Box<Expr>, items: Vec<IndexItem> },
+    Index {
+        base: Box<Expr>,
+        items: Vec<IndexItem>,
+    },
     /// `cfg.d` (reserved: member access on records)
-    Member { base: Box<Expr>, name: Ident },
+    Member {
+        base: Box<Expr>,
+        name: Ident,
+    },
     /// `if c then a else b`
-    IfElse { cond: Box<Expr>, then_expr: Box<Expr>, else_expr: Box<Expr> },
+    IfElse {
+        cond: Box<Expr>,
+        then_expr: Box<Expr>,
+        else_expr: Box<Expr>,
+    },
     /// `(e)`: kept so that the formatter can preserve the user's grouping.
     Paren(Box<Expr>),
 }
@@ -295,7 +347,12 @@ pub struct Arg {
 pub enum IndexItem {
     Expr(Expr),
     /// `start:end:step`, each optional
-    Slice { start: Option<Expr>, end: Option<Expr>, step: Option<Expr>, span: Span },
+    Slice {
+        start: Option<Expr>,
+        end: Option<Expr>,
+        step: Option<Expr>,
+        span: Span,
+    },
     /// `...`
     Ellipsis(Span),
 }

@@ -20,7 +20,10 @@ pub enum InputTensor {
 
 impl InputTensor {
     pub fn scalar(x: f32) -> Self {
-        InputTensor::F32 { shape: vec![], data: vec![x] }
+        InputTensor::F32 {
+            shape: vec![],
+            data: vec![x],
+        }
     }
     pub fn shape(&self) -> &[usize] {
         match self {
@@ -41,11 +44,19 @@ pub enum BackendError {
     #[error("missing input `{0}`")]
     MissingInput(String),
     #[error("input `{name}`: expected shape {expected:?}, got {got:?}")]
-    InputShape { name: String, expected: Vec<usize>, got: Vec<usize> },
+    InputShape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
     #[error("unknown state tensor `{0}`")]
     UnknownState(String),
     #[error("state `{name}`: expected shape {expected:?}, got {got:?}")]
-    StateShape { name: String, expected: Vec<usize>, got: Vec<usize> },
+    StateShape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
     #[error("{0}")]
     Exec(String),
 }

@@ -10,7 +10,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "kiln", version, about = "Kiln: write a language model as a spec, compile it, train it")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Kiln: write a language model as a spec, compile it, train it"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -137,15 +141,70 @@ pub fn run(cli: Cli) -> miette::Result<ExitCode> {
     match cli.command {
         Command::Check { files } => spec::check(&files),
         Command::Fmt { check, files } => spec::fmt(&files, check),
-        Command::Params { spec, model, set, json } => spec::params(&spec, model.as_deref(), &set, json),
+        Command::Params {
+            spec,
+            model,
+            set,
+            json,
+        } => spec::params(&spec, model.as_deref(), &set, json),
         Command::Compile(args) => compile::run(&args),
-        Command::Train { config, set, out, resume, executor } => run::train(&config, &set, out.as_deref(), resume, executor.as_deref()),
-        Command::Eval { config, checkpoint, set, tasks, tasks_dir, fewshot, limit, max_batches, json, executor } => {
-            run::eval(&config, &set, &checkpoint, &tasks, &tasks_dir, json, fewshot, limit, max_batches, executor.as_deref())
-        }
-        Command::Generate { checkpoint, prompt, tokens, temperature, top_k, top_p, seed, executor } => {
-            run::generate(&checkpoint, &prompt, tokens, temperature, top_k, top_p, seed, executor.as_deref())
-        }
-        Command::Data { command: DataCommand::Prepare { input, out, tokenizer, val_fraction } } => run::data_prepare(&input, &out, &tokenizer, val_fraction),
+        Command::Train {
+            config,
+            set,
+            out,
+            resume,
+            executor,
+        } => run::train(&config, &set, out.as_deref(), resume, executor.as_deref()),
+        Command::Eval {
+            config,
+            checkpoint,
+            set,
+            tasks,
+            tasks_dir,
+            fewshot,
+            limit,
+            max_batches,
+            json,
+            executor,
+        } => run::eval(
+            &config,
+            &set,
+            &checkpoint,
+            &tasks,
+            &tasks_dir,
+            json,
+            fewshot,
+            limit,
+            max_batches,
+            executor.as_deref(),
+        ),
+        Command::Generate {
+            checkpoint,
+            prompt,
+            tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            executor,
+        } => run::generate(
+            &checkpoint,
+            &prompt,
+            tokens,
+            temperature,
+            top_k,
+            top_p,
+            seed,
+            executor.as_deref(),
+        ),
+        Command::Data {
+            command:
+                DataCommand::Prepare {
+                    input,
+                    out,
+                    tokenizer,
+                    val_fraction,
+                },
+        } => run::data_prepare(&input, &out, &tokenizer, val_fraction),
     }
 }

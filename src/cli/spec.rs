@@ -9,9 +9,15 @@ use miette::{miette, IntoDiagnostic, Report};
 
 /// Read a file or return a diagnostic naming it.
 pub fn read(path: &Path) -> miette::Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| miette!(code = "io::read", "cannot read `{}`: {e}", path.display()))?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| miette!(code = "io::read", "cannot read `{}`: {e}", path.display()))?;
     String::from_utf8(bytes).map_err(|e| {
-        miette!(code = "io::utf8", "`{}` is not UTF-8 text (invalid byte at offset {})", path.display(), e.utf8_error().valid_up_to())
+        miette!(
+            code = "io::utf8",
+            "`{}` is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
     })
 }
 
@@ -64,7 +70,12 @@ pub fn fmt(files: &[PathBuf], check_only: bool) -> miette::Result<ExitCode> {
             Err(errs) => {
                 let mut ws = Workspace::new();
                 let id = ws.add_file(&f.display().to_string(), &text);
-                emit(&ws.check(&[id]).into_iter().filter(|d| d.code.starts_with("syntax")).collect::<Vec<_>>());
+                emit(
+                    &ws.check(&[id])
+                        .into_iter()
+                        .filter(|d| d.code.starts_with("syntax"))
+                        .collect::<Vec<_>>(),
+                );
                 let _ = errs;
                 failed = true;
                 continue;
@@ -93,8 +104,14 @@ pub fn fmt(files: &[PathBuf], check_only: bool) -> miette::Result<ExitCode> {
 
 /// Write through a temporary file and a rename, so an interrupted write never leaves half a file.
 pub fn write_atomic(path: &Path, text: &str) -> miette::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     let tmp = dir.join(format!(".{name}.kiln-tmp"));
     std::fs::write(&tmp, text).into_diagnostic()?;
     std::fs::rename(&tmp, path).into_diagnostic()?;
@@ -105,15 +122,24 @@ pub fn write_atomic(path: &Path, text: &str) -> miette::Result<()> {
 pub fn overrides(set: &[String]) -> miette::Result<Vec<(String, sema::Value)>> {
     set.iter()
         .map(|kv| {
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| miette!(code = "cli::set", help = "write `--set name=value`", "`--set {kv}` has no `=`"))?;
+            let (k, v) = kv.split_once('=').ok_or_else(|| {
+                miette!(
+                    code = "cli::set",
+                    help = "write `--set name=value`",
+                    "`--set {kv}` has no `=`"
+                )
+            })?;
             Ok((k.trim().to_string(), sema::parse_value(v)))
         })
         .collect()
 }
 
-pub fn params(spec: &Path, model: Option<&str>, set: &[String], json: bool) -> miette::Result<ExitCode> {
+pub fn params(
+    spec: &Path,
+    model: Option<&str>,
+    set: &[String],
+    json: bool,
+) -> miette::Result<ExitCode> {
     let (ws, ids) = load(&[spec.to_path_buf()])?;
     let pre: Vec<SemaDiagnostic> = ws.load_diagnostics.clone();
     if emit(&pre) > 0 {
@@ -125,7 +151,12 @@ pub fn params(spec: &Path, model: Option<&str>, set: &[String], json: bool) -> m
     };
     let overrides = overrides(set)?;
     for c in configs {
-        let req = Request { config: c.clone(), overrides: overrides.clone(), objective: None, training: false };
+        let req = Request {
+            config: c.clone(),
+            overrides: overrides.clone(),
+            objective: None,
+            training: false,
+        };
         let inst = match ws.instantiate(&req) {
             Ok(i) => i,
             Err(ds) => {
@@ -140,7 +171,11 @@ pub fn params(spec: &Path, model: Option<&str>, set: &[String], json: bool) -> m
                 serde_json::json!({"model": c, "params": pc.total, "non_embedding_params": pc.non_embedding})
             );
         } else {
-            println!("{c}: {} parameters ({} non-embedding)", group(pc.total), group(pc.non_embedding));
+            println!(
+                "{c}: {} parameters ({} non-embedding)",
+                group(pc.total),
+                group(pc.non_embedding)
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -589,8 +589,14 @@ pub fn map_dims(op: &Op, f: &dyn Fn(&Dim) -> Dim) -> Op {
             // Folded to a constant once its symbols are bound.
             let d = f(dim);
             match d.as_const() {
-                Some(c) => Op::Constant { value: c as f64, dtype: *dtype },
-                None => Op::DimConst { dim: d, dtype: *dtype },
+                Some(c) => Op::Constant {
+                    value: c as f64,
+                    dtype: *dtype,
+                },
+                None => Op::DimConst {
+                    dim: d,
+                    dtype: *dtype,
+                },
             }
         }
         Op::Constant { .. }

@@ -15,14 +15,14 @@
 //! separately and runs after `layout` (see `pipeline`); if it is a graph rewrite it registers here
 //! like the others.
 
+pub mod attention;
 pub mod const_fold;
 pub mod cse;
 pub mod dce;
+pub mod fusion;
 pub mod layout;
 pub mod simplify;
 pub mod strip_stop_gradient;
-pub mod attention;
-pub mod fusion;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt;

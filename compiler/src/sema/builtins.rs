@@ -54,8 +54,8 @@ builtins! {
 
 pub const DTYPES: &[&str] = &["f32", "f64", "bf16", "f16", "i32", "i64", "bool"];
 pub const CONSTANTS: &[&str] = &[
-    "causal", "full", "inf", "pi", "training", "f32", "f64", "bf16", "f16", "i32", "i64", "bool", "KiB", "MiB",
-    "GiB", "KB", "MB", "GB",
+    "causal", "full", "inf", "pi", "training", "f32", "f64", "bf16", "f16", "i32", "i64", "bool",
+    "KiB", "MiB", "GiB", "KB", "MB", "GB",
 ];
 /// Data-side transforms an objective may request; the runtime implements them.
 pub const DATA_TRANSFORMS: &[&str] = &["span_corrupt", "pack", "prefix_split"];
@@ -132,7 +132,11 @@ fn bind(ev: &Eval, b: &Builtin, args: Vec<ArgVal>, call: Loc) -> R<Args> {
             },
         };
         if vals[i].is_some() {
-            return Err(ev.err("sema::duplicate_argument", a.loc, format!("argument `{}` is given twice", pname(b.params[i]))));
+            return Err(ev.err(
+                "sema::duplicate_argument",
+                a.loc,
+                format!("argument `{}` is given twice", pname(b.params[i])),
+            ));
         }
         vals[i] = Some((a.value, a.loc));
     }
@@ -152,23 +156,39 @@ fn bind(ev: &Eval, b: &Builtin, args: Vec<ArgVal>, call: Loc) -> R<Args> {
 fn tensor(ev: &Eval, v: &(Value, Loc), what: &str) -> R<ValueId> {
     match &v.0 {
         Value::Tensor(t) => Ok(*t),
-        other => Err(ev.err("sema::type", v.1, format!("`{what}` must be a tensor, found {}", other.kind()))),
+        other => Err(ev.err(
+            "sema::type",
+            v.1,
+            format!("`{what}` must be a tensor, found {}", other.kind()),
+        )),
     }
 }
 
 fn const_int(ev: &Eval, v: &(Value, Loc), what: &str) -> R<i64> {
     match &v.0 {
         Value::Int(d) => d.as_const().ok_or_else(|| {
-            ev.err("sema::symbolic", v.1, format!("`{what}` must be a fixed integer, found `{d}`"))
+            ev.err(
+                "sema::symbolic",
+                v.1,
+                format!("`{what}` must be a fixed integer, found `{d}`"),
+            )
         }),
-        other => Err(ev.err("sema::type", v.1, format!("`{what}` must be an integer, found {}", other.kind()))),
+        other => Err(ev.err(
+            "sema::type",
+            v.1,
+            format!("`{what}` must be an integer, found {}", other.kind()),
+        )),
     }
 }
 
 fn int_dim(ev: &Eval, v: &(Value, Loc), what: &str) -> R<Dim> {
     match &v.0 {
         Value::Int(d) => Ok(d.clone()),
-        other => Err(ev.err("sema::type", v.1, format!("`{what}` must be an integer, found {}", other.kind()))),
+        other => Err(ev.err(
+            "sema::type",
+            v.1,
+            format!("`{what}` must be an integer, found {}", other.kind()),
+        )),
     }
 }
 
@@ -178,10 +198,18 @@ fn dims_list(ev: &Eval, v: &(Value, Loc), what: &str) -> R<Vec<Dim>> {
             .iter()
             .map(|x| match x {
                 Value::Int(d) => Ok(d.clone()),
-                o => Err(ev.err("sema::type", v.1, format!("`{what}` must list integers, found {}", o.kind()))),
+                o => Err(ev.err(
+                    "sema::type",
+                    v.1,
+                    format!("`{what}` must list integers, found {}", o.kind()),
+                )),
             })
             .collect(),
-        other => Err(ev.err("sema::type", v.1, format!("`{what}` must be a list of dims, found {}", other.kind()))),
+        other => Err(ev.err(
+            "sema::type",
+            v.1,
+            format!("`{what}` must be a list of dims, found {}", other.kind()),
+        )),
     }
 }
 
@@ -189,7 +217,11 @@ fn dtype_arg(ev: &Eval, v: Option<&(Value, Loc)>, default: DType) -> R<DType> {
     match v {
         None => Ok(default),
         Some((Value::DType(d), _)) => Ok(*d),
-        Some((o, l)) => Err(ev.err("sema::type", *l, format!("expected a dtype (f32, i32, ...), found {}", o.kind()))),
+        Some((o, l)) => Err(ev.err(
+            "sema::type",
+            *l,
+            format!("expected a dtype (f32, i32, ...), found {}", o.kind()),
+        )),
     }
 }
 
@@ -197,7 +229,11 @@ fn norm_axis(ev: &Eval, axis: i64, rank: usize, loc: Loc) -> R<usize> {
     let r = rank as i64;
     let a = if axis < 0 { axis + r } else { axis };
     if a < 0 || a >= r {
-        return Err(ev.err("shape::axis", loc, format!("axis {axis} is out of range for rank {rank}")));
+        return Err(ev.err(
+            "shape::axis",
+            loc,
+            format!("axis {axis} is out of range for rank {rank}"),
+        ));
     }
     Ok(a as usize)
 }
@@ -226,9 +262,11 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
                     Ok(Value::Tensor(v))
                 }
                 Value::Int(d) if name == "abs" => match d.as_const() {
-                    Some(n) => Ok(Value::Int(Dim::c(
-                        n.checked_abs().ok_or_else(|| ev.err("sema::overflow", *l, "integer overflow"))?,
-                    ))),
+                    Some(n) => {
+                        Ok(Value::Int(Dim::c(n.checked_abs().ok_or_else(|| {
+                            ev.err("sema::overflow", *l, "integer overflow")
+                        })?)))
+                    }
                     None => Err(ev.err("sema::symbolic", *l, "`abs` of a run dim")),
                 },
                 other => {
@@ -255,13 +293,25 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
                 return Ok(match (&x.0, &y.0) {
                     (Value::Int(i), Value::Int(j)) => {
                         let (i, j) = (i.as_const().unwrap_or(0), j.as_const().unwrap_or(0));
-                        Value::Int(Dim::c(if name == "maximum" { i.max(j) } else { i.min(j) }))
+                        Value::Int(Dim::c(if name == "maximum" {
+                            i.max(j)
+                        } else {
+                            i.min(j)
+                        }))
                     }
-                    _ => Value::Float(if name == "maximum" { p.max(q) } else { p.min(q) }),
+                    _ => Value::Float(if name == "maximum" {
+                        p.max(q)
+                    } else {
+                        p.min(q)
+                    }),
                 });
             }
             let ids = ev.unify(&[x, y], loc, None)?;
-            let op = if name == "maximum" { IrBin::Max } else { IrBin::Min };
+            let op = if name == "maximum" {
+                IrBin::Max
+            } else {
+                IrBin::Min
+            };
             Ok(Value::Tensor(node(ev, Op::Binary(op), &ids, loc)?))
         }
         "where" => {
@@ -271,7 +321,14 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
             }
             let ct = tensor(ev, &c, "cond")?;
             if ev.lower.ty(ct).dtype != DType::Bool {
-                return Err(ev.err("shape::dtype", c.1, format!("`where` needs a bool condition, found {}", ev.lower.type_str(ct))));
+                return Err(ev.err(
+                    "shape::dtype",
+                    c.1,
+                    format!(
+                        "`where` needs a bool condition, found {}",
+                        ev.lower.type_str(ct)
+                    ),
+                ));
             }
             let hint = match (&x.0, &y.0) {
                 (Value::Float(_), _) | (_, Value::Float(_)) => DType::F32,
@@ -279,7 +336,15 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
             };
             // The branches decide the dtype; the condition only broadcasts.
             let branch = ev.unify(&[x, y], loc, Some(hint))?;
-            let ids = ev.unify(&[(Value::Tensor(ct), c.1), (Value::Tensor(branch[0]), loc), (Value::Tensor(branch[1]), loc)], loc, None)?;
+            let ids = ev.unify(
+                &[
+                    (Value::Tensor(ct), c.1),
+                    (Value::Tensor(branch[0]), loc),
+                    (Value::Tensor(branch[1]), loc),
+                ],
+                loc,
+                None,
+            )?;
             Ok(Value::Tensor(node(ev, Op::Select, &ids, loc)?))
         }
         "cast" => {
@@ -296,7 +361,9 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
             let rank = ty.shape.len();
             let axes: Vec<usize> = match a.get(1) {
                 None | Some((Value::None, _)) => (0..rank).collect(),
-                Some(v @ (Value::Int(_), _)) => vec![norm_axis(ev, const_int(ev, v, "axis")?, rank, v.1)?],
+                Some(v @ (Value::Int(_), _)) => {
+                    vec![norm_axis(ev, const_int(ev, v, "axis")?, rank, v.1)?]
+                }
                 Some((Value::List(xs), l)) => {
                     let mut out = Vec::new();
                     for x in xs {
@@ -307,17 +374,42 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
                     out.dedup();
                     out
                 }
-                Some((o, l)) => return Err(ev.err("sema::type", *l, format!("`axis` must be an integer or a list, found {}", o.kind()))),
+                Some((o, l)) => {
+                    return Err(ev.err(
+                        "sema::type",
+                        *l,
+                        format!("`axis` must be an integer or a list, found {}", o.kind()),
+                    ))
+                }
             };
             let keepdim = match a.get(2) {
                 None => false,
                 Some((Value::Bool(b), _)) => *b,
-                Some((o, l)) => return Err(ev.err("sema::type", *l, format!("`keepdim` must be a bool, found {}", o.kind()))),
+                Some((o, l)) => {
+                    return Err(ev.err(
+                        "sema::type",
+                        *l,
+                        format!("`keepdim` must be a bool, found {}", o.kind()),
+                    ))
+                }
             };
             if name == "max" {
-                return Ok(Value::Tensor(node(ev, Op::ReduceMax { axes, keepdim }, &[t], loc)?));
+                return Ok(Value::Tensor(node(
+                    ev,
+                    Op::ReduceMax { axes, keepdim },
+                    &[t],
+                    loc,
+                )?));
             }
-            let s = node(ev, Op::ReduceSum { axes: axes.clone(), keepdim }, &[t], loc)?;
+            let s = node(
+                ev,
+                Op::ReduceSum {
+                    axes: axes.clone(),
+                    keepdim,
+                },
+                &[t],
+                loc,
+            )?;
             if name == "sum" {
                 return Ok(Value::Tensor(s));
             }
@@ -329,19 +421,48 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
                 n = n.mul(&ty.shape[*ax]);
             }
             let count = match n.as_const() {
-                Some(c) => node(ev, Op::Constant { value: c as f64, dtype: ty.dtype }, &[], loc)?,
-                None => node(ev, Op::DimConst { dim: n, dtype: ty.dtype }, &[], loc)?,
+                Some(c) => node(
+                    ev,
+                    Op::Constant {
+                        value: c as f64,
+                        dtype: ty.dtype,
+                    },
+                    &[],
+                    loc,
+                )?,
+                None => node(
+                    ev,
+                    Op::DimConst {
+                        dim: n,
+                        dtype: ty.dtype,
+                    },
+                    &[],
+                    loc,
+                )?,
             };
-            let ids = ev.unify(&[(Value::Tensor(s), loc), (Value::Tensor(count), loc)], loc, None)?;
+            let ids = ev.unify(
+                &[(Value::Tensor(s), loc), (Value::Tensor(count), loc)],
+                loc,
+                None,
+            )?;
             Ok(Value::Tensor(node(ev, Op::Binary(IrBin::Div), &ids, loc)?))
         }
         "reshape" => {
             let t = tensor(ev, arg(0), "x")?;
             let mut dims = dims_list(ev, arg(1), "dims")?;
             let total = ev.lower.ty(t).numel();
-            let unknown: Vec<usize> = dims.iter().enumerate().filter(|(_, d)| d.as_const() == Some(-1)).map(|(i, _)| i).collect();
+            let unknown: Vec<usize> = dims
+                .iter()
+                .enumerate()
+                .filter(|(_, d)| d.as_const() == Some(-1))
+                .map(|(i, _)| i)
+                .collect();
             if unknown.len() > 1 {
-                return Err(ev.err("shape::reshape", arg(1).1, "at most one dim of a reshape may be -1"));
+                return Err(ev.err(
+                    "shape::reshape",
+                    arg(1).1,
+                    "at most one dim of a reshape may be -1",
+                ));
             }
             if let [i] = unknown[..] {
                 let mut known = Dim::c(1);
@@ -350,13 +471,27 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
                         known = known.mul(d);
                     }
                 }
-                let q = known.as_const().filter(|k| *k > 0).and_then(|k| total.div_exact(k));
+                let q = known
+                    .as_const()
+                    .filter(|k| *k > 0)
+                    .and_then(|k| total.div_exact(k));
                 match q {
                     Some(q) => dims[i] = q,
-                    None => return Err(ev.err("shape::reshape", arg(1).1, format!("cannot infer the -1 dim: {total} elements into {known}"))),
+                    None => {
+                        return Err(ev.err(
+                            "shape::reshape",
+                            arg(1).1,
+                            format!("cannot infer the -1 dim: {total} elements into {known}"),
+                        ))
+                    }
                 }
             }
-            Ok(Value::Tensor(node(ev, Op::Reshape { shape: dims }, &[t], loc)?))
+            Ok(Value::Tensor(node(
+                ev,
+                Op::Reshape { shape: dims },
+                &[t],
+                loc,
+            )?))
         }
         "transpose" => {
             let t = tensor(ev, arg(0), "x")?;
@@ -386,7 +521,11 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
             let mut sorted = perm.clone();
             sorted.sort_unstable();
             if sorted != (0..rank).collect::<Vec<_>>() {
-                return Err(ev.err("shape::permute", arg(1).1, format!("{perm:?} is not a permutation of the {rank} axes")));
+                return Err(ev.err(
+                    "shape::permute",
+                    arg(1).1,
+                    format!("{perm:?} is not a permutation of the {rank} axes"),
+                ));
             }
             Ok(Value::Tensor(node(ev, Op::Permute { perm }, &[t], loc)?))
         }
@@ -400,11 +539,22 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
                     return Err(ev.err(
                         "shape::broadcast",
                         loc,
-                        format!("cannot broadcast {} to [{}]", ev.lower.type_str(t), dims.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")),
+                        format!(
+                            "cannot broadcast {} to [{}]",
+                            ev.lower.type_str(t),
+                            dims.iter()
+                                .map(|d| d.to_string())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
                     ))
                 }
             }
-            Ok(Value::Tensor(ev.lower.broadcast_to(t, &dims).map_err(|e| ev.ir_err(loc, e))?))
+            Ok(Value::Tensor(
+                ev.lower
+                    .broadcast_to(t, &dims)
+                    .map_err(|e| ev.ir_err(loc, e))?,
+            ))
         }
         "concat" => {
             let Value::List(xs) = &arg(0).0 else {
@@ -435,7 +585,16 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
         "arange" => {
             let n = int_dim(ev, arg(0), "n")?;
             let dtype = dtype_arg(ev, a.get(1), DType::I32)?;
-            Ok(Value::Tensor(node(ev, Op::Iota { shape: vec![n], axis: 0, dtype }, &[], loc)?))
+            Ok(Value::Tensor(node(
+                ev,
+                Op::Iota {
+                    shape: vec![n],
+                    axis: 0,
+                    dtype,
+                },
+                &[],
+                loc,
+            )?))
         }
         "full" => {
             let dims = dims_list(ev, arg(0), "dims")?;
@@ -445,18 +604,31 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
                 v => ev.as_float(v, arg(1).1)?,
             };
             let c = node(ev, Op::Constant { value, dtype }, &[], loc)?;
-            Ok(Value::Tensor(ev.lower.broadcast_to(c, &dims).map_err(|e| ev.ir_err(loc, e))?))
+            Ok(Value::Tensor(
+                ev.lower
+                    .broadcast_to(c, &dims)
+                    .map_err(|e| ev.ir_err(loc, e))?,
+            ))
         }
         "rand_uniform" => {
             let t = tensor(ev, arg(0), "like")?;
             let shape = ev.lower.ty(t).shape.clone();
             let stream = ev.next_rng_stream();
-            Ok(Value::Tensor(node(ev, Op::RandUniform { shape, stream }, &[], loc)?))
+            Ok(Value::Tensor(node(
+                ev,
+                Op::RandUniform { shape, stream },
+                &[],
+                loc,
+            )?))
         }
         "banded" => {
             let w = const_int(ev, arg(0), "window")?;
             if w < 1 {
-                return Err(ev.err("sema::mask", arg(0).1, format!("a band needs a window of at least 1, found {w}")));
+                return Err(ev.err(
+                    "sema::mask",
+                    arg(0).1,
+                    format!("a band needs a window of at least 1, found {w}"),
+                ));
             }
             Ok(Value::Mask(Mask::Banded(w)))
         }
@@ -464,9 +636,20 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
             let t = tensor(ev, arg(0), "len")?;
             let ty = ev.lower.ty(t);
             if ty.shape.len() != 1 || !ty.dtype.is_int() {
-                return Err(ev.err("shape::mismatch", arg(0).1, format!("`{name}` takes per-row lengths, an int tensor [batch]; found {}", ev.lower.type_str(t))));
+                return Err(ev.err(
+                    "shape::mismatch",
+                    arg(0).1,
+                    format!(
+                        "`{name}` takes per-row lengths, an int tensor [batch]; found {}",
+                        ev.lower.type_str(t)
+                    ),
+                ));
             }
-            Ok(Value::Mask(if name == "prefix" { Mask::Prefix(t) } else { Mask::Padding(t) }))
+            Ok(Value::Mask(if name == "prefix" {
+                Mask::Prefix(t)
+            } else {
+                Mask::Padding(t)
+            }))
         }
         "mask_matrix" => {
             let mask = match &arg(0).0 {
@@ -476,12 +659,27 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
                     for m in ms {
                         match m {
                             Value::Mask(m) => out.push(m.clone()),
-                            o => return Err(ev.err("sema::type", arg(0).1, format!("expected masks, found {}", o.kind()))),
+                            o => {
+                                return Err(ev.err(
+                                    "sema::type",
+                                    arg(0).1,
+                                    format!("expected masks, found {}", o.kind()),
+                                ))
+                            }
                         }
                     }
                     Mask::All(out)
                 }
-                o => return Err(ev.err("sema::type", arg(0).1, format!("`mask` must be a mask (causal, full, banded(w), ...), found {}", o.kind()))),
+                o => {
+                    return Err(ev.err(
+                        "sema::type",
+                        arg(0).1,
+                        format!(
+                            "`mask` must be a mask (causal, full, banded(w), ...), found {}",
+                            o.kind()
+                        ),
+                    ))
+                }
             };
             let tq = int_dim(ev, arg(1), "tq")?;
             let tk = int_dim(ev, arg(2), "tk")?;
@@ -509,7 +707,11 @@ pub fn call(ev: &mut Eval, name: &str, args: Vec<ArgVal>, loc: Loc) -> R<Value> 
             // Report at the innermost call site in user code (the stack does that).
             Err(ev.err("sema::user_error", loc, msg))
         }
-        _ => Err(ev.err("sema::internal", loc, format!("builtin `{name}` has no implementation"))),
+        _ => Err(ev.err(
+            "sema::internal",
+            loc,
+            format!("builtin `{name}` has no implementation"),
+        )),
     }
 }
 
@@ -531,8 +733,30 @@ fn unary_op(name: &str) -> IrUn {
 /// `[batch, 1, tq, tk]` for masks that depend on per-row lengths.
 fn mask_matrix(ev: &mut Eval, mask: &Mask, tq: &Dim, tk: &Dim, loc: Loc) -> R<ValueId> {
     let shape = vec![tq.clone(), tk.clone()];
-    let qi = |ev: &mut Eval| node(ev, Op::Iota { shape: shape.clone(), axis: 0, dtype: DType::I32 }, &[], loc);
-    let kj = |ev: &mut Eval| node(ev, Op::Iota { shape: shape.clone(), axis: 1, dtype: DType::I32 }, &[], loc);
+    let qi = |ev: &mut Eval| {
+        node(
+            ev,
+            Op::Iota {
+                shape: shape.clone(),
+                axis: 0,
+                dtype: DType::I32,
+            },
+            &[],
+            loc,
+        )
+    };
+    let kj = |ev: &mut Eval| {
+        node(
+            ev,
+            Op::Iota {
+                shape: shape.clone(),
+                axis: 1,
+                dtype: DType::I32,
+            },
+            &[],
+            loc,
+        )
+    };
     // Queries are aligned with the *last* tq keys (decoding with a cache: tk >= tq).
     let offset = tk.sub(tq);
     let shifted_q = |ev: &mut Eval| -> R<ValueId> {
@@ -541,16 +765,45 @@ fn mask_matrix(ev: &mut Eval, mask: &Mask, tq: &Dim, tk: &Dim, loc: Loc) -> R<Va
             return Ok(i);
         }
         let off = match offset.as_const() {
-            Some(c) => node(ev, Op::Constant { value: c as f64, dtype: DType::I32 }, &[], loc)?,
-            None => node(ev, Op::DimConst { dim: offset.clone(), dtype: DType::I32 }, &[], loc)?,
+            Some(c) => node(
+                ev,
+                Op::Constant {
+                    value: c as f64,
+                    dtype: DType::I32,
+                },
+                &[],
+                loc,
+            )?,
+            None => node(
+                ev,
+                Op::DimConst {
+                    dim: offset.clone(),
+                    dtype: DType::I32,
+                },
+                &[],
+                loc,
+            )?,
         };
-        let off = ev.lower.broadcast_to(off, &shape).map_err(|e| ev.ir_err(loc, e))?;
+        let off = ev
+            .lower
+            .broadcast_to(off, &shape)
+            .map_err(|e| ev.ir_err(loc, e))?;
         node(ev, Op::Binary(IrBin::Add), &[i, off], loc)
     };
     match mask {
         Mask::Full => {
-            let t = node(ev, Op::Constant { value: 1.0, dtype: DType::Bool }, &[], loc)?;
-            ev.lower.broadcast_to(t, &shape).map_err(|e| ev.ir_err(loc, e))
+            let t = node(
+                ev,
+                Op::Constant {
+                    value: 1.0,
+                    dtype: DType::Bool,
+                },
+                &[],
+                loc,
+            )?;
+            ev.lower
+                .broadcast_to(t, &shape)
+                .map_err(|e| ev.ir_err(loc, e))
         }
         Mask::Causal => {
             let (i, j) = (shifted_q(ev)?, kj(ev)?);
@@ -559,12 +812,34 @@ fn mask_matrix(ev: &mut Eval, mask: &Mask, tq: &Dim, tk: &Dim, loc: Loc) -> R<Va
         Mask::Banded(w) => {
             let (i, j) = (shifted_q(ev)?, kj(ev)?);
             let causal = node(ev, Op::Compare(CmpOp::Le), &[j, i], loc)?;
-            let wc = node(ev, Op::Constant { value: *w as f64, dtype: DType::I32 }, &[], loc)?;
-            let wc = ev.lower.broadcast_to(wc, &shape).map_err(|e| ev.ir_err(loc, e))?;
+            let wc = node(
+                ev,
+                Op::Constant {
+                    value: *w as f64,
+                    dtype: DType::I32,
+                },
+                &[],
+                loc,
+            )?;
+            let wc = ev
+                .lower
+                .broadcast_to(wc, &shape)
+                .map_err(|e| ev.ir_err(loc, e))?;
             let lo = node(ev, Op::Binary(IrBin::Sub), &[i, wc], loc)?;
             let near = node(ev, Op::Compare(CmpOp::Gt), &[j, lo], loc)?;
-            let f = node(ev, Op::Constant { value: 0.0, dtype: DType::Bool }, &[], loc)?;
-            let f = ev.lower.broadcast_to(f, &shape).map_err(|e| ev.ir_err(loc, e))?;
+            let f = node(
+                ev,
+                Op::Constant {
+                    value: 0.0,
+                    dtype: DType::Bool,
+                },
+                &[],
+                loc,
+            )?;
+            let f = ev
+                .lower
+                .broadcast_to(f, &shape)
+                .map_err(|e| ev.ir_err(loc, e))?;
             node(ev, Op::Select, &[causal, near, f], loc)
         }
         Mask::Prefix(len) | Mask::Padding(len) => {
@@ -572,18 +847,49 @@ fn mask_matrix(ev: &mut Eval, mask: &Mask, tq: &Dim, tk: &Dim, loc: Loc) -> R<Va
             let batch = ev.lower.ty(*len).shape[0].clone();
             let full = vec![batch.clone(), Dim::c(1), tq.clone(), tk.clone()];
             let j = kj(ev)?;
-            let j = ev.lower.broadcast_to(j, &full).map_err(|e| ev.ir_err(loc, e))?;
-            let l = node(ev, Op::Reshape { shape: vec![batch, Dim::c(1), Dim::c(1), Dim::c(1)] }, &[*len], loc)?;
-            let l = ev.lower.broadcast_to(l, &full).map_err(|e| ev.ir_err(loc, e))?;
-            let l = if ev.lower.ty(l).dtype != DType::I32 { node(ev, Op::Cast { to: DType::I32 }, &[l], loc)? } else { l };
+            let j = ev
+                .lower
+                .broadcast_to(j, &full)
+                .map_err(|e| ev.ir_err(loc, e))?;
+            let l = node(
+                ev,
+                Op::Reshape {
+                    shape: vec![batch, Dim::c(1), Dim::c(1), Dim::c(1)],
+                },
+                &[*len],
+                loc,
+            )?;
+            let l = ev
+                .lower
+                .broadcast_to(l, &full)
+                .map_err(|e| ev.ir_err(loc, e))?;
+            let l = if ev.lower.ty(l).dtype != DType::I32 {
+                node(ev, Op::Cast { to: DType::I32 }, &[l], loc)?
+            } else {
+                l
+            };
             let inside = node(ev, Op::Compare(CmpOp::Lt), &[j, l], loc)?;
             if matches!(mask, Mask::Padding(_)) {
                 return Ok(inside);
             }
             let causal = mask_matrix(ev, &Mask::Causal, tq, tk, loc)?;
-            let causal = ev.lower.broadcast_to(causal, &full).map_err(|e| ev.ir_err(loc, e))?;
-            let t = node(ev, Op::Constant { value: 1.0, dtype: DType::Bool }, &[], loc)?;
-            let t = ev.lower.broadcast_to(t, &full).map_err(|e| ev.ir_err(loc, e))?;
+            let causal = ev
+                .lower
+                .broadcast_to(causal, &full)
+                .map_err(|e| ev.ir_err(loc, e))?;
+            let t = node(
+                ev,
+                Op::Constant {
+                    value: 1.0,
+                    dtype: DType::Bool,
+                },
+                &[],
+                loc,
+            )?;
+            let t = ev
+                .lower
+                .broadcast_to(t, &full)
+                .map_err(|e| ev.ir_err(loc, e))?;
             node(ev, Op::Select, &[causal, t, inside], loc)
         }
         Mask::All(ms) => {
@@ -593,10 +899,25 @@ fn mask_matrix(ev: &mut Eval, mask: &Mask, tq: &Dim, tk: &Dim, loc: Loc) -> R<Va
                 acc = Some(match acc {
                     None => v,
                     Some(p) => {
-                        let ids = ev.unify(&[(Value::Tensor(p), loc), (Value::Tensor(v), loc)], loc, None)?;
-                        let f = node(ev, Op::Constant { value: 0.0, dtype: DType::Bool }, &[], loc)?;
+                        let ids = ev.unify(
+                            &[(Value::Tensor(p), loc), (Value::Tensor(v), loc)],
+                            loc,
+                            None,
+                        )?;
+                        let f = node(
+                            ev,
+                            Op::Constant {
+                                value: 0.0,
+                                dtype: DType::Bool,
+                            },
+                            &[],
+                            loc,
+                        )?;
                         let shape = ev.lower.ty(ids[0]).shape.clone();
-                        let f = ev.lower.broadcast_to(f, &shape).map_err(|e| ev.ir_err(loc, e))?;
+                        let f = ev
+                            .lower
+                            .broadcast_to(f, &shape)
+                            .map_err(|e| ev.ir_err(loc, e))?;
                         node(ev, Op::Select, &[ids[0], ids[1], f], loc)?
                     }
                 });

@@ -9,7 +9,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use kiln_grammar::ast::{self, BinaryOp, BlockKind, Expr, ExprKind, IndexItem, Item, Stmt, UnaryOp};
+use kiln_grammar::ast::{
+    self, BinaryOp, BlockKind, Expr, ExprKind, IndexItem, Item, Stmt, UnaryOp,
+};
 
 use super::builtins;
 use super::diag::{did_you_mean, FileId, Loc};
@@ -82,7 +84,12 @@ impl Env {
     }
 
     fn new(kind: BlockKind, is_root: bool) -> Self {
-        Env { vars: HashMap::new(), pending_inputs: Vec::new(), kind, is_root }
+        Env {
+            vars: HashMap::new(),
+            pending_inputs: Vec::new(),
+            kind,
+            is_root,
+        }
     }
 }
 
@@ -173,7 +180,12 @@ impl<'w> Eval<'w> {
         if !self.ws.files[loc.file].is_stdlib {
             return loc;
         }
-        self.stack.iter().rev().find(|f| !self.ws.files[f.call.file].is_stdlib).map(|f| f.call).unwrap_or(loc)
+        self.stack
+            .iter()
+            .rev()
+            .find(|f| !self.ws.files[f.call.file].is_stdlib)
+            .map(|f| f.call)
+            .unwrap_or(loc)
     }
 
     fn tick(&mut self, loc: Loc) -> R<()> {
@@ -213,7 +225,11 @@ impl<'w> Eval<'w> {
     fn default_label(&mut self, base: &str) -> String {
         let counts = self.label_counts.last_mut().expect("root scope");
         let n = counts.entry(base.to_string()).or_insert(0);
-        let label = if *n == 0 { base.to_string() } else { format!("{base}_{n}") };
+        let label = if *n == 0 {
+            base.to_string()
+        } else {
+            format!("{base}_{n}")
+        };
         *n += 1;
         label
     }
@@ -244,14 +260,21 @@ impl<'w> Eval<'w> {
         let mut env = Env::new(BlockKind::Objective, true);
         let given: Vec<ArgVal> = args
             .iter()
-            .map(|(k, v)| ArgVal { name: Some(k.clone()), value: v.clone(), loc: at })
+            .map(|(k, v)| ArgVal {
+                name: Some(k.clone()),
+                value: v.clone(),
+                loc: at,
+            })
             .collect();
         self.bind_params(file, &def.params, &given, &mut env, at, &def.name.name)?;
         let out = self.exec_body(file, &def.body, &mut env)?;
         if !self.model_called {
             return Err(self.err(
                 "sema::objective_without_model",
-                Loc { file, span: def.name.span },
+                Loc {
+                    file,
+                    span: def.name.span,
+                },
                 format!("objective `{}` never calls `model(...)`", def.name.name),
             ));
         }
@@ -274,7 +297,11 @@ impl<'w> Eval<'w> {
         env.pending_inputs = inputs;
         let given: Vec<ArgVal> = hparams
             .iter()
-            .map(|(k, v)| ArgVal { name: Some(k.clone()), value: v.clone(), loc: at })
+            .map(|(k, v)| ArgVal {
+                name: Some(k.clone()),
+                value: v.clone(),
+                loc: at,
+            })
             .collect();
         self.bind_params(file, &def.params, &given, &mut env, at, &def.name.name)?;
         let out = self.exec_body(file, &def.body, &mut env)?;
@@ -282,7 +309,10 @@ impl<'w> Eval<'w> {
             return Err(self.err(
                 "sema::too_many_args",
                 *loc,
-                format!("model `{}` declares fewer inputs than it was given", def.name.name),
+                format!(
+                    "model `{}` declares fewer inputs than it was given",
+                    def.name.name
+                ),
             ));
         }
         Ok(out)
@@ -317,7 +347,10 @@ impl<'w> Eval<'w> {
                         return Err(self.err_help(
                             "sema::too_many_args",
                             a.loc,
-                            format!("`{callee}` takes {} argument(s), but more were given", params.len()),
+                            format!(
+                                "`{callee}` takes {} argument(s), but more were given",
+                                params.len()
+                            ),
                             format!("`{callee}` takes: {}", param_list(params)),
                         ));
                     }
@@ -331,10 +364,12 @@ impl<'w> Eval<'w> {
                             a.loc,
                             format!("`{callee}` has no parameter `{n}`"),
                         );
-                        e.help = Some(match did_you_mean(n, params.iter().map(|p| p.name.name.as_str())) {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None => format!("`{callee}` takes: {}", param_list(params)),
-                        });
+                        e.help = Some(
+                            match did_you_mean(n, params.iter().map(|p| p.name.name.as_str())) {
+                                Some(s) => format!("did you mean `{s}`?"),
+                                None => format!("`{callee}` takes: {}", param_list(params)),
+                            },
+                        );
                         return Err(e);
                     };
                     if given[i].is_some() {
@@ -390,7 +425,13 @@ impl<'w> Eval<'w> {
                 at,
                 format!("`{what}` must be a tensor, found {}", value.kind()),
             );
-            e.notes.push((Loc { file, span: ty.span }, "declared here".into()));
+            e.notes.push((
+                Loc {
+                    file,
+                    span: ty.span,
+                },
+                "declared here".into(),
+            ));
             return Err(e);
         };
         let t = self.lower.ty(*v);
@@ -402,14 +443,27 @@ impl<'w> Eval<'w> {
                     at,
                     format!("`{what}` must be {}, found {}", want.name(), t.dtype.name()),
                 );
-                e.notes.push((Loc { file, span: ty.span }, "declared here".into()));
+                e.notes.push((
+                    Loc {
+                        file,
+                        span: ty.span,
+                    },
+                    "declared here".into(),
+                ));
                 return Err(e);
             }
         }
-        let has_ellipsis = ty.dims.iter().any(|d| matches!(d, ast::DimPat::Ellipsis(_)));
+        let has_ellipsis = ty
+            .dims
+            .iter()
+            .any(|d| matches!(d, ast::DimPat::Ellipsis(_)));
         let fixed = ty.dims.len() - usize::from(has_ellipsis);
         let rank = t.shape.len();
-        let rank_ok = if has_ellipsis { rank >= fixed } else { rank == fixed };
+        let rank_ok = if has_ellipsis {
+            rank >= fixed
+        } else {
+            rank == fixed
+        };
         let pattern = type_text(ty, &self.ws.files[file].text);
         if !rank_ok {
             let mut e = self.err(
@@ -420,7 +474,13 @@ impl<'w> Eval<'w> {
                     self.lower.type_str(*v)
                 ),
             );
-            e.notes.push((Loc { file, span: ty.span }, "declared here".into()));
+            e.notes.push((
+                Loc {
+                    file,
+                    span: ty.span,
+                },
+                "declared here".into(),
+            ));
             return Err(e);
         }
         let lead = rank - fixed;
@@ -447,7 +507,8 @@ impl<'w> Eval<'w> {
                                 self.lower.type_str(*v)
                             ),
                         );
-                        err.notes.push((Loc { file, span: e.span }, format!("this dim is {want}")));
+                        err.notes
+                            .push((Loc { file, span: e.span }, format!("this dim is {want}")));
                         return Err(err);
                     }
                     axis += 1;
@@ -461,13 +522,18 @@ impl<'w> Eval<'w> {
         DType::from_name(&id.name).ok_or_else(|| {
             let mut e = self.err(
                 "sema::unknown_dtype",
-                Loc { file, span: id.span },
+                Loc {
+                    file,
+                    span: id.span,
+                },
                 format!("unknown dtype `{}`", id.name),
             );
-            e.help = Some(match did_you_mean(&id.name, builtins::DTYPES.iter().copied()) {
-                Some(s) => format!("did you mean `{s}`?"),
-                None => format!("dtypes: {}", builtins::DTYPES.join(", ")),
-            });
+            e.help = Some(
+                match did_you_mean(&id.name, builtins::DTYPES.iter().copied()) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("dtypes: {}", builtins::DTYPES.join(", ")),
+                },
+            );
             e
         })
     }
@@ -484,7 +550,10 @@ impl<'w> Eval<'w> {
     }
 
     fn exec_stmt(&mut self, file: FileId, stmt: &Stmt, env: &mut Env) -> R<Flow> {
-        let loc = Loc { file, span: stmt.span() };
+        let loc = Loc {
+            file,
+            span: stmt.span(),
+        };
         self.tick(loc)?;
         match stmt {
             Stmt::Assign { target, value, .. } => {
@@ -495,7 +564,12 @@ impl<'w> Eval<'w> {
                 let v = self.eval(file, value, env)?;
                 return Ok(Flow::Return(v));
             }
-            Stmt::If { cond, then_body, else_body, .. } => {
+            Stmt::If {
+                cond,
+                then_body,
+                else_body,
+                ..
+            } => {
                 let c = self.eval_bool(file, cond, env)?;
                 if c {
                     return self.exec_stmts(file, then_body, env);
@@ -503,12 +577,21 @@ impl<'w> Eval<'w> {
                     return self.exec_stmts(file, e, env);
                 }
             }
-            Stmt::Repeat { var, count, label, body, .. } => {
+            Stmt::Repeat {
+                var,
+                count,
+                label,
+                body,
+                ..
+            } => {
                 let n = self.eval_const_int(file, count, env)?;
                 if n < 0 {
                     return Err(self.err(
                         "sema::negative_repeat",
-                        Loc { file, span: count.span },
+                        Loc {
+                            file,
+                            span: count.span,
+                        },
                         format!("`repeat` count is negative ({n})"),
                     ));
                 }
@@ -546,14 +629,25 @@ impl<'w> Eval<'w> {
             }
             Stmt::Assert { cond, message, .. } => {
                 if !self.eval_bool(file, cond, env)? {
-                    let msg = message.clone().unwrap_or_else(|| "assertion failed".to_string());
-                    let mut e = self.err("sema::assert", Loc { file, span: cond.span }, msg);
+                    let msg = message
+                        .clone()
+                        .unwrap_or_else(|| "assertion failed".to_string());
+                    let mut e = self.err(
+                        "sema::assert",
+                        Loc {
+                            file,
+                            span: cond.span,
+                        },
+                        msg,
+                    );
                     e.label = "this is false".into();
                     return Err(e);
                 }
             }
             Stmt::Input { name, ty, .. } => self.exec_input(file, name, ty, env, loc)?,
-            Stmt::Param { name, ty, init, .. } => self.exec_param(file, name, ty, init, env, loc)?,
+            Stmt::Param { name, ty, init, .. } => {
+                self.exec_param(file, name, ty, init, env, loc)?
+            }
             Stmt::Data { call, .. } => {
                 if env.kind != BlockKind::Objective {
                     return Err(self.err(
@@ -569,7 +663,10 @@ impl<'w> Eval<'w> {
                 if !builtins::DATA_TRANSFORMS.contains(&name.as_str()) {
                     let mut e = self.err(
                         "sema::unknown_transform",
-                        Loc { file, span: callee.span },
+                        Loc {
+                            file,
+                            span: callee.span,
+                        },
                         format!("unknown data transform `{name}`"),
                     );
                     e.help = Some(
@@ -625,7 +722,10 @@ impl<'w> Eval<'w> {
             return Err(self.err(
                 "sema::missing_input",
                 self.stack.last().map(|f| f.call).unwrap_or(loc),
-                format!("the model needs input `{}`, but the call does not supply it", name.name),
+                format!(
+                    "the model needs input `{}`, but the call does not supply it",
+                    name.name
+                ),
             ));
         }
         // Root input: unbound names in its dims become symbolic run dims (`batch`, `seq`).
@@ -658,10 +758,21 @@ impl<'w> Eval<'w> {
         }
         let v = self
             .lower
-            .node(Op::Input { name: name.name.clone(), shape, dtype }, &[])
+            .node(
+                Op::Input {
+                    name: name.name.clone(),
+                    shape,
+                    dtype,
+                },
+                &[],
+            )
             .map_err(|e| self.ir_err(loc, e))?;
         if self.lower.has_input(&name.name) > 1 {
-            return Err(self.err("sema::duplicate_input", loc, format!("input `{}` is declared twice", name.name)));
+            return Err(self.err(
+                "sema::duplicate_input",
+                loc,
+                format!("input `{}` is declared twice", name.name),
+            ));
         }
         env.vars.insert(name.name.clone(), Value::Tensor(v));
         Ok(())
@@ -677,7 +788,11 @@ impl<'w> Eval<'w> {
         loc: Loc,
     ) -> R<()> {
         if env.kind == BlockKind::Objective {
-            return Err(self.err("sema::param_in_objective", loc, "objectives have no parameters"));
+            return Err(self.err(
+                "sema::param_in_objective",
+                loc,
+                "objectives have no parameters",
+            ));
         }
         let dtype = match &ty.dtype {
             Some(d) => self.dtype_name(file, d)?,
@@ -701,14 +816,20 @@ impl<'w> Eval<'w> {
                             return Err(self.err(
                                 "shape::param_dim",
                                 Loc { file, span: e.span },
-                                format!("parameter `{}` has a dim of {n}; dims must be positive", name.name),
+                                format!(
+                                    "parameter `{}` has a dim of {n}; dims must be positive",
+                                    name.name
+                                ),
                             ))
                         }
                         None => {
                             return Err(self.err_help(
                                 "shape::symbolic_param",
                                 Loc { file, span: e.span },
-                                format!("parameter `{}` has a dim that depends on the run ({dim})", name.name),
+                                format!(
+                                    "parameter `{}` has a dim that depends on the run ({dim})",
+                                    name.name
+                                ),
                                 "parameter shapes must be fixed by hyperparameters alone",
                             ))
                         }
@@ -735,7 +856,13 @@ impl<'w> Eval<'w> {
         self.param_decls.insert(full.clone(), self.user_loc(loc));
         let v = self
             .lower
-            .unique_param(Op::Param { name: full, shape, dtype, init, trainable: true })
+            .unique_param(Op::Param {
+                name: full,
+                shape,
+                dtype,
+                init,
+                trainable: true,
+            })
             .map_err(|e| self.ir_err(loc, e))?;
         env.vars.insert(name.name.clone(), Value::Tensor(v));
         Ok(())
@@ -743,7 +870,10 @@ impl<'w> Eval<'w> {
 
     fn eval_init(&mut self, file: FileId, init: &Expr, env: &mut Env) -> R<crate::ir::Init> {
         use crate::ir::Init;
-        let loc = Loc { file, span: init.span };
+        let loc = Loc {
+            file,
+            span: init.span,
+        };
         let bad = |me: &Self| {
             me.err_help(
                 "sema::bad_init",
@@ -755,19 +885,28 @@ impl<'w> Eval<'w> {
         match &init.kind {
             ExprKind::Name(id) if id.name == "zeros" => Ok(Init::Zeros),
             ExprKind::Name(id) if id.name == "ones" => Ok(Init::Ones),
-            ExprKind::Call { callee, args, label: None } => {
+            ExprKind::Call {
+                callee,
+                args,
+                label: None,
+            } => {
                 let mut vals = Vec::new();
                 for a in args {
                     vals.push(self.eval_float(file, &a.value, env)?);
                 }
                 match (callee.name.as_str(), vals.as_slice()) {
-                    ("normal", [std]) if *std >= 0.0 && std.is_finite() => Ok(Init::Normal { std: *std }),
+                    ("normal", [std]) if *std >= 0.0 && std.is_finite() => {
+                        Ok(Init::Normal { std: *std })
+                    }
                     ("normal", [std]) => Err(self.err(
                         "sema::bad_init",
                         loc,
                         format!("`normal` needs a finite, non-negative std, found {std}"),
                     )),
-                    ("uniform", [lo, hi]) if lo <= hi => Ok(Init::Uniform { low: *lo, high: *hi }),
+                    ("uniform", [lo, hi]) if lo <= hi => Ok(Init::Uniform {
+                        low: *lo,
+                        high: *hi,
+                    }),
                     ("constant", [v]) => Ok(Init::Const(*v)),
                     _ => Err(bad(self)),
                 }
@@ -800,13 +939,21 @@ impl<'w> Eval<'w> {
                 let v = self.eval(file, operand, env)?;
                 self.unary(*op, v, loc)
             }
-            ExprKind::Binary { op: BinaryOp::And, lhs, rhs } => {
+            ExprKind::Binary {
+                op: BinaryOp::And,
+                lhs,
+                rhs,
+            } => {
                 if !self.eval_bool(file, lhs, env)? {
                     return Ok(Value::Bool(false));
                 }
                 Ok(Value::Bool(self.eval_bool(file, rhs, env)?))
             }
-            ExprKind::Binary { op: BinaryOp::Or, lhs, rhs } => {
+            ExprKind::Binary {
+                op: BinaryOp::Or,
+                lhs,
+                rhs,
+            } => {
                 if self.eval_bool(file, lhs, env)? {
                     return Ok(Value::Bool(true));
                 }
@@ -815,20 +962,48 @@ impl<'w> Eval<'w> {
             ExprKind::Binary { op, lhs, rhs } => {
                 let a = self.eval(file, lhs, env)?;
                 let b = self.eval(file, rhs, env)?;
-                let r = self.binary(*op, a.clone(), b.clone(), loc, Loc { file, span: lhs.span }, Loc { file, span: rhs.span });
+                let r = self.binary(
+                    *op,
+                    a.clone(),
+                    b.clone(),
+                    loc,
+                    Loc {
+                        file,
+                        span: lhs.span,
+                    },
+                    Loc {
+                        file,
+                        span: rhs.span,
+                    },
+                );
                 r.map_err(|mut err| {
                     if err.code == "sema::not_divisible" {
                         // Name both operands as written: "`d` (96) is not divisible by `heads` (5)".
                         let text = &self.ws.files[file].text;
-                        let src = |e: &Expr| text.get(e.span.start..e.span.end).unwrap_or("?").to_string();
+                        let src = |e: &Expr| {
+                            text.get(e.span.start..e.span.end)
+                                .unwrap_or("?")
+                                .to_string()
+                        };
                         let (ls, rs) = (src(lhs), src(rhs));
-                        let show = |s: &str, v: &Value| if s == v.to_string() { s.to_string() } else { format!("`{s}` ({v})") };
-                        err.message = format!("{} is not divisible by {}", show(&ls, &a), show(&rs, &b));
+                        let show = |s: &str, v: &Value| {
+                            if s == v.to_string() {
+                                s.to_string()
+                            } else {
+                                format!("`{s}` ({v})")
+                            }
+                        };
+                        err.message =
+                            format!("{} is not divisible by {}", show(&ls, &a), show(&rs, &b));
                     }
                     err
                 })
             }
-            ExprKind::IfElse { cond, then_expr, else_expr } => {
+            ExprKind::IfElse {
+                cond,
+                then_expr,
+                else_expr,
+            } => {
                 if self.eval_bool(file, cond, env)? {
                     self.eval(file, then_expr, env)
                 } else {
@@ -841,10 +1016,17 @@ impl<'w> Eval<'w> {
             }
             ExprKind::Member { name, .. } => Err(self.err(
                 "sema::member",
-                Loc { file, span: name.span },
+                Loc {
+                    file,
+                    span: name.span,
+                },
                 format!("member access `.{}` is not supported", name.name),
             )),
-            ExprKind::Call { callee, args, label } => self.call(file, callee, args, label.as_ref(), env, loc),
+            ExprKind::Call {
+                callee,
+                args,
+                label,
+            } => self.call(file, callee, args, label.as_ref(), env, loc),
         }
     }
 
@@ -855,8 +1037,15 @@ impl<'w> Eval<'w> {
         if let Some(v) = builtins::constant(&id.name, self.training) {
             return Ok(v);
         }
-        let loc = Loc { file, span: id.span };
-        let mut e = self.err("sema::unknown_name", loc, format!("unknown name `{}`", id.name));
+        let loc = Loc {
+            file,
+            span: id.span,
+        };
+        let mut e = self.err(
+            "sema::unknown_name",
+            loc,
+            format!("unknown name `{}`", id.name),
+        );
         e.label = "not defined here".into();
         let candidates: Vec<&str> = env
             .vars
@@ -910,9 +1099,17 @@ impl<'w> Eval<'w> {
         match v {
             Value::Float(x) => Ok(*x),
             Value::Int(d) => d.as_const().map(|n| n as f64).ok_or_else(|| {
-                self.err("sema::symbolic", loc, format!("expected a number, found the run dim `{d}`"))
+                self.err(
+                    "sema::symbolic",
+                    loc,
+                    format!("expected a number, found the run dim `{d}`"),
+                )
             }),
-            v => Err(self.err("sema::type", loc, format!("expected a number, found {}", v.kind()))),
+            v => Err(self.err(
+                "sema::type",
+                loc,
+                format!("expected a number, found {}", v.kind()),
+            )),
         }
     }
 
@@ -920,9 +1117,11 @@ impl<'w> Eval<'w> {
         match (op, v) {
             (UnaryOp::Neg, Value::Int(d)) => Ok(Value::Int(Dim::c(0).sub(&d))),
             (UnaryOp::Neg, Value::Float(x)) => Ok(Value::Float(-x)),
-            (UnaryOp::Neg, Value::Tensor(t)) => {
-                Ok(Value::Tensor(self.lower.node(Op::Unary(IrUn::Neg), &[t]).map_err(|e| self.ir_err(loc, e))?))
-            }
+            (UnaryOp::Neg, Value::Tensor(t)) => Ok(Value::Tensor(
+                self.lower
+                    .node(Op::Unary(IrUn::Neg), &[t])
+                    .map_err(|e| self.ir_err(loc, e))?,
+            )),
             (UnaryOp::Not, Value::Bool(b)) => Ok(Value::Bool(!b)),
             (op, v) => Err(self.err(
                 "sema::type",
@@ -936,10 +1135,23 @@ impl<'w> Eval<'w> {
         }
     }
 
-    pub fn binary(&mut self, op: BinaryOp, a: Value, b: Value, loc: Loc, la: Loc, lb: Loc) -> R<Value> {
+    pub fn binary(
+        &mut self,
+        op: BinaryOp,
+        a: Value,
+        b: Value,
+        loc: Loc,
+        la: Loc,
+        lb: Loc,
+    ) -> R<Value> {
         use BinaryOp::*;
         // `x == none`, `mask == causal`: compile-time identity tests, even when one side is a tensor.
-        let static_eq = |v: &Value| matches!(v, Value::None | Value::Str(_) | Value::Mask(_) | Value::DType(_) | Value::List(_));
+        let static_eq = |v: &Value| {
+            matches!(
+                v,
+                Value::None | Value::Str(_) | Value::Mask(_) | Value::DType(_) | Value::List(_)
+            )
+        };
         if matches!(op, Eq | Ne) && (static_eq(&a) || static_eq(&b)) {
             let eq = match (&a, &b) {
                 (Value::Tensor(x), Value::Tensor(y)) => x == y,
@@ -948,14 +1160,18 @@ impl<'w> Eval<'w> {
             return Ok(Value::Bool(if op == Eq { eq } else { !eq }));
         }
         match (&a, &b) {
-            (Value::Tensor(_), _) | (_, Value::Tensor(_)) => return self.tensor_binary(op, a, b, loc, la, lb),
+            (Value::Tensor(_), _) | (_, Value::Tensor(_)) => {
+                return self.tensor_binary(op, a, b, loc, la, lb)
+            }
             _ => {}
         }
         match op {
             Eq | Ne => {
                 let eq = match (&a, &b) {
                     (Value::Int(x), Value::Int(y)) => x == y,
-                    (Value::Int(_), Value::Float(_)) | (Value::Float(_), Value::Int(_)) | (Value::Float(_), Value::Float(_)) => {
+                    (Value::Int(_), Value::Float(_))
+                    | (Value::Float(_), Value::Int(_))
+                    | (Value::Float(_), Value::Float(_)) => {
                         self.as_float(&a, la)? == self.as_float(&b, lb)?
                     }
                     _ => a == b,
@@ -987,7 +1203,12 @@ impl<'w> Eval<'w> {
             (x, y) => Err(self.err(
                 "sema::type",
                 loc,
-                format!("cannot apply `{}` to {} and {}", op.symbol(), x.kind(), y.kind()),
+                format!(
+                    "cannot apply `{}` to {} and {}",
+                    op.symbol(),
+                    x.kind(),
+                    y.kind()
+                ),
             )),
         }
     }
@@ -999,7 +1220,10 @@ impl<'w> Eval<'w> {
             me.err(
                 "sema::symbolic",
                 loc,
-                format!("`{}` needs fixed integers, found `{x}` and `{y}`", op.symbol()),
+                format!(
+                    "`{}` needs fixed integers, found `{x}` and `{y}`",
+                    op.symbol()
+                ),
             )
         };
         let overflow = |me: &Self| me.err("sema::overflow", loc, "integer overflow");
@@ -1008,7 +1232,9 @@ impl<'w> Eval<'w> {
             Sub => Value::Int(x.sub(&y)),
             Mul => Value::Int(x.mul(&y)),
             Div => {
-                let Some(d) = y.as_const() else { return Err(need_const(self)) };
+                let Some(d) = y.as_const() else {
+                    return Err(need_const(self));
+                };
                 if d == 0 {
                     return Err(self.err("sema::division_by_zero", lb, "division by zero"));
                 }
@@ -1031,12 +1257,16 @@ impl<'w> Eval<'w> {
                 }
             }
             FloorDiv | Mod | Pow | Lt | Le | Gt | Ge => {
-                let (Some(a), Some(b)) = consts else { return Err(need_const(self)) };
+                let (Some(a), Some(b)) = consts else {
+                    return Err(need_const(self));
+                };
                 match op {
                     FloorDiv | Mod if b == 0 => {
                         return Err(self.err("sema::division_by_zero", lb, "division by zero"))
                     }
-                    FloorDiv => Value::Int(Dim::c(a.checked_div_euclid(b).ok_or_else(|| overflow(self))?)),
+                    FloorDiv => Value::Int(Dim::c(
+                        a.checked_div_euclid(b).ok_or_else(|| overflow(self))?,
+                    )),
                     // `i64::MIN % -1` overflows in Rust; the remainder of any division by ±1 is 0.
                     Mod if b == -1 => Value::Int(Dim::c(0)),
                     Mod => Value::Int(Dim::c(a.rem_euclid(b))),
@@ -1066,7 +1296,16 @@ impl<'w> Eval<'w> {
                     if dtype == DType::Bool {
                         return Err(self.err("sema::type", loc, "cannot use a run dim as a bool"));
                     }
-                    return self.lower.node(Op::DimConst { dim: d.clone(), dtype }, &[]).map_err(|e| self.ir_err(loc, e));
+                    return self
+                        .lower
+                        .node(
+                            Op::DimConst {
+                                dim: d.clone(),
+                                dtype,
+                            },
+                            &[],
+                        )
+                        .map_err(|e| self.ir_err(loc, e));
                 }
             },
             (Value::Float(x), dt) if dt.is_float() => *x,
@@ -1086,11 +1325,18 @@ impl<'w> Eval<'w> {
                 ))
             }
         };
-        self.lower.node(Op::Constant { value, dtype }, &[]).map_err(|e| self.ir_err(loc, e))
+        self.lower
+            .node(Op::Constant { value, dtype }, &[])
+            .map_err(|e| self.ir_err(loc, e))
     }
 
     /// Bring two or three operands to tensors of one dtype and one (numpy-broadcast) shape.
-    pub fn unify(&mut self, vals: &[(Value, Loc)], loc: Loc, dtype_hint: Option<DType>) -> R<Vec<ValueId>> {
+    pub fn unify(
+        &mut self,
+        vals: &[(Value, Loc)],
+        loc: Loc,
+        dtype_hint: Option<DType>,
+    ) -> R<Vec<ValueId>> {
         let dtype = vals
             .iter()
             .find_map(|(v, _)| match v {
@@ -1106,7 +1352,10 @@ impl<'w> Eval<'w> {
                 other => self.scalar_const(other, dtype, *l)?,
             });
         }
-        let shapes: Vec<_> = ids.iter().map(|i| self.lower.ty(*i).shape.clone()).collect();
+        let shapes: Vec<_> = ids
+            .iter()
+            .map(|i| self.lower.ty(*i).shape.clone())
+            .collect();
         let out = match self.lower.broadcast_shapes(&shapes) {
             Some(s) => s,
             None => {
@@ -1124,12 +1373,24 @@ impl<'w> Eval<'w> {
         };
         let mut res = Vec::new();
         for id in ids {
-            res.push(self.lower.broadcast_to(id, &out).map_err(|e| self.ir_err(loc, e))?);
+            res.push(
+                self.lower
+                    .broadcast_to(id, &out)
+                    .map_err(|e| self.ir_err(loc, e))?,
+            );
         }
         Ok(res)
     }
 
-    fn tensor_binary(&mut self, op: BinaryOp, a: Value, b: Value, loc: Loc, la: Loc, lb: Loc) -> R<Value> {
+    fn tensor_binary(
+        &mut self,
+        op: BinaryOp,
+        a: Value,
+        b: Value,
+        loc: Loc,
+        la: Loc,
+        lb: Loc,
+    ) -> R<Value> {
         use BinaryOp::*;
         if op == MatMul {
             return self.matmul(a, b, loc, la, lb);
@@ -1138,22 +1399,47 @@ impl<'w> Eval<'w> {
             return match (a, b) {
                 (Value::Tensor(t), p @ (Value::Int(_) | Value::Float(_))) => {
                     let p = self.as_float(&p, lb)?;
-                    Ok(Value::Tensor(self.lower.node(Op::PowConst { p }, &[t]).map_err(|e| self.ir_err(loc, e))?))
+                    Ok(Value::Tensor(
+                        self.lower
+                            .node(Op::PowConst { p }, &[t])
+                            .map_err(|e| self.ir_err(loc, e))?,
+                    ))
                 }
                 (s @ (Value::Int(_) | Value::Float(_)), Value::Tensor(t)) => {
                     // s ** t = exp(t * ln s)
                     let base = self.as_float(&s, la)?;
                     if base <= 0.0 {
-                        return Err(self.err("sema::domain", la, "a scalar base of `**` with a tensor exponent must be positive"));
+                        return Err(self.err(
+                            "sema::domain",
+                            la,
+                            "a scalar base of `**` with a tensor exponent must be positive",
+                        ));
                     }
-                    let v = self.tensor_binary(Mul, Value::Tensor(t), Value::Float(base.ln()), loc, lb, la)?;
-                    let Value::Tensor(v) = v else { unreachable_binary() };
-                    Ok(Value::Tensor(self.lower.node(Op::Unary(IrUn::Exp), &[v]).map_err(|e| self.ir_err(loc, e))?))
+                    let v = self.tensor_binary(
+                        Mul,
+                        Value::Tensor(t),
+                        Value::Float(base.ln()),
+                        loc,
+                        lb,
+                        la,
+                    )?;
+                    let Value::Tensor(v) = v else {
+                        unreachable_binary()
+                    };
+                    Ok(Value::Tensor(
+                        self.lower
+                            .node(Op::Unary(IrUn::Exp), &[v])
+                            .map_err(|e| self.ir_err(loc, e))?,
+                    ))
                 }
                 (x, y) => Err(self.err(
                     "sema::type",
                     loc,
-                    format!("`**` takes a tensor and a number, found {} and {}", x.kind(), y.kind()),
+                    format!(
+                        "`**` takes a tensor and a number, found {} and {}",
+                        x.kind(),
+                        y.kind()
+                    ),
                 )),
             };
         }
@@ -1177,18 +1463,32 @@ impl<'w> Eval<'w> {
                 ))
             }
             MatMul | Pow | And | Or => {
-                return Err(self.err("sema::type", loc, format!("`{}` is not defined on tensors", op.symbol())))
+                return Err(self.err(
+                    "sema::type",
+                    loc,
+                    format!("`{}` is not defined on tensors", op.symbol()),
+                ))
             }
         };
-        if matches!(a, Value::Tensor(_)) && !is_numeric(&b) || matches!(b, Value::Tensor(_)) && !is_numeric(&a) {
+        if matches!(a, Value::Tensor(_)) && !is_numeric(&b)
+            || matches!(b, Value::Tensor(_)) && !is_numeric(&a)
+        {
             return Err(self.err(
                 "sema::type",
                 loc,
-                format!("cannot apply `{}` to {} and {}", op.symbol(), a.kind(), b.kind()),
+                format!(
+                    "cannot apply `{}` to {} and {}",
+                    op.symbol(),
+                    a.kind(),
+                    b.kind()
+                ),
             ));
         }
         let ids = self.unify(&[(a, la), (b, lb)], loc, None)?;
-        let v = self.lower.node(ir_op, &ids).map_err(|e| self.ir_err(loc, e))?;
+        let v = self
+            .lower
+            .node(ir_op, &ids)
+            .map_err(|e| self.ir_err(loc, e))?;
         Ok(Value::Tensor(v))
     }
 
@@ -1205,7 +1505,11 @@ impl<'w> Eval<'w> {
             return Err(self.err_help(
                 "shape::matmul",
                 loc,
-                format!("`@` needs operands of rank ≥ 2, found {} and {}", self.lower.type_str(*x), self.lower.type_str(*w)),
+                format!(
+                    "`@` needs operands of rank ≥ 2, found {} and {}",
+                    self.lower.type_str(*x),
+                    self.lower.type_str(*w)
+                ),
                 "reshape vectors to [1, n] or [n, 1]",
             ));
         }
@@ -1244,17 +1548,36 @@ impl<'w> Eval<'w> {
             sx.extend_from_slice(&tx.shape[tx.shape.len() - 2..]);
             let mut sw = batch;
             sw.extend_from_slice(&tw.shape[tw.shape.len() - 2..]);
-            x = self.lower.broadcast_to(x, &sx).map_err(|e| self.ir_err(loc, e))?;
-            w = self.lower.broadcast_to(w, &sw).map_err(|e| self.ir_err(loc, e))?;
+            x = self
+                .lower
+                .broadcast_to(x, &sx)
+                .map_err(|e| self.ir_err(loc, e))?;
+            w = self
+                .lower
+                .broadcast_to(w, &sw)
+                .map_err(|e| self.ir_err(loc, e))?;
         }
         let v = self
             .lower
-            .node(Op::MatMul { transpose_a: false, transpose_b: false }, &[x, w])
+            .node(
+                Op::MatMul {
+                    transpose_a: false,
+                    transpose_b: false,
+                },
+                &[x, w],
+            )
             .map_err(|e| self.ir_err(loc, e))?;
         Ok(Value::Tensor(v))
     }
 
-    fn index(&mut self, file: FileId, base: Value, items: &[IndexItem], env: &mut Env, loc: Loc) -> R<Value> {
+    fn index(
+        &mut self,
+        file: FileId,
+        base: Value,
+        items: &[IndexItem],
+        env: &mut Env,
+        loc: Loc,
+    ) -> R<Value> {
         let t = match base {
             Value::List(xs) => {
                 let [IndexItem::Expr(e)] = items else {
@@ -1263,16 +1586,26 @@ impl<'w> Eval<'w> {
                 let i = self.eval_const_int(file, e, env)?;
                 let n = xs.len() as i64;
                 let j = if i < 0 { i + n } else { i };
-                return xs.get(usize::try_from(j).unwrap_or(usize::MAX)).cloned().ok_or_else(|| {
-                    self.err("sema::index", Loc { file, span: e.span }, format!("index {i} is out of range for a list of {n}"))
-                });
+                return xs
+                    .get(usize::try_from(j).unwrap_or(usize::MAX))
+                    .cloned()
+                    .ok_or_else(|| {
+                        self.err(
+                            "sema::index",
+                            Loc { file, span: e.span },
+                            format!("index {i} is out of range for a list of {n}"),
+                        )
+                    });
             }
             Value::Tensor(t) => t,
             v => return Err(self.err("sema::type", loc, format!("cannot index {}", v.kind()))),
         };
         let ty = self.lower.ty(t);
         let rank = ty.shape.len();
-        let n_ell = items.iter().filter(|i| matches!(i, IndexItem::Ellipsis(_))).count();
+        let n_ell = items
+            .iter()
+            .filter(|i| matches!(i, IndexItem::Ellipsis(_)))
+            .count();
         if n_ell > 1 {
             return Err(self.err("sema::index", loc, "at most one `...` per index"));
         }
@@ -1281,7 +1614,10 @@ impl<'w> Eval<'w> {
             return Err(self.err(
                 "shape::index",
                 loc,
-                format!("{n_fixed} indices for a tensor of rank {rank} ({})", self.lower.type_str(t)),
+                format!(
+                    "{n_fixed} indices for a tensor of rank {rank} ({})",
+                    self.lower.type_str(t)
+                ),
             ));
         }
         let mut axis = 0usize;
@@ -1293,23 +1629,37 @@ impl<'w> Eval<'w> {
                 IndexItem::Expr(e) => {
                     let dim = ty.shape[axis].clone();
                     let i = self.eval_int(file, e, env)?;
-                    let start = if i.as_const().is_some_and(|c| c < 0) { dim.add(&i) } else { i };
+                    let start = if i.as_const().is_some_and(|c| c < 0) {
+                        dim.add(&i)
+                    } else {
+                        i
+                    };
                     let end = start.add(&Dim::c(1));
                     cur = self.slice(cur, axis, start, end, 1, Loc { file, span: e.span })?;
                     drop.push(axis);
                     axis += 1;
                 }
-                IndexItem::Slice { start, end, step, span } => {
+                IndexItem::Slice {
+                    start,
+                    end,
+                    step,
+                    span,
+                } => {
                     let dim = ty.shape[axis].clone();
-                    let resolve = |me: &mut Self, e: &Option<Expr>, default: Dim, env: &mut Env| -> R<Dim> {
-                        match e {
-                            None => Ok(default),
-                            Some(e) => {
-                                let i = me.eval_int(file, e, env)?;
-                                Ok(if i.as_const().is_some_and(|c| c < 0) { dim.add(&i) } else { i })
+                    let resolve =
+                        |me: &mut Self, e: &Option<Expr>, default: Dim, env: &mut Env| -> R<Dim> {
+                            match e {
+                                None => Ok(default),
+                                Some(e) => {
+                                    let i = me.eval_int(file, e, env)?;
+                                    Ok(if i.as_const().is_some_and(|c| c < 0) {
+                                        dim.add(&i)
+                                    } else {
+                                        i
+                                    })
+                                }
                             }
-                        }
-                    };
+                        };
                     let s = resolve(self, start, Dim::c(0), env)?;
                     let en = resolve(self, end, dim.clone(), env)?;
                     let st = match step {
@@ -1317,7 +1667,11 @@ impl<'w> Eval<'w> {
                         Some(e) => self.eval_const_int(file, e, env)?,
                     };
                     if st < 1 {
-                        return Err(self.err("shape::index", Loc { file, span: *span }, "slice steps must be positive"));
+                        return Err(self.err(
+                            "shape::index",
+                            Loc { file, span: *span },
+                            "slice steps must be positive",
+                        ));
                     }
                     if !(s.as_const() == Some(0) && en == dim && st == 1) {
                         cur = self.slice(cur, axis, s, en, st, Loc { file, span: *span })?;
@@ -1336,12 +1690,23 @@ impl<'w> Eval<'w> {
                 .filter(|(i, _)| !drop.contains(i))
                 .map(|(_, d)| d.clone())
                 .collect();
-            cur = self.lower.node(Op::Reshape { shape }, &[cur]).map_err(|e| self.ir_err(loc, e))?;
+            cur = self
+                .lower
+                .node(Op::Reshape { shape }, &[cur])
+                .map_err(|e| self.ir_err(loc, e))?;
         }
         Ok(Value::Tensor(cur))
     }
 
-    fn slice(&mut self, t: ValueId, axis: usize, start: Dim, end: Dim, step: i64, loc: Loc) -> R<ValueId> {
+    fn slice(
+        &mut self,
+        t: ValueId,
+        axis: usize,
+        start: Dim,
+        end: Dim,
+        step: i64,
+        loc: Loc,
+    ) -> R<ValueId> {
         let dim = self.lower.ty(t).shape[axis].clone();
         if let (Some(s), Some(e), Some(d)) = (start.as_const(), end.as_const(), dim.as_const()) {
             if s < 0 || e > d || s > e {
@@ -1352,7 +1717,17 @@ impl<'w> Eval<'w> {
                 ));
             }
         }
-        self.lower.node(Op::Slice { axis, start, end, step }, &[t]).map_err(|e| self.ir_err(loc, e))
+        self.lower
+            .node(
+                Op::Slice {
+                    axis,
+                    start,
+                    end,
+                    step,
+                },
+                &[t],
+            )
+            .map_err(|e| self.ir_err(loc, e))
     }
 
     // ----- calls --------------------------------------------------------------------------------
@@ -1369,7 +1744,11 @@ impl<'w> Eval<'w> {
         let mut vals = Vec::with_capacity(args.len());
         for a in args {
             let value = self.eval(file, &a.value, env)?;
-            vals.push(ArgVal { name: a.name.as_ref().map(|n| n.name.clone()), value, loc: Loc { file, span: a.span } });
+            vals.push(ArgVal {
+                name: a.name.as_ref().map(|n| n.name.clone()),
+                value,
+                loc: Loc { file, span: a.span },
+            });
         }
         let name = callee.name.as_str();
         if name == "model" {
@@ -1388,16 +1767,31 @@ impl<'w> Eval<'w> {
             }
             return builtins::call(self, name, vals, loc);
         }
-        let mut e = self.err("sema::unknown_function", Loc { file, span: callee.span }, format!("unknown function `{name}`"));
+        let mut e = self.err(
+            "sema::unknown_function",
+            Loc {
+                file,
+                span: callee.span,
+            },
+            format!("unknown function `{name}`"),
+        );
         e.label = "not defined".into();
-        let cands: Vec<&str> = self.ws.item_names().chain(builtins::BUILTINS.iter().map(|b| b.name)).collect();
+        let cands: Vec<&str> = self
+            .ws
+            .item_names()
+            .chain(builtins::BUILTINS.iter().map(|b| b.name))
+            .collect();
         e.help = did_you_mean(name, cands).map(|s| format!("did you mean `{s}`?"));
         Err(e)
     }
 
     fn call_model(&mut self, args: Vec<ArgVal>, env: &Env, loc: Loc) -> R<Value> {
         if env.kind != BlockKind::Objective {
-            return Err(self.err("sema::model_outside_objective", loc, "`model(...)` can only be called in an objective"));
+            return Err(self.err(
+                "sema::model_outside_objective",
+                loc,
+                "`model(...)` can only be called in an objective",
+            ));
         }
         let Some(binding) = self.model.clone() else {
             return Err(self.err("sema::no_model", loc, "no model is bound to this objective"));
@@ -1424,7 +1818,10 @@ impl<'w> Eval<'w> {
         }
         let (mf, mi) = binding.item;
         let mname = self.ws.asts[mf].items[mi].name().name.clone();
-        self.stack.push(Frame { call: loc, callee: mname });
+        self.stack.push(Frame {
+            call: loc,
+            callee: mname,
+        });
         let r = self.run_model(binding.item, &hp, inputs, loc, false);
         self.stack.pop();
         let out = r?;
@@ -1434,14 +1831,23 @@ impl<'w> Eval<'w> {
         Ok(out)
     }
 
-    pub fn call_item(&mut self, item: (FileId, usize), args: Vec<ArgVal>, label: Option<&ast::Ident>, loc: Loc) -> R<Value> {
+    pub fn call_item(
+        &mut self,
+        item: (FileId, usize),
+        args: Vec<ArgVal>,
+        label: Option<&ast::Ident>,
+        loc: Loc,
+    ) -> R<Value> {
         let (file, idx) = item;
         let it = &self.ws.asts[file].items[idx];
         if self.stack.len() >= MAX_CALL_DEPTH {
             return Err(self.err_help(
                 "sema::recursion",
                 loc,
-                format!("calls nest deeper than {MAX_CALL_DEPTH} levels (at `{}`)", it.name().name),
+                format!(
+                    "calls nest deeper than {MAX_CALL_DEPTH} levels (at `{}`)",
+                    it.name().name
+                ),
                 "a block may not call itself, directly or through others",
             ));
         }
@@ -1450,11 +1856,17 @@ impl<'w> Eval<'w> {
                 if let Some(l) = label {
                     return Err(self.err(
                         "sema::label_on_fn",
-                        Loc { file: loc.file, span: l.span },
+                        Loc {
+                            file: loc.file,
+                            span: l.span,
+                        },
                         format!("`{}` is a `fn` and has no parameters to label", f.name.name),
                     ));
                 }
-                self.stack.push(Frame { call: loc, callee: f.name.name.clone() });
+                self.stack.push(Frame {
+                    call: loc,
+                    callee: f.name.name.clone(),
+                });
                 let r = (|| {
                     let mut env = Env::new(BlockKind::Block, false);
                     self.bind_params(file, &f.params, &args, &mut env, loc, &f.name.name)?;
@@ -1468,7 +1880,10 @@ impl<'w> Eval<'w> {
                     Some(l) => l.name.clone(),
                     None => self.default_label(&b.name.name),
                 };
-                self.stack.push(Frame { call: loc, callee: b.name.name.clone() });
+                self.stack.push(Frame {
+                    call: loc,
+                    callee: b.name.name.clone(),
+                });
                 self.push_scope(scope);
                 let r = (|| {
                     let mut env = Env::new(BlockKind::Block, false);
@@ -1482,11 +1897,23 @@ impl<'w> Eval<'w> {
             Item::Block(b) => Err(self.err_help(
                 "sema::not_callable",
                 loc,
-                format!("`{}` is a {} and cannot be called from a block", b.name.name, b.kind.keyword()),
+                format!(
+                    "`{}` is a {} and cannot be called from a block",
+                    b.name.name,
+                    b.kind.keyword()
+                ),
                 "select a model with a `config` and pair it with an objective in the run config",
             )),
-            Item::Config(c) => Err(self.err("sema::not_callable", loc, format!("`{}` is a config, not a function", c.name.name))),
-            Item::Plan(p) => Err(self.err("sema::not_callable", loc, format!("`{}` is a plan, not a function", p.name.name))),
+            Item::Config(c) => Err(self.err(
+                "sema::not_callable",
+                loc,
+                format!("`{}` is a config, not a function", c.name.name),
+            )),
+            Item::Plan(p) => Err(self.err(
+                "sema::not_callable",
+                loc,
+                format!("`{}` is a plan, not a function", p.name.name),
+            )),
         }
     }
 
@@ -1497,7 +1924,10 @@ impl<'w> Eval<'w> {
 }
 
 fn is_numeric(v: &Value) -> bool {
-    matches!(v, Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Tensor(_))
+    matches!(
+        v,
+        Value::Int(_) | Value::Float(_) | Value::Bool(_) | Value::Tensor(_)
+    )
 }
 
 #[cold]
@@ -1508,13 +1938,21 @@ fn unreachable_binary() -> ! {
 fn param_list(params: &[ast::ParamDecl]) -> String {
     params
         .iter()
-        .map(|p| if p.default.is_some() { format!("{}?", p.name.name) } else { p.name.name.clone() })
+        .map(|p| {
+            if p.default.is_some() {
+                format!("{}?", p.name.name)
+            } else {
+                p.name.name.clone()
+            }
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 fn type_text(ty: &ast::TensorType, text: &str) -> String {
-    text.get(ty.span.start..ty.span.end).unwrap_or("?").to_string()
+    text.get(ty.span.start..ty.span.end)
+        .unwrap_or("?")
+        .to_string()
 }
 
 /// Names an expression reads (for introducing symbolic dims of root inputs).

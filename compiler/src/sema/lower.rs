@@ -11,7 +11,10 @@ pub struct Lower {
 
 impl Lower {
     pub fn new() -> Self {
-        Lower { graph: Graph::new(), scope: String::new() }
+        Lower {
+            graph: Graph::new(),
+            scope: String::new(),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -24,7 +27,11 @@ impl Lower {
 
     /// Emit one op; its type comes from the op table (`ir::infer`).
     pub fn node(&mut self, op: Op, inputs: &[ValueId]) -> Result<ValueId, IrError> {
-        let name = if self.scope.is_empty() { None } else { Some(self.scope.clone()) };
+        let name = if self.scope.is_empty() {
+            None
+        } else {
+            Some(self.scope.clone())
+        };
         self.graph.add(op, inputs, name)
     }
 
@@ -35,7 +42,11 @@ impl Lower {
     pub fn unique_param(&mut self, op: Op) -> Result<ValueId, IrError> {
         debug_assert!(matches!(op, Op::Param { .. }));
         let ty = crate::ir::infer(&op, &[])?;
-        let name = if self.scope.is_empty() { None } else { Some(self.scope.clone()) };
+        let name = if self.scope.is_empty() {
+            None
+        } else {
+            Some(self.scope.clone())
+        };
         Ok(self.graph.add_unchecked(op, &[], ty, name))
     }
 
@@ -65,7 +76,9 @@ impl Lower {
         for i in 0..rank {
             let mut d: Option<Dim> = None;
             for s in shapes {
-                let Some(k) = (i + s.len()).checked_sub(rank) else { continue };
+                let Some(k) = (i + s.len()).checked_sub(rank) else {
+                    continue;
+                };
                 let x = &s[k];
                 d = match d {
                     None => Some(x.clone()),
@@ -87,11 +100,18 @@ impl Lower {
             return Ok(v);
         }
         let one = Dim::c(1);
-        let lead = shape.len().checked_sub(src.len()).ok_or_else(|| IrError::BadAttribute {
-            op: "broadcast".into(),
-            input: None,
-            detail: format!("cannot broadcast {} to {}", shape_str(&src), shape_str(shape)),
-        })?;
+        let lead = shape
+            .len()
+            .checked_sub(src.len())
+            .ok_or_else(|| IrError::BadAttribute {
+                op: "broadcast".into(),
+                input: None,
+                detail: format!(
+                    "cannot broadcast {} to {}",
+                    shape_str(&src),
+                    shape_str(shape)
+                ),
+            })?;
         let mut kept = Vec::new();
         let mut axes = Vec::new();
         for (i, target) in shape.iter().enumerate() {
@@ -108,7 +128,11 @@ impl Lower {
                 return Err(IrError::BadAttribute {
                     op: "broadcast".into(),
                     input: None,
-                    detail: format!("cannot broadcast {} to {}", shape_str(&src), shape_str(shape)),
+                    detail: format!(
+                        "cannot broadcast {} to {}",
+                        shape_str(&src),
+                        shape_str(shape)
+                    ),
                 });
             }
         }
@@ -119,7 +143,13 @@ impl Lower {
         if axes.is_empty() {
             return Ok(cur);
         }
-        self.node(Op::Broadcast { shape: shape.clone(), axes }, &[cur])
+        self.node(
+            Op::Broadcast {
+                shape: shape.clone(),
+                axes,
+            },
+            &[cur],
+        )
     }
 }
 

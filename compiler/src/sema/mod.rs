@@ -37,8 +37,14 @@ use eval::{Eval, EvalError};
 /// `.../stdlib/NAME.kiln` replaces the embedded module of that name (to edit and check the stdlib).
 pub const STDLIB: &[(&str, &str)] = &[
     ("stdlib/nn.kiln", include_str!("../../../stdlib/nn.kiln")),
-    ("stdlib/attention.kiln", include_str!("../../../stdlib/attention.kiln")),
-    ("stdlib/objectives.kiln", include_str!("../../../stdlib/objectives.kiln")),
+    (
+        "stdlib/attention.kiln",
+        include_str!("../../../stdlib/attention.kiln"),
+    ),
+    (
+        "stdlib/objectives.kiln",
+        include_str!("../../../stdlib/objectives.kiln"),
+    ),
 ];
 
 pub struct Workspace {
@@ -83,8 +89,12 @@ impl Default for Workspace {
 impl Workspace {
     /// A workspace holding the embedded stdlib.
     pub fn new() -> Self {
-        let mut ws =
-            Workspace { files: Vec::new(), asts: Vec::new(), items: BTreeMap::new(), load_diagnostics: Vec::new() };
+        let mut ws = Workspace {
+            files: Vec::new(),
+            asts: Vec::new(),
+            items: BTreeMap::new(),
+            load_diagnostics: Vec::new(),
+        };
         for (name, text) in STDLIB {
             ws.push_file(name.to_string(), Arc::from(*text), true);
         }
@@ -99,7 +109,11 @@ impl Workspace {
             let base = stdname.trim_start_matches("stdlib/");
             if norm.ends_with(&format!("stdlib/{base}")) {
                 // Replace the embedded module with the user's copy.
-                self.files[i] = SourceFile { name: name.to_string(), text: Arc::from(text), is_stdlib: true };
+                self.files[i] = SourceFile {
+                    name: name.to_string(),
+                    text: Arc::from(text),
+                    is_stdlib: true,
+                };
                 self.asts[i] = self.parse(i);
                 self.rebuild_items();
                 return i;
@@ -111,7 +125,11 @@ impl Workspace {
     }
 
     fn push_file(&mut self, name: String, text: Arc<str>, is_stdlib: bool) -> FileId {
-        self.files.push(SourceFile { name, text, is_stdlib });
+        self.files.push(SourceFile {
+            name,
+            text,
+            is_stdlib,
+        });
         let id = self.files.len() - 1;
         let ast = self.parse(id);
         self.asts.push(ast);
@@ -133,15 +151,20 @@ impl Workspace {
 
     fn rebuild_items(&mut self) {
         self.items.clear();
-        self.load_diagnostics.retain(|d| d.code != "sema::duplicate_item" && d.code != "sema::reserved_name");
+        self.load_diagnostics
+            .retain(|d| d.code != "sema::duplicate_item" && d.code != "sema::reserved_name");
         for (f, file) in self.asts.iter().enumerate() {
             for (i, item) in file.items.iter().enumerate() {
                 let name = &item.name().name;
                 if name == "model" {
                     let d = self.simple_diag(
                         "sema::reserved_name",
-                        Loc { file: f, span: item.name().span },
-                        "`model` is reserved: objectives call the trained model by that name".into(),
+                        Loc {
+                            file: f,
+                            span: item.name().span,
+                        },
+                        "`model` is reserved: objectives call the trained model by that name"
+                            .into(),
                     );
                     self.load_diagnostics.push(d);
                     continue;
@@ -150,16 +173,25 @@ impl Workspace {
                     let prev = self.asts[pf].items[pi].name().span;
                     let mut d = self.simple_diag(
                         "sema::duplicate_item",
-                        Loc { file: f, span: item.name().span },
+                        Loc {
+                            file: f,
+                            span: item.name().span,
+                        },
                         format!("`{name}` is defined twice"),
                     );
                     d.labels[0].text = "defined again here".into();
                     if pf == f {
-                        d.labels.push(Label { span: prev, text: "first defined here".into() });
+                        d.labels.push(Label {
+                            span: prev,
+                            text: "first defined here".into(),
+                        });
                     } else {
                         let mut r = self.simple_diag(
                             "sema::duplicate_item",
-                            Loc { file: pf, span: prev },
+                            Loc {
+                                file: pf,
+                                span: prev,
+                            },
                             "first defined here".into(),
                         );
                         r.severity = Severity::Advice;
@@ -199,7 +231,9 @@ impl Workspace {
 
     /// Every config name known (all files).
     pub fn all_configs(&self) -> Vec<String> {
-        (0..self.files.len()).flat_map(|f| self.configs_of(f)).collect()
+        (0..self.files.len())
+            .flat_map(|f| self.configs_of(f))
+            .collect()
     }
 
     // ----- diagnostics --------------------------------------------------------------------------
@@ -212,7 +246,10 @@ impl Workspace {
             severity: Severity::Error,
             file_name: f.name.clone(),
             source: f.text.clone(),
-            labels: vec![Label { span: loc.span, text: String::new() }],
+            labels: vec![Label {
+                span: loc.span,
+                text: String::new(),
+            }],
             help: None,
             related: Vec::new(),
         }
@@ -224,7 +261,10 @@ impl Workspace {
     pub fn eval_diag(&self, e: &EvalError) -> SemaDiagnostic {
         let in_stdlib = self.files[e.loc.file].is_stdlib;
         let user_frame = if in_stdlib {
-            e.stack.iter().rev().find(|f| !self.files[f.call.file].is_stdlib)
+            e.stack
+                .iter()
+                .rev()
+                .find(|f| !self.files[f.call.file].is_stdlib)
         } else {
             None
         };
@@ -236,14 +276,28 @@ impl Workspace {
             None => e.label.clone(),
         };
         if user_frame.is_some() {
-            let mut r = self.simple_diag(e.code, e.loc, format!("the error arises here, in `{}`", self.files[e.loc.file].name));
-            r.labels[0].text = if e.label.is_empty() { "here".into() } else { e.label.clone() };
+            let mut r = self.simple_diag(
+                e.code,
+                e.loc,
+                format!(
+                    "the error arises here, in `{}`",
+                    self.files[e.loc.file].name
+                ),
+            );
+            r.labels[0].text = if e.label.is_empty() {
+                "here".into()
+            } else {
+                e.label.clone()
+            };
             r.severity = Severity::Advice;
             d.related.push(r);
         }
         for (loc, text) in &e.notes {
             if loc.file == primary_loc.file && *loc != primary_loc {
-                d.labels.push(Label { span: loc.span, text: text.clone() });
+                d.labels.push(Label {
+                    span: loc.span,
+                    text: text.clone(),
+                });
             } else if *loc != primary_loc {
                 let mut r = self.simple_diag(e.code, *loc, text.clone());
                 r.labels[0].text = text.clone();
@@ -258,7 +312,11 @@ impl Workspace {
 
     /// Resolve a config (or model) name to its model item and the hyperparameter arguments, base
     /// configs first. Each argument keeps its expression's location.
-    fn config_chain(&self, name: &str, at: Option<Loc>) -> Result<((FileId, usize), Vec<(String, Loc, ast::Expr)>), SemaDiagnostic> {
+    fn config_chain(
+        &self,
+        name: &str,
+        at: Option<Loc>,
+    ) -> Result<((FileId, usize), Vec<(String, Loc, ast::Expr)>), SemaDiagnostic> {
         let mut chain = Vec::new();
         let mut cur = name.to_string();
         let mut seen = Vec::new();
@@ -281,16 +339,22 @@ impl Workspace {
                     },
                 };
                 let configs = self.all_configs();
-                d.help = Some(match diag::did_you_mean(&cur, configs.iter().map(|s| s.as_str()).chain(cands)) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("configs: {}", configs.join(", ")),
-                });
+                d.help = Some(
+                    match diag::did_you_mean(&cur, configs.iter().map(|s| s.as_str()).chain(cands))
+                    {
+                        Some(s) => format!("did you mean `{s}`?"),
+                        None => format!("configs: {}", configs.join(", ")),
+                    },
+                );
                 return Err(d);
             };
             if seen.contains(&it) {
                 return Err(self.simple_diag(
                     "sema::config_cycle",
-                    Loc { file: it.0, span: self.item(it).name().span },
+                    Loc {
+                        file: it.0,
+                        span: self.item(it).name().span,
+                    },
                     format!("config `{cur}` is based on itself"),
                 ));
             }
@@ -303,14 +367,24 @@ impl Workspace {
                         .rev()
                         .map(|a| {
                             let key = a.name.as_ref().map(|n| n.name.clone()).unwrap_or_default();
-                            (key, Loc { file: it.0, span: a.span }, a.value.clone())
+                            (
+                                key,
+                                Loc {
+                                    file: it.0,
+                                    span: a.span,
+                                },
+                                a.value.clone(),
+                            )
                         })
                         .collect();
                     for a in &c.args {
                         if a.name.is_none() {
                             return Err(self.simple_diag(
                                 "sema::positional_config",
-                                Loc { file: it.0, span: a.span },
+                                Loc {
+                                    file: it.0,
+                                    span: a.span,
+                                },
                                 "config arguments are named (`d = 1024`)".into(),
                             ));
                         }
@@ -318,7 +392,14 @@ impl Workspace {
                     chain.extend(args);
                     cur = c.base.name.clone();
                     if chain.len() > 10_000 {
-                        return Err(self.simple_diag("sema::config_cycle", Loc { file: it.0, span: c.span }, "config chain too long".into()));
+                        return Err(self.simple_diag(
+                            "sema::config_cycle",
+                            Loc {
+                                file: it.0,
+                                span: c.span,
+                            },
+                            "config chain too long".into(),
+                        ));
                     }
                 }
                 Item::Block(b) if b.kind == BlockKind::Model => {
@@ -328,7 +409,10 @@ impl Workspace {
                 other => {
                     return Err(self.simple_diag(
                         "sema::not_a_model",
-                        Loc { file: it.0, span: other.name().span },
+                        Loc {
+                            file: it.0,
+                            span: other.name().span,
+                        },
                         format!("`{cur}` is not a model or config"),
                     ))
                 }
@@ -350,14 +434,20 @@ impl Workspace {
                 let mut d = self.simple_diag(
                     "sema::unknown_hparam",
                     *loc,
-                    format!("model `{}` has no hyperparameter `{k}`", model_def.name.name),
+                    format!(
+                        "model `{}` has no hyperparameter `{k}`",
+                        model_def.name.name
+                    ),
                 );
-                d.help = diag::did_you_mean(k, model_def.params.iter().map(|p| p.name.name.as_str()))
-                    .map(|s| format!("did you mean `{s}`?"));
+                d.help =
+                    diag::did_you_mean(k, model_def.params.iter().map(|p| p.name.name.as_str()))
+                        .map(|s| format!("did you mean `{s}`?"));
                 return Err(vec![d]);
             }
             let mut env = eval::Env::empty();
-            let v = ev.eval(loc.file, e, &mut env).map_err(|e| vec![self.eval_diag(&e)])?;
+            let v = ev
+                .eval(loc.file, e, &mut env)
+                .map_err(|e| vec![self.eval_diag(&e)])?;
             hparams.retain(|(n, _)| n != k);
             hparams.push((k.clone(), v));
         }
@@ -365,40 +455,62 @@ impl Workspace {
             if !model_def.params.iter().any(|p| &p.name.name == k) {
                 let mut d = self.simple_diag(
                     "sema::unknown_hparam",
-                    Loc { file: model_item.0, span: model_def.name.span },
-                    format!("`--set {k}=...`: model `{}` has no hyperparameter `{k}`", model_def.name.name),
+                    Loc {
+                        file: model_item.0,
+                        span: model_def.name.span,
+                    },
+                    format!(
+                        "`--set {k}=...`: model `{}` has no hyperparameter `{k}`",
+                        model_def.name.name
+                    ),
                 );
-                d.help = diag::did_you_mean(k, model_def.params.iter().map(|p| p.name.name.as_str()))
-                    .map(|s| format!("did you mean `{s}`?"));
+                d.help =
+                    diag::did_you_mean(k, model_def.params.iter().map(|p| p.name.name.as_str()))
+                        .map(|s| format!("did you mean `{s}`?"));
                 return Err(vec![d]);
             }
             hparams.retain(|(n, _)| n != k);
             hparams.push((k.clone(), v.clone()));
         }
-        let at = Loc { file: model_item.0, span: model_def.name.span };
+        let at = Loc {
+            file: model_item.0,
+            span: model_def.name.span,
+        };
         let (loss, logits) = match &req.objective {
             None => {
-                let out = ev.run_model_root(model_item, &hparams, at).map_err(|e| vec![self.eval_diag(&e)])?;
+                let out = ev
+                    .run_model_root(model_item, &hparams, at)
+                    .map_err(|e| vec![self.eval_diag(&e)])?;
                 match out {
                     Value::Tensor(t) => (None, Some(t)),
                     other => {
                         return Err(vec![self.simple_diag(
                             "sema::model_output",
                             at,
-                            format!("model `{}` must return a tensor, returns {}", model_def.name.name, other.kind()),
+                            format!(
+                                "model `{}` must return a tensor, returns {}",
+                                model_def.name.name,
+                                other.kind()
+                            ),
                         )])
                     }
                 }
             }
             Some((obj, oargs)) => {
-                let Some(oi) = self.lookup_item(obj).filter(|i| matches!(self.item(*i), Item::Block(b) if b.kind == BlockKind::Objective)) else {
+                let Some(oi) = self.lookup_item(obj).filter(
+                    |i| matches!(self.item(*i), Item::Block(b) if b.kind == BlockKind::Objective),
+                ) else {
                     let objs: Vec<&str> = self
                         .items
                         .iter()
                         .filter(|(_, i)| matches!(self.item(**i), Item::Block(b) if b.kind == BlockKind::Objective))
                         .map(|(n, _)| n.as_str())
                         .collect();
-                    let mut d = self.simple_diag("sema::unknown_objective", at, format!("unknown objective `{obj}`"));
+                    let mut d = self.simple_diag(
+                        "sema::unknown_objective",
+                        at,
+                        format!("unknown objective `{obj}`"),
+                    );
                     d.labels.clear();
                     d.help = Some(match diag::did_you_mean(obj, objs.iter().copied()) {
                         Some(s) => format!("did you mean `{s}`?"),
@@ -406,9 +518,17 @@ impl Workspace {
                     });
                     return Err(vec![d]);
                 };
-                ev.model = Some(eval::ModelBinding { item: model_item, hparams: hparams.clone() });
-                let oat = Loc { file: oi.0, span: self.item(oi).name().span };
-                let out = ev.run_objective(oi, oargs, oat).map_err(|e| vec![self.eval_diag(&e)])?;
+                ev.model = Some(eval::ModelBinding {
+                    item: model_item,
+                    hparams: hparams.clone(),
+                });
+                let oat = Loc {
+                    file: oi.0,
+                    span: self.item(oi).name().span,
+                };
+                let out = ev
+                    .run_objective(oi, oargs, oat)
+                    .map_err(|e| vec![self.eval_diag(&e)])?;
                 let loss = match out {
                     Value::Tensor(t) if ev.lower.graph.ty(t).shape.is_empty() => t,
                     other => {
@@ -431,10 +551,14 @@ impl Workspace {
         let data = ev.data.take();
         let mut graph = std::mem::take(&mut ev.lower.graph);
         if let Some(l) = loss {
-            graph.add_output("loss", l).map_err(|e| vec![self.simple_diag("sema::internal", at, e.to_string())])?;
+            graph
+                .add_output("loss", l)
+                .map_err(|e| vec![self.simple_diag("sema::internal", at, e.to_string())])?;
         }
         if let Some(l) = logits {
-            graph.add_output("logits", l).map_err(|e| vec![self.simple_diag("sema::internal", at, e.to_string())])?;
+            graph
+                .add_output("logits", l)
+                .map_err(|e| vec![self.simple_diag("sema::internal", at, e.to_string())])?;
         }
         Ok(Instance {
             graph,
@@ -460,7 +584,9 @@ impl Workspace {
             let v = match given.iter().find(|(k, _)| *k == p.name.name) {
                 Some((_, v)) => v.clone(),
                 None => match &p.default {
-                    Some(e) => ev.eval(file, e, &mut env).map_err(|e| vec![self.eval_diag(&e)])?,
+                    Some(e) => ev
+                        .eval(file, e, &mut env)
+                        .map_err(|e| vec![self.eval_diag(&e)])?,
                     None => Value::None,
                 },
             };
@@ -478,13 +604,23 @@ impl Workspace {
         let mut out: Vec<SemaDiagnostic> = self
             .load_diagnostics
             .iter()
-            .filter(|d| user_files.iter().any(|f| self.files[*f].name == d.file_name))
+            .filter(|d| {
+                user_files
+                    .iter()
+                    .any(|f| self.files[*f].name == d.file_name)
+            })
             .cloned()
             .collect();
         // Errors in the embedded stdlib (when not replaced by a user copy) are the project's bug;
         // still report them so that nothing is silently skipped.
         for d in &self.load_diagnostics {
-            if !out.iter().any(|o| o.message == d.message && o.file_name == d.file_name) && !user_files.iter().any(|f| self.files[*f].name == d.file_name) {
+            if !out
+                .iter()
+                .any(|o| o.message == d.message && o.file_name == d.file_name)
+                && !user_files
+                    .iter()
+                    .any(|f| self.files[*f].name == d.file_name)
+            {
                 out.push(d.clone());
             }
         }
@@ -500,7 +636,11 @@ impl Workspace {
         for &f in user_files {
             let configs = self.configs_of(f);
             for c in &configs {
-                if let Err(ds) = self.instantiate(&Request { config: c.clone(), training: true, ..Default::default() }) {
+                if let Err(ds) = self.instantiate(&Request {
+                    config: c.clone(),
+                    training: true,
+                    ..Default::default()
+                }) {
                     out.extend(ds);
                 }
             }
@@ -508,16 +648,29 @@ impl Workspace {
                 match item {
                     // A model without configs is checked with its defaults.
                     Item::Block(b) if b.kind == BlockKind::Model => {
-                        let has_config = configs.iter().any(|c| self.config_chain(c, None).map(|(m, _)| self.item(m).name().name == b.name.name).unwrap_or(false));
+                        let has_config = configs.iter().any(|c| {
+                            self.config_chain(c, None)
+                                .map(|(m, _)| self.item(m).name().name == b.name.name)
+                                .unwrap_or(false)
+                        });
                         if !has_config {
-                            if let Err(ds) = self.instantiate(&Request { config: b.name.name.clone(), training: true, ..Default::default() }) {
+                            if let Err(ds) = self.instantiate(&Request {
+                                config: b.name.name.clone(),
+                                training: true,
+                                ..Default::default()
+                            }) {
                                 out.extend(ds);
                             }
                         }
                     }
                     Item::Block(b) if b.kind == BlockKind::Objective => {
                         if let Some(c) = configs.first() {
-                            let req = Request { config: c.clone(), objective: Some((b.name.name.clone(), vec![])), training: true, ..Default::default() };
+                            let req = Request {
+                                config: c.clone(),
+                                objective: Some((b.name.name.clone(), vec![])),
+                                training: true,
+                                ..Default::default()
+                            };
                             if let Err(ds) = self.instantiate(&req) {
                                 out.extend(ds);
                             }
@@ -532,18 +685,27 @@ impl Workspace {
     }
 
     /// Hyperparameters of a config as bound (for plans and reports), without lowering the model.
-    pub fn config_hparams(&self, config: &str, at: Option<Loc>) -> Result<Vec<(String, Value)>, SemaDiagnostic> {
+    pub fn config_hparams(
+        &self,
+        config: &str,
+        at: Option<Loc>,
+    ) -> Result<Vec<(String, Value)>, SemaDiagnostic> {
         let (model_item, args) = self.config_chain(config, at)?;
-        let Item::Block(def) = self.item(model_item) else { unreachable!("config_chain returns models") };
+        let Item::Block(def) = self.item(model_item) else {
+            unreachable!("config_chain returns models")
+        };
         let mut ev = Eval::new(self, false);
         let mut given = Vec::new();
         for (k, loc, e) in &args {
             let mut env = eval::Env::empty();
-            let v = ev.eval(loc.file, e, &mut env).map_err(|e| self.eval_diag(&e))?;
+            let v = ev
+                .eval(loc.file, e, &mut env)
+                .map_err(|e| self.eval_diag(&e))?;
             given.retain(|(n, _): &(String, Value)| n != k);
             given.push((k.clone(), v));
         }
-        self.bound_hparams(def, &given, &mut ev, model_item.0).map_err(|mut v| v.remove(0))
+        self.bound_hparams(def, &given, &mut ev, model_item.0)
+            .map_err(|mut v| v.remove(0))
     }
 }
 
@@ -551,7 +713,10 @@ fn dedup(ds: Vec<SemaDiagnostic>) -> Vec<SemaDiagnostic> {
     let mut out: Vec<SemaDiagnostic> = Vec::new();
     for d in ds {
         let dup = out.iter().any(|o| {
-            o.code == d.code && o.message == d.message && o.file_name == d.file_name && o.labels.first().map(|l| l.span) == d.labels.first().map(|l| l.span)
+            o.code == d.code
+                && o.message == d.message
+                && o.file_name == d.file_name
+                && o.labels.first().map(|l| l.span) == d.labels.first().map(|l| l.span)
         });
         if !dup {
             out.push(d);
@@ -567,9 +732,15 @@ fn syntax_diag(file: &SourceFile, e: &kiln_grammar::SyntaxError) -> SemaDiagnost
         severity: Severity::Error,
         file_name: file.name.clone(),
         source: file.text.clone(),
-        labels: std::iter::once(Label { span: e.span, text: e.label.clone() })
-            .chain(e.labels.iter().map(|(s, t)| Label { span: *s, text: t.clone() }))
-            .collect(),
+        labels: std::iter::once(Label {
+            span: e.span,
+            text: e.label.clone(),
+        })
+        .chain(e.labels.iter().map(|(s, t)| Label {
+            span: *s,
+            text: t.clone(),
+        }))
+        .collect(),
         help: e.help.clone(),
         related: Vec::new(),
     }
@@ -589,7 +760,9 @@ pub fn param_counts(g: &Graph) -> ParamCounts {
     let mut emb = 0u64;
     for p in g.params() {
         // Saturating: a spec may declare more than 2^64 elements; the count must not panic.
-        let n: u64 = g.shape(p).iter().fold(1u64, |acc, d| acc.saturating_mul(d.as_const().unwrap_or(0).max(0) as u64));
+        let n: u64 = g.shape(p).iter().fold(1u64, |acc, d| {
+            acc.saturating_mul(d.as_const().unwrap_or(0).max(0) as u64)
+        });
         total = total.saturating_add(n);
         let is_table = g.users(p).iter().any(|u| {
             let node = g.node(*u);
@@ -603,7 +776,10 @@ pub fn param_counts(g: &Graph) -> ParamCounts {
             emb = emb.saturating_add(n);
         }
     }
-    ParamCounts { total, non_embedding: total.saturating_sub(emb) }
+    ParamCounts {
+        total,
+        non_embedding: total.saturating_sub(emb),
+    }
 }
 
 /// Parse a `--set` value: integers, floats, `true`/`false`, `none`, quoted strings, the mask names

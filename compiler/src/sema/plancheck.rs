@@ -43,8 +43,18 @@ pub struct ParallelPlan {
     pub device: Option<String>,
 }
 
-pub const PLAN_KEYS: &[&str] =
-    &["data", "tensor", "pipeline", "sequence", "zero", "microbatch", "batch", "seq", "recompute", "device"];
+pub const PLAN_KEYS: &[&str] = &[
+    "data",
+    "tensor",
+    "pipeline",
+    "sequence",
+    "zero",
+    "microbatch",
+    "batch",
+    "seq",
+    "recompute",
+    "device",
+];
 pub const KEEP_KINDS: &[&str] = &["matmul", "attention", "norm", "elementwise", "softmax"];
 
 pub fn check_plan(ws: &Workspace, file: FileId, plan: &ast::PlanDef) -> Vec<SemaDiagnostic> {
@@ -54,9 +64,15 @@ pub fn check_plan(ws: &Workspace, file: FileId, plan: &ast::PlanDef) -> Vec<Sema
     }
 }
 
-pub fn read_plan(ws: &Workspace, file: FileId, plan: &ast::PlanDef) -> Result<ParallelPlan, Vec<SemaDiagnostic>> {
+pub fn read_plan(
+    ws: &Workspace,
+    file: FileId,
+    plan: &ast::PlanDef,
+) -> Result<ParallelPlan, Vec<SemaDiagnostic>> {
     let loc = |span| Loc { file, span };
-    let hp = ws.config_hparams(&plan.target.name, Some(loc(plan.target.span))).map_err(|d| vec![d])?;
+    let hp = ws
+        .config_hparams(&plan.target.name, Some(loc(plan.target.span)))
+        .map_err(|d| vec![d])?;
     let mut p = ParallelPlan {
         name: plan.name.name.clone(),
         target: plan.target.name.clone(),
@@ -78,7 +94,11 @@ pub fn read_plan(ws: &Workspace, file: FileId, plan: &ast::PlanDef) -> Result<Pa
     for e in &plan.entries {
         let key = e.key.name.as_str();
         if !PLAN_KEYS.contains(&key) {
-            let mut d = ws.simple_diag("plan::unknown_key", loc(e.key.span), format!("unknown plan setting `{key}`"));
+            let mut d = ws.simple_diag(
+                "plan::unknown_key",
+                loc(e.key.span),
+                format!("unknown plan setting `{key}`"),
+            );
             d.help = Some(match did_you_mean(key, PLAN_KEYS.iter().copied()) {
                 Some(s) => format!("did you mean `{s}`?"),
                 None => format!("settings: {}", PLAN_KEYS.join(", ")),
@@ -87,7 +107,11 @@ pub fn read_plan(ws: &Workspace, file: FileId, plan: &ast::PlanDef) -> Result<Pa
             continue;
         }
         if seen.contains(&key) {
-            errs.push(ws.simple_diag("plan::duplicate_key", loc(e.key.span), format!("`{key}` is set twice")));
+            errs.push(ws.simple_diag(
+                "plan::duplicate_key",
+                loc(e.key.span),
+                format!("`{key}` is set twice"),
+            ));
             continue;
         }
         seen.push(key);
@@ -111,11 +135,19 @@ pub fn read_plan(ws: &Workspace, file: FileId, plan: &ast::PlanDef) -> Result<Pa
         match key {
             "sequence" => match v {
                 Value::Bool(b) => p.sequence = b,
-                o => errs.push(ws.simple_diag("plan::type", vloc, format!("`sequence` is true or false, found {}", o.kind()))),
+                o => errs.push(ws.simple_diag(
+                    "plan::type",
+                    vloc,
+                    format!("`sequence` is true or false, found {}", o.kind()),
+                )),
             },
             "device" => match v {
                 Value::Str(s) => p.device = Some(s),
-                o => errs.push(ws.simple_diag("plan::type", vloc, format!("`device` is a string, found {}", o.kind()))),
+                o => errs.push(ws.simple_diag(
+                    "plan::type",
+                    vloc,
+                    format!("`device` is a string, found {}", o.kind()),
+                )),
             },
             _ => {
                 let n = match &v {
@@ -126,7 +158,14 @@ pub fn read_plan(ws: &Workspace, file: FileId, plan: &ast::PlanDef) -> Result<Pa
                     errs.push(ws.simple_diag(
                         "plan::type",
                         vloc,
-                        format!("`{key}` must be a {} integer, found {v}", if key == "zero" { "non-negative" } else { "positive" }),
+                        format!(
+                            "`{key}` must be a {} integer, found {v}",
+                            if key == "zero" {
+                                "non-negative"
+                            } else {
+                                "positive"
+                            }
+                        ),
                     ));
                     continue;
                 };
@@ -139,7 +178,11 @@ pub fn read_plan(ws: &Workspace, file: FileId, plan: &ast::PlanDef) -> Result<Pa
                     "batch" => p.batch = Some(n),
                     "seq" => p.seq = Some(n),
                     "zero" if n <= 3 => p.zero = n,
-                    _ => errs.push(ws.simple_diag("plan::zero", vloc, format!("ZeRO has stages 0 to 3, found {n}"))),
+                    _ => errs.push(ws.simple_diag(
+                        "plan::zero",
+                        vloc,
+                        format!("ZeRO has stages 0 to 3, found {n}"),
+                    )),
                 }
             }
         }
@@ -169,21 +212,42 @@ pub fn read_plan(ws: &Workspace, file: FileId, plan: &ast::PlanDef) -> Result<Pa
             }
         }
     };
-    check("tensor", "heads", get("heads"), p.tensor, "tensor parallelism splits attention heads across devices");
+    check(
+        "tensor",
+        "heads",
+        get("heads"),
+        p.tensor,
+        "tensor parallelism splits attention heads across devices",
+    );
     if let Some(kv) = get("kv_heads") {
         // Key/value heads are split when there are enough of them, replicated when there is one.
         if kv > 1 {
-            check("tensor", "kv_heads", Some(kv), p.tensor, "grouped-query key/value heads are split across tensor-parallel devices");
+            check(
+                "tensor",
+                "kv_heads",
+                Some(kv),
+                p.tensor,
+                "grouped-query key/value heads are split across tensor-parallel devices",
+            );
         }
     }
-    check("pipeline", "layers", get("layers"), p.pipeline, "pipeline stages hold equal numbers of layers");
+    check(
+        "pipeline",
+        "layers",
+        get("layers"),
+        p.pipeline,
+        "pipeline stages hold equal numbers of layers",
+    );
     if let Some(b) = p.batch {
         let per = p.data * p.microbatch;
         if per > 0 && b % per != 0 {
             let mut d = ws.simple_diag(
                 "plan::not_divisible",
                 loc(span_of("batch")),
-                format!("batch ({b}) is not divisible by data × microbatch ({} × {})", p.data, p.microbatch),
+                format!(
+                    "batch ({b}) is not divisible by data × microbatch ({} × {})",
+                    p.data, p.microbatch
+                ),
             );
             d.help = Some("every data-parallel rank takes whole micro-batches".into());
             errs.push(d);
@@ -196,7 +260,12 @@ pub fn read_plan(ws: &Workspace, file: FileId, plan: &ast::PlanDef) -> Result<Pa
     }
 }
 
-fn recompute(ws: &Workspace, ev: &mut Eval, file: FileId, e: &ast::Expr) -> Result<RecomputePolicy, SemaDiagnostic> {
+fn recompute(
+    ws: &Workspace,
+    ev: &mut Eval,
+    file: FileId,
+    e: &ast::Expr,
+) -> Result<RecomputePolicy, SemaDiagnostic> {
     let loc = Loc { file, span: e.span };
     let bad = || {
         let mut d = ws.simple_diag("plan::recompute", loc, "unknown recompute policy".into());
@@ -221,28 +290,50 @@ fn recompute(ws: &Workspace, ev: &mut Eval, file: FileId, e: &ast::Expr) -> Resu
             let mut kinds = Vec::new();
             for a in args {
                 match &a.value.kind {
-                    ExprKind::Name(id) if KEEP_KINDS.contains(&id.name.as_str()) => kinds.push(id.name.clone()),
+                    ExprKind::Name(id) if KEEP_KINDS.contains(&id.name.as_str()) => {
+                        kinds.push(id.name.clone())
+                    }
                     _ => {
-                        let mut d = ws.simple_diag("plan::recompute", Loc { file, span: a.span }, "`keep` lists op kinds".into());
+                        let mut d = ws.simple_diag(
+                            "plan::recompute",
+                            Loc { file, span: a.span },
+                            "`keep` lists op kinds".into(),
+                        );
                         d.help = Some(format!("kinds: {}", KEEP_KINDS.join(", ")));
                         return Err(d);
                     }
                 }
             }
             if kinds.is_empty() {
-                return Err(ws.simple_diag("plan::recompute", loc, "`keep()` needs at least one op kind".into()));
+                return Err(ws.simple_diag(
+                    "plan::recompute",
+                    loc,
+                    "`keep()` needs at least one op kind".into(),
+                ));
             }
             Ok(RecomputePolicy::Keep(kinds))
         }
         ExprKind::Call { callee, args, .. } if callee.name == "budget" => {
             let [a] = args.as_slice() else {
-                return Err(ws.simple_diag("plan::recompute", loc, "`budget` takes one size in bytes".into()));
+                return Err(ws.simple_diag(
+                    "plan::recompute",
+                    loc,
+                    "`budget` takes one size in bytes".into(),
+                ));
             };
             let mut env = Env::empty();
             match ev.eval(file, &a.value, &mut env) {
-                Ok(Value::Int(d)) if d.as_const().is_some_and(|n| n > 0) => Ok(RecomputePolicy::Budget(d.as_const().unwrap_or(0) as u64)),
-                Ok(Value::Float(x)) if x > 0.0 && x.is_finite() => Ok(RecomputePolicy::Budget(x as u64)),
-                Ok(v) => Err(ws.simple_diag("plan::recompute", Loc { file, span: a.span }, format!("`budget` needs a positive size in bytes, found {v}"))),
+                Ok(Value::Int(d)) if d.as_const().is_some_and(|n| n > 0) => {
+                    Ok(RecomputePolicy::Budget(d.as_const().unwrap_or(0) as u64))
+                }
+                Ok(Value::Float(x)) if x > 0.0 && x.is_finite() => {
+                    Ok(RecomputePolicy::Budget(x as u64))
+                }
+                Ok(v) => Err(ws.simple_diag(
+                    "plan::recompute",
+                    Loc { file, span: a.span },
+                    format!("`budget` needs a positive size in bytes, found {v}"),
+                )),
                 Err(err) => Err(ws.eval_diag(&err)),
             }
         }

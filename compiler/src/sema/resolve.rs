@@ -32,7 +32,12 @@ struct Resolver<'w> {
 }
 
 pub fn resolve_file(ws: &Workspace, file: FileId) -> Vec<SemaDiagnostic> {
-    let mut r = Resolver { ws, file, out: Vec::new(), calls: Vec::new() };
+    let mut r = Resolver {
+        ws,
+        file,
+        out: Vec::new(),
+        calls: Vec::new(),
+    };
     let mut graph: HashMap<String, Vec<(String, Loc)>> = HashMap::new();
     for item in &ws.asts[file].items {
         r.calls.clear();
@@ -48,7 +53,11 @@ pub fn resolve_file(ws: &Workspace, file: FileId) -> Vec<SemaDiagnostic> {
                 r.stmts(&b.body, &mut sc);
                 for (name, loc) in &sc.assigned {
                     if !sc.read.contains(name) && !name.starts_with('_') {
-                        let mut d = ws.simple_diag("sema::unused", *loc, format!("value `{name}` is never used"));
+                        let mut d = ws.simple_diag(
+                            "sema::unused",
+                            *loc,
+                            format!("value `{name}` is never used"),
+                        );
                         d.severity = Severity::Warning;
                         d.labels[0].text = "assigned here".into();
                         d.help = Some(format!("remove it, or name it `_{name}`"));
@@ -58,7 +67,16 @@ pub fn resolve_file(ws: &Workspace, file: FileId) -> Vec<SemaDiagnostic> {
             }
             Item::Config(c) => {
                 match ws.lookup_item(&c.base.name) {
-                    Some(it) if matches!(ws.item(it), Item::Config(_) | Item::Block(ast::BlockDef { kind: BlockKind::Model, .. })) => {
+                    Some(it)
+                        if matches!(
+                            ws.item(it),
+                            Item::Config(_)
+                                | Item::Block(ast::BlockDef {
+                                    kind: BlockKind::Model,
+                                    ..
+                                })
+                        ) =>
+                    {
                         if let Item::Block(m) = ws.item(it) {
                             for a in &c.args {
                                 if let Some(n) = &a.name {
@@ -66,9 +84,16 @@ pub fn resolve_file(ws: &Workspace, file: FileId) -> Vec<SemaDiagnostic> {
                                         let mut d = ws.simple_diag(
                                             "sema::unknown_hparam",
                                             Loc { file, span: n.span },
-                                            format!("model `{}` has no hyperparameter `{}`", m.name.name, n.name),
+                                            format!(
+                                                "model `{}` has no hyperparameter `{}`",
+                                                m.name.name, n.name
+                                            ),
                                         );
-                                        d.help = did_you_mean(&n.name, m.params.iter().map(|p| p.name.name.as_str())).map(|s| format!("did you mean `{s}`?"));
+                                        d.help = did_you_mean(
+                                            &n.name,
+                                            m.params.iter().map(|p| p.name.name.as_str()),
+                                        )
+                                        .map(|s| format!("did you mean `{s}`?"));
                                         r.out.push(d);
                                     }
                                 }
@@ -77,12 +102,23 @@ pub fn resolve_file(ws: &Workspace, file: FileId) -> Vec<SemaDiagnostic> {
                     }
                     Some(_) => r.out.push(ws.simple_diag(
                         "sema::not_a_model",
-                        Loc { file, span: c.base.span },
+                        Loc {
+                            file,
+                            span: c.base.span,
+                        },
                         format!("`{}` is not a model or config", c.base.name),
                     )),
                     None => {
-                        let mut d = ws.simple_diag("sema::unknown_config", Loc { file, span: c.base.span }, format!("unknown model or config `{}`", c.base.name));
-                        d.help = did_you_mean(&c.base.name, ws.item_names()).map(|s| format!("did you mean `{s}`?"));
+                        let mut d = ws.simple_diag(
+                            "sema::unknown_config",
+                            Loc {
+                                file,
+                                span: c.base.span,
+                            },
+                            format!("unknown model or config `{}`", c.base.name),
+                        );
+                        d.help = did_you_mean(&c.base.name, ws.item_names())
+                            .map(|s| format!("did you mean `{s}`?"));
                         r.out.push(d);
                     }
                 }
@@ -101,11 +137,19 @@ pub fn resolve_file(ws: &Workspace, file: FileId) -> Vec<SemaDiagnostic> {
 
 impl<'w> Resolver<'w> {
     fn loc(&self, span: ast::Span) -> Loc {
-        Loc { file: self.file, span }
+        Loc {
+            file: self.file,
+            span,
+        }
     }
 
     fn scope_for(&self, _params: &[ast::ParamDecl], kind: BlockKind) -> Scope {
-        Scope { defined: BTreeSet::new(), assigned: BTreeMap::new(), read: BTreeSet::new(), kind }
+        Scope {
+            defined: BTreeSet::new(),
+            assigned: BTreeMap::new(),
+            read: BTreeSet::new(),
+            kind,
+        }
     }
 
     fn params(&mut self, params: &[ast::ParamDecl], sc: &mut Scope) {
@@ -151,17 +195,26 @@ impl<'w> Resolver<'w> {
             Stmt::Assign { target, value, .. } => {
                 self.expr(value, sc);
                 sc.defined.insert(target.name.clone());
-                sc.assigned.entry(target.name.clone()).or_insert(self.loc(target.span));
+                sc.assigned
+                    .entry(target.name.clone())
+                    .or_insert(self.loc(target.span));
             }
             Stmt::Return { value, .. } => self.expr(value, sc),
-            Stmt::If { cond, then_body, else_body, .. } => {
+            Stmt::If {
+                cond,
+                then_body,
+                else_body,
+                ..
+            } => {
                 self.expr(cond, sc);
                 self.stmts(then_body, sc);
                 if let Some(e) = else_body {
                     self.stmts(e, sc);
                 }
             }
-            Stmt::Repeat { var, count, body, .. } => {
+            Stmt::Repeat {
+                var, count, body, ..
+            } => {
                 self.expr(count, sc);
                 if let Some(v) = var {
                     sc.defined.insert(v.name.clone());
@@ -188,9 +241,18 @@ impl<'w> Resolver<'w> {
                 }
                 sc.defined.insert(name.name.clone());
             }
-            Stmt::Param { name, ty, init, span } => {
+            Stmt::Param {
+                name,
+                ty,
+                init,
+                span,
+            } => {
                 if sc.kind == BlockKind::Objective {
-                    self.out.push(self.ws.simple_diag("sema::param_in_objective", self.loc(*span), "objectives have no parameters".into()));
+                    self.out.push(self.ws.simple_diag(
+                        "sema::param_in_objective",
+                        self.loc(*span),
+                        "objectives have no parameters".into(),
+                    ));
                 }
                 for d in &ty.dims {
                     if let ast::DimPat::Expr(e) = d {
@@ -199,7 +261,9 @@ impl<'w> Resolver<'w> {
                 }
                 match &init.kind {
                     ExprKind::Name(id) if INITS.contains(&id.name.as_str()) => {}
-                    ExprKind::Call { callee, args, .. } if INITS.contains(&callee.name.as_str()) => {
+                    ExprKind::Call { callee, args, .. }
+                        if INITS.contains(&callee.name.as_str()) =>
+                    {
                         for a in args {
                             self.expr(&a.value, sc);
                         }
@@ -218,7 +282,11 @@ impl<'w> Resolver<'w> {
             }
             Stmt::Data { call, span } => {
                 if sc.kind != BlockKind::Objective {
-                    self.out.push(self.ws.simple_diag("sema::data_outside_objective", self.loc(*span), "`data` transforms belong in an `objective`".into()));
+                    self.out.push(self.ws.simple_diag(
+                        "sema::data_outside_objective",
+                        self.loc(*span),
+                        "`data` transforms belong in an `objective`".into(),
+                    ));
                 }
                 if let ExprKind::Call { args, .. } = &call.kind {
                     for a in args {
@@ -231,16 +299,35 @@ impl<'w> Resolver<'w> {
 
     fn expr(&mut self, e: &Expr, sc: &mut Scope) {
         match &e.kind {
-            ExprKind::Int(_) | ExprKind::Float(..) | ExprKind::Bool(_) | ExprKind::Str(_) | ExprKind::None => {}
+            ExprKind::Int(_)
+            | ExprKind::Float(..)
+            | ExprKind::Bool(_)
+            | ExprKind::Str(_)
+            | ExprKind::None => {}
             ExprKind::Name(id) => {
                 sc.read.insert(id.name.clone());
                 if !sc.defined.contains(&id.name) && !builtins::is_constant(&id.name) {
-                    let mut d = self.ws.simple_diag("sema::unknown_name", self.loc(id.span), format!("unknown name `{}`", id.name));
+                    let mut d = self.ws.simple_diag(
+                        "sema::unknown_name",
+                        self.loc(id.span),
+                        format!("unknown name `{}`", id.name),
+                    );
                     d.labels[0].text = "not defined here".into();
-                    let cands: Vec<&str> = sc.defined.iter().map(|s| s.as_str()).chain(builtins::CONSTANTS.iter().copied()).collect();
+                    let cands: Vec<&str> = sc
+                        .defined
+                        .iter()
+                        .map(|s| s.as_str())
+                        .chain(builtins::CONSTANTS.iter().copied())
+                        .collect();
                     d.help = did_you_mean(&id.name, cands).map(|s| format!("did you mean `{s}`?"));
-                    if d.help.is_none() && (self.ws.lookup_item(&id.name).is_some() || builtins::is_builtin(&id.name)) {
-                        d.help = Some(format!("`{}` is a function: call it with `{}(...)`", id.name, id.name));
+                    if d.help.is_none()
+                        && (self.ws.lookup_item(&id.name).is_some()
+                            || builtins::is_builtin(&id.name))
+                    {
+                        d.help = Some(format!(
+                            "`{}` is a function: call it with `{}(...)`",
+                            id.name, id.name
+                        ));
                     }
                     self.out.push(d);
                 }
@@ -255,7 +342,11 @@ impl<'w> Resolver<'w> {
                 self.expr(lhs, sc);
                 self.expr(rhs, sc);
             }
-            ExprKind::IfElse { cond, then_expr, else_expr } => {
+            ExprKind::IfElse {
+                cond,
+                then_expr,
+                else_expr,
+            } => {
                 self.expr(cond, sc);
                 self.expr(then_expr, sc);
                 self.expr(else_expr, sc);
@@ -265,7 +356,9 @@ impl<'w> Resolver<'w> {
                 for it in items {
                     match it {
                         IndexItem::Expr(x) => self.expr(x, sc),
-                        IndexItem::Slice { start, end, step, .. } => {
+                        IndexItem::Slice {
+                            start, end, step, ..
+                        } => {
                             for x in [start, end, step].into_iter().flatten() {
                                 self.expr(x, sc);
                             }
@@ -299,8 +392,16 @@ impl<'w> Resolver<'w> {
         let params: Vec<(String, bool)> = if let Some(it) = self.ws.lookup_item(name) {
             self.calls.push((name.to_string(), self.loc(call.span)));
             match self.ws.item(it) {
-                Item::Fn(f) => f.params.iter().map(|p| (p.name.name.clone(), p.default.is_none())).collect(),
-                Item::Block(b) if b.kind == BlockKind::Block => b.params.iter().map(|p| (p.name.name.clone(), p.default.is_none())).collect(),
+                Item::Fn(f) => f
+                    .params
+                    .iter()
+                    .map(|p| (p.name.name.clone(), p.default.is_none()))
+                    .collect(),
+                Item::Block(b) if b.kind == BlockKind::Block => b
+                    .params
+                    .iter()
+                    .map(|p| (p.name.name.clone(), p.default.is_none()))
+                    .collect(),
                 other => {
                     let kind = match other {
                         Item::Block(b) => b.kind.keyword(),
@@ -316,22 +417,40 @@ impl<'w> Resolver<'w> {
                 }
             }
         } else if let Some(b) = builtins::builtin(name) {
-            b.params.iter().map(|p| (p.trim_end_matches('?').to_string(), !p.ends_with('?'))).collect()
+            b.params
+                .iter()
+                .map(|p| (p.trim_end_matches('?').to_string(), !p.ends_with('?')))
+                .collect()
         } else {
-            let mut d = self.ws.simple_diag("sema::unknown_function", self.loc(callee.span), format!("unknown function `{name}`"));
+            let mut d = self.ws.simple_diag(
+                "sema::unknown_function",
+                self.loc(callee.span),
+                format!("unknown function `{name}`"),
+            );
             d.labels[0].text = "not defined".into();
-            let cands: Vec<&str> = self.ws.item_names().chain(builtins::BUILTINS.iter().map(|b| b.name)).collect();
+            let cands: Vec<&str> = self
+                .ws
+                .item_names()
+                .chain(builtins::BUILTINS.iter().map(|b| b.name))
+                .collect();
             d.help = did_you_mean(name, cands).map(|s| format!("did you mean `{s}`?"));
             self.out.push(d);
             return;
         };
-        let list = params.iter().map(|(n, req)| if *req { n.clone() } else { format!("{n}?") }).collect::<Vec<_>>().join(", ");
+        let list = params
+            .iter()
+            .map(|(n, req)| if *req { n.clone() } else { format!("{n}?") })
+            .collect::<Vec<_>>()
+            .join(", ");
         let positional = args.iter().filter(|a| a.name.is_none()).count();
         if positional > params.len() {
             let mut d = self.ws.simple_diag(
                 "sema::too_many_args",
                 self.loc(call.span),
-                format!("`{name}` takes {} argument(s), {positional} given", params.len()),
+                format!(
+                    "`{name}` takes {} argument(s), {positional} given",
+                    params.len()
+                ),
             );
             d.help = Some(format!("`{name}` takes: {list}"));
             self.out.push(d);
@@ -353,10 +472,12 @@ impl<'w> Resolver<'w> {
                             self.loc(n.span),
                             format!("`{name}` has no parameter `{}`", n.name),
                         );
-                        d.help = Some(match did_you_mean(&n.name, params.iter().map(|(p, _)| p.as_str())) {
-                            Some(s) => format!("did you mean `{s}`?"),
-                            None => format!("`{name}` takes: {list}"),
-                        });
+                        d.help = Some(
+                            match did_you_mean(&n.name, params.iter().map(|(p, _)| p.as_str())) {
+                                Some(s) => format!("did you mean `{s}`?"),
+                                None => format!("`{name}` takes: {list}"),
+                            },
+                        );
                         self.out.push(d);
                     }
                 }
@@ -382,10 +503,13 @@ impl<'w> Resolver<'w> {
         let mut reported = BTreeSet::new();
         for start in names {
             // DFS from `start` looking for a path back to it.
-            let mut stack: Vec<(String, Vec<String>, Option<Loc>)> = vec![(start.clone(), vec![start.clone()], None)];
+            let mut stack: Vec<(String, Vec<String>, Option<Loc>)> =
+                vec![(start.clone(), vec![start.clone()], None)];
             let mut seen = BTreeSet::new();
             while let Some((cur, path, _)) = stack.pop() {
-                let Some(edges) = graph.get(&cur) else { continue };
+                let Some(edges) = graph.get(&cur) else {
+                    continue;
+                };
                 for (callee, loc) in edges {
                     if callee == start {
                         if !reported.contains(start) {
