@@ -586,8 +586,7 @@ pub fn compile_run(
         t,
         "eval",
     )?;
-    let logits_graph = spec.instantiate(config, None, false)?;
-    let logits = bind(config, logits_graph, 1, t, "logits")?;
+    let logits = compile_logits(config, spec, 1, t)?;
     let vocab = logits_width(&logits).ok_or_else(|| RunError::Compile {
         program: "logits",
         source: Box::new(IrError::NotFound {
@@ -605,6 +604,17 @@ pub fn compile_run(
         eval,
         logits,
     })
+}
+
+/// The model alone (output `logits`) at `batch` rows of `seq` tokens, without dropout.
+pub fn compile_logits(
+    config: &RunConfig,
+    spec: &LoadedSpec,
+    batch: usize,
+    seq: usize,
+) -> Result<Program, RunError> {
+    let graph = spec.instantiate(config, None, false)?;
+    bind(config, graph, batch, seq, "logits")
 }
 
 /// The last dimension of the `logits` output, bound.
