@@ -166,3 +166,15 @@ fn a_checkpoint_of_another_spec_is_refused() {
     );
     assert_eq!(fingerprint(tmp.path()), before);
 }
+
+#[test]
+fn a_typo_in_a_spec_name_points_at_the_yaml() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_run(tmp.path(), "set:\n  dropuot: 0.1\n");
+    let o = kiln(tmp.path(), &["train", "run.yaml"]);
+    assert_fails(&o, &["no hyperparameter `dropuot`", "did you mean `dropout`?", "run.yaml:"]);
+    write_run(tmp.path(), "");
+    let o = kiln(tmp.path(), &["train", "run.yaml", "--set", "model=gpt2_tnyi"]);
+    assert_fails(&o, &["`gpt2_tnyi` is not a config", "did you mean `gpt2_tiny`?"]);
+    assert!(!tmp.path().join("out").exists());
+}

@@ -516,6 +516,48 @@ fn bind(
     }
 }
 
+/// Checks the names the run config gives the spec (`model`, the keys of `set:`), so a typo is
+/// reported at its line in the YAML rather than inside the spec.
+fn check_model_names(config: &RunConfig, spec: &LoadedSpec) -> Result<(), RunError> {
+    let hparams = match spec.workspace.config_hparams(&config.model, None) {
+        Ok(h) => h,
+        Err(d) if d.code == "sema::unknown_config" => {
+            return Err(config
+                .error_at(
+                    &["model"],
+                    ConfigErrorKind::Invalid,
+                    format!(
+                        "`{}` is not a config or model of `{}`",
+                        config.model,
+                        spec.path.display()
+                    ),
+                    "not in the spec",
+                    d.help.clone(),
+                )
+                .into())
+        }
+        Err(d) => return Err(spec_error(&spec.path, vec![d])),
+    };
+    let names: Vec<&str> = hparams.iter().map(|(n, _)| n.as_str()).collect();
+    for key in config.set.keys() {
+        if !names.contains(&key.as_str()) {
+            let help = sema::diag::did_you_mean(key, names.iter().copied())
+                .map(|s| format!("did you mean `{s}`?"))
+                .or_else(|| Some(format!("hyperparameters: {}", names.join(", "))));
+            return Err(config
+                .error_at(
+                    &["set", key],
+                    ConfigErrorKind::UnknownField,
+                    format!("model `{}` has no hyperparameter `{key}`", config.model),
+                    "not a hyperparameter",
+                    help,
+                )
+                .into());
+        }
+    }
+    Ok(())
+}
+
 /// Compiles the programs of a run config.
 pub fn compile_run(
     config: &RunConfig,
@@ -523,6 +565,7 @@ pub fn compile_run(
     which: Programs,
 ) -> Result<CompiledRun, RunError> {
     check_runnable(config)?;
+    check_model_names(config, spec)?;
     let objective = stream_objective(config)?;
     let (b, t) = (config.batch_size, config.seq_len);
     let train = match which {
@@ -545,8 +588,7 @@ pub fn compile_run(
         t,
         "eval",
     )?;
-    let logits_graph = spec.instantiate(config, None, false)?;
-    let logits = bind(config, logits_graph, 1, t, "logits")?;
+    let logits = compile_logits(config, spec, 1, t)?;
     let vocab = logits_width(&logits).ok_or_else(|| RunError::Compile {
         program: "logits",
         source: Box::new(IrError::NotFound {
@@ -564,6 +606,17 @@ pub fn compile_run(
         eval,
         logits,
     })
+}
+
+/// The model alone (output `logits`) at `batch` rows of `seq` tokens, without dropout.
+pub fn compile_logits(
+    config: &RunConfig,
+    spec: &LoadedSpec,
+    batch: usize,
+    seq: usize,
+) -> Result<Program, RunError> {
+    let graph = spec.instantiate(config, None, false)?;
+    bind(config, graph, batch, seq, "logits")
 }
 
 /// The last dimension of the `logits` output, bound.

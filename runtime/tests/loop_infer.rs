@@ -4,7 +4,6 @@
 
 mod loop_common;
 
-use kiln_compiler::ir::Bindings;
 use kiln_runtime::checkpoint::CheckpointError;
 use kiln_runtime::data::load_dataset;
 use kiln_runtime::eval::{evaluate, EvalOptions, EvalReport};
@@ -12,7 +11,7 @@ use kiln_runtime::evaltasks::Scorer;
 use kiln_runtime::generate::{generate, load_inference, LogitsModel};
 use kiln_runtime::sample::SamplingConfig;
 use kiln_runtime::session::{
-    compile_run, load_spec, make_backend, Executor, Program, Programs, RunError,
+    compile_logits, compile_run, load_spec, make_backend, Executor, Programs, RunError,
 };
 use kiln_runtime::train::{sequential_loss, train, ProgressOutput, TrainOptions};
 
@@ -65,12 +64,7 @@ fn right_padding_does_not_change_next_token_logits() {
     let padded = make_backend(Executor::Interp, &compiled.logits, 3, None).unwrap();
     let mut padded = LogitsModel::new(padded, compiled.window, compiled.vocab, 3);
     let context = [5u32, 17, 3, 40, 9];
-    let exact = Program {
-        graph: compiled.logits.graph.clone(),
-        bindings: Bindings::new()
-            .with("batch", 1)
-            .with("seq", context.len() as i64),
-    };
+    let exact = compile_logits(&config, &spec, 1, context.len()).unwrap();
     let exact = make_backend(Executor::Interp, &exact, 3, None).unwrap();
     let mut exact = LogitsModel::new(exact, context.len(), compiled.vocab, 3);
     let a = padded.next_logits(&context).unwrap();

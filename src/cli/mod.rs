@@ -52,6 +52,7 @@ pub enum Command {
     Compile(compile::CompileArgs),
     /// Train a model as a run config (YAML) says; writes metrics, checkpoints and a loss plot.
     Train {
+        /// The run config (YAML).
         config: PathBuf,
         /// Run-config overrides, `--set optimizer.lr=3e-4`.
         #[arg(long = "set", value_name = "PATH=VALUE")]
@@ -68,7 +69,9 @@ pub enum Command {
     },
     /// Validation loss and perplexity of a checkpoint, or its scores on evaluation tasks.
     Eval {
+        /// The run config the checkpoint was trained with (data, spec, model).
         config: PathBuf,
+        /// A checkpoint written by `kiln train`.
         #[arg(long)]
         checkpoint: PathBuf,
         #[arg(long = "set", value_name = "PATH=VALUE")]
@@ -96,6 +99,7 @@ pub enum Command {
     },
     /// Continue a prompt with a trained checkpoint.
     Generate {
+        /// A checkpoint written by `kiln train` (it carries its spec, config and tokenizer).
         checkpoint: PathBuf,
         #[arg(long)]
         prompt: String,
@@ -125,7 +129,9 @@ pub enum Command {
 pub enum DataCommand {
     /// Tokenize a corpus once into a memory-mapped token file (`data.token_file` in a run config).
     Prepare {
+        /// A text corpus.
         input: PathBuf,
+        /// The token file to write.
         #[arg(long, short)]
         out: PathBuf,
         /// `char`, `byte`, or the path of a Hugging Face tokenizer.json.
