@@ -161,7 +161,12 @@ fn check_example(ex: &Example) -> Result<(), String> {
         }
     }
     for (config, objective) in &ex.objectives {
-        let req = Request { config: config.clone(), objective: Some((objective.clone(), vec![])), training: true, ..Default::default() };
+        let req = Request {
+            config: config.clone(),
+            objective: Some((objective.clone(), vec![])),
+            training: true,
+            ..Default::default()
+        };
         if let Err(ds) = ws.instantiate(&req) {
             return Err(format!("objective `{objective}` over `{config}`:\n{}", show(&ds)));
         }
@@ -174,7 +179,9 @@ fn every_example_checks_as_its_tag_states() {
     let exs = examples();
     let failures: Vec<String> = exs
         .iter()
-        .filter_map(|ex| check_example(ex).err().map(|e| format!("--- docs/language.md line {}: {e}\n{}", ex.line, ex.text)))
+        .filter_map(|ex| {
+            check_example(ex).err().map(|e| format!("--- docs/language.md line {}: {e}\n{}", ex.line, ex.text))
+        })
         .collect();
     assert!(failures.is_empty(), "{} of {} examples are wrong:\n{}", failures.len(), exs.len(), failures.join("\n"));
 }
@@ -290,7 +297,8 @@ fn codes_in_source() -> BTreeSet<String> {
                 let rest = &src[i + 1..];
                 let end = rest.find('"').unwrap_or(0);
                 let code = &rest[..end];
-                if code.len() > ns.len() + 2 && code[ns.len() + 2..].chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                if code.len() > ns.len() + 2 && code[ns.len() + 2..].chars().all(|c| c.is_ascii_lowercase() || c == '_')
+                {
                     out.insert(code.to_string());
                 }
             }

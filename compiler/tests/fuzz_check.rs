@@ -20,9 +20,9 @@
 //! KILN_FUZZ_ITERS=1000000 cargo test --release -p kiln-compiler --test fuzz_check -- --nocapture`
 //! (overflow checks on, so that release finds the arithmetic panics a debug build would).
 
+use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::cell::Cell;
 use std::sync::{mpsc, Mutex, Once};
 use std::time::{Duration, Instant};
 
@@ -182,7 +182,12 @@ fn tokenize(s: &str) -> Vec<Tok> {
                 j = (j + 1).min(b.len());
             }
             Kind::Number => {
-                while j < b.len() && (b[j].is_ascii_alphanumeric() || b[j] == b'_' || b[j] == b'.' && b.get(j + 1).is_some_and(u8::is_ascii_digit) || (b[j] == b'-' || b[j] == b'+') && matches!(b[j - 1], b'e' | b'E')) {
+                while j < b.len()
+                    && (b[j].is_ascii_alphanumeric()
+                        || b[j] == b'_'
+                        || b[j] == b'.' && b.get(j + 1).is_some_and(u8::is_ascii_digit)
+                        || (b[j] == b'-' || b[j] == b'+') && matches!(b[j - 1], b'e' | b'E'))
+                {
                     j += 1;
                 }
             }
@@ -207,14 +212,44 @@ fn tokenize(s: &str) -> Vec<Tok> {
 // ----- mutations --------------------------------------------------------------------------------
 
 const NUMBERS: &[&str] = &[
-    "0", "1", "-1", "2", "3", "7", "64", "65536", "2147483648", "4294967296", "99999999", "1000000007", "9223372036854775807",
-    "9223372036854775808", "-9223372036854775807 - 1", "(-9223372036854775807 - 1)", "99999999999999999999", "0.0", "-0.0", "1e308",
-    "1e-308", "1e999", "-1e308", "0.5", "1e-5", "123456789.0", "1_000_000_000", "-0", "00", "1e", "2.", ".5", "0x10",
+    "0",
+    "1",
+    "-1",
+    "2",
+    "3",
+    "7",
+    "64",
+    "65536",
+    "2147483648",
+    "4294967296",
+    "99999999",
+    "1000000007",
+    "9223372036854775807",
+    "9223372036854775808",
+    "-9223372036854775807 - 1",
+    "(-9223372036854775807 - 1)",
+    "99999999999999999999",
+    "0.0",
+    "-0.0",
+    "1e308",
+    "1e-308",
+    "1e999",
+    "-1e308",
+    "0.5",
+    "1e-5",
+    "123456789.0",
+    "1_000_000_000",
+    "-0",
+    "00",
+    "1e",
+    "2.",
+    ".5",
+    "0x10",
 ];
 
 const PUNCT: &[&str] = &[
-    "(", ")", "[", "]", "{", "}", ",", ":", ";", ".", "...", "=", "==", "!=", "<", "<=", ">", ">=", "+", "-", "*", "**", "/", "//",
-    "%", "@", "\"", "#", "\n", " ", "\\", "$", "é", "\u{0}",
+    "(", ")", "[", "]", "{", "}", ",", ":", ";", ".", "...", "=", "==", "!=", "<", "<=", ">", ">=", "+", "-", "*",
+    "**", "/", "//", "%", "@", "\"", "#", "\n", " ", "\\", "$", "é", "\u{0}",
 ];
 
 /// A token-ish string from anywhere in the corpus (for splices and swaps).
@@ -304,7 +339,8 @@ fn mutate(rng: &mut ChaCha8Rng, s: &str, corpus: &[Seed], words: &[String]) -> S
             let mut bytes = s.as_bytes().to_vec();
             let i = rng.random_range(0..bytes.len());
             const MEANINGFUL: &[u8] = b"()[]{},:;.=+-*/%@<>\"#\n 0123456789_aAzZ\\!";
-            bytes[i] = if rng.random_bool(0.5) { rng.random() } else { MEANINGFUL[rng.random_range(0..MEANINGFUL.len())] };
+            bytes[i] =
+                if rng.random_bool(0.5) { rng.random() } else { MEANINGFUL[rng.random_range(0..MEANINGFUL.len())] };
             String::from_utf8_lossy(&bytes).into_owned()
         }
         Mutation::DeleteTokens => {
@@ -379,13 +415,26 @@ fn mutate(rng: &mut ChaCha8Rng, s: &str, corpus: &[Seed], words: &[String]) -> S
             lines
                 .iter()
                 .enumerate()
-                .map(|(j, l)| if j == i { if keep { format!("{line}{l}") } else { line.to_string() } } else { l.to_string() })
+                .map(|(j, l)| {
+                    if j == i {
+                        if keep {
+                            format!("{line}{l}")
+                        } else {
+                            line.to_string()
+                        }
+                    } else {
+                        l.to_string()
+                    }
+                })
                 .collect()
         }
         Mutation::SwapOperator => {
             let ops: Vec<&Tok> = toks
                 .iter()
-                .filter(|t| OPERATORS.contains(&&s[t.start..t.end]) || t.kind == Kind::Punct && OPERATORS.iter().any(|o| o.starts_with(&s[t.start..t.end])))
+                .filter(|t| {
+                    OPERATORS.contains(&&s[t.start..t.end])
+                        || t.kind == Kind::Punct && OPERATORS.iter().any(|o| o.starts_with(&s[t.start..t.end]))
+                })
                 .collect();
             if ops.is_empty() {
                 return s.to_string();
@@ -590,7 +639,8 @@ fn mutated_inputs_never_panic_or_hang() {
         for n in from..from + iters {
             let case = make_case(base_seed, n, &wc, &ww);
             let name = &wc[case.seed_index].name;
-            let name = if name.starts_with("stdlib/") { name.clone() } else { format!("fuzz/{}", name.replace('/', "_")) };
+            let name =
+                if name.starts_with("stdlib/") { name.clone() } else { format!("fuzz/{}", name.replace('/', "_")) };
             let specs: Vec<&Seed> = case.spec_index.iter().map(|&i| &wc[i]).collect();
             let (result, elapsed) = timed(|| run_case(&name, &case.text, &specs));
             if tx.send(Report { n, elapsed, result }).is_err() {
@@ -649,7 +699,13 @@ fn mutated_inputs_never_panic_or_hang() {
                     break;
                 }
                 if n > from && (n - from) % 10_000 == 0 {
-                    eprintln!("fuzz: {} cases in {:.1?}, slowest {:?} (case {})", n - from, started.elapsed(), slowest.0, slowest.1);
+                    eprintln!(
+                        "fuzz: {} cases in {:.1?}, slowest {:?} (case {})",
+                        n - from,
+                        started.elapsed(),
+                        slowest.0,
+                        slowest.1
+                    );
                 }
             }
             Err(_) => {
