@@ -6,12 +6,14 @@
 //!
 //! The invariant under test is the architecture's "no user input can make any stage panic or
 //! hang": every case runs under `catch_unwind` on a worker thread with the default 2 MiB stack,
-//! and a case that panics or takes longer than `case_limit()` (5 s) fails the test, printing the seed,
+//! and a case that panics, needs more than `case_limit()` (5 s) of CPU time, or reports nothing
+//! for `hang_limit()` (60 s, wall clock) fails the test, printing the seed,
 //! the case number and the (greedily minimised) input.
 //!
 //! `KILN_FUZZ_ITERS` sets the number of cases (default `DEFAULT_ITERS`, sized for the debug test
 //! profile); `KILN_FUZZ_SEED` the base seed; `KILN_FUZZ_MAX_FAILURES` how many failures to collect
-//! before stopping (a hang stops at once: its thread cannot be cancelled). Cases are a pure
+//! before stopping (a hang stops at once: its thread cannot be cancelled); `KILN_FUZZ_MAX_SECS` a
+//! time budget after which the run stops early and reports how many cases it ran. Cases are a pure
 //! function of (seed, case number), so any failure replays, printing its input, with
 //! `KILN_FUZZ_SEED=S KILN_FUZZ_FROM=N KILN_FUZZ_ITERS=1`. The long run:
 //! `CARGO_PROFILE_RELEASE_OVERFLOW_CHECKS=true CARGO_PROFILE_RELEASE_DEBUG_ASSERTIONS=true
@@ -28,10 +30,38 @@ use kiln_compiler::sema::{param_counts, Request, Workspace};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-/// A case slower than this is a failure: the checker must reject hostile input quickly
-/// (`KILN_FUZZ_CASE_LIMIT_S` changes it, e.g. to measure the slowest inputs).
+/// A case that needs more CPU time than this is a failure: the checker must reject hostile input
+/// quickly (`KILN_FUZZ_CASE_LIMIT_S` changes it, e.g. to measure the slowest inputs).
 fn case_limit() -> Duration {
     Duration::from_secs(env_u64("KILN_FUZZ_CASE_LIMIT_S", 5))
+}
+
+/// A case that reports nothing for this long (wall clock) hangs. Generous, because the machines
+/// this runs on are shared: CPU time decides "slow", this only catches cases that never end.
+fn hang_limit() -> Duration {
+    Duration::from_secs(env_u64("KILN_FUZZ_HANG_S", 60)).max(case_limit())
+}
+
+/// CPU time of the calling thread, where the OS reports it (Linux: `/proc/thread-self/schedstat`,
+/// in nanoseconds). On a loaded machine wall time says little about the checker's own cost.
+fn thread_cpu_time() -> Option<Duration> {
+    let s = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    s.split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+        .map(Duration::from_nanos)
+}
+
+/// Runs `f`, returning its result and its cost: thread CPU time if known, else wall time.
+fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
+    let (c0, t0) = (thread_cpu_time(), Instant::now());
+    let r = f();
+    let cost = match (c0, thread_cpu_time()) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => t0.elapsed(),
+    };
+    (r, cost)
 }
 const DEFAULT_ITERS: u64 = 400;
 const DEFAULT_SEED: u64 = 0x6b69_6c6e_f022;
@@ -677,6 +707,7 @@ fn minimise(name: &str, text: &str, specs: &[&Seed]) -> String {
 /// What the worker reports after each case.
 struct Report {
     n: u64,
+    /// CPU time of the case (wall time where the OS does not report it).
     elapsed: Duration,
     result: Result<Outcome, String>,
 }
@@ -687,6 +718,8 @@ fn mutated_inputs_never_panic_or_hang() {
     let base_seed = env_u64("KILN_FUZZ_SEED", DEFAULT_SEED);
     let from = env_u64("KILN_FUZZ_FROM", 0);
     let max_failures = env_u64("KILN_FUZZ_MAX_FAILURES", 5);
+    // A time budget for long runs: stop (and report the count) after this many seconds.
+    let max_secs = env_u64("KILN_FUZZ_MAX_SECS", u64::MAX);
     let corpus = corpus();
     let words = vocabulary(&corpus);
     install_quiet_hook();
@@ -703,17 +736,9 @@ fn mutated_inputs_never_panic_or_hang() {
             } else {
                 format!("fuzz/{}", name.replace('/', "_"))
             };
-            let t0 = Instant::now();
             let specs: Vec<&Seed> = case.spec_index.iter().map(|&i| &wc[i]).collect();
-            let result = run_case(&name, &case.text, &specs);
-            if tx
-                .send(Report {
-                    n,
-                    elapsed: t0.elapsed(),
-                    result,
-                })
-                .is_err()
-            {
+            let (result, elapsed) = timed(|| run_case(&name, &case.text, &specs));
+            if tx.send(Report { n, elapsed, result }).is_err() {
                 return;
             }
         }
@@ -731,9 +756,10 @@ fn mutated_inputs_never_panic_or_hang() {
     let mut slowest = (Duration::ZERO, 0u64);
     let mut failures = Vec::new();
     let mut outcomes = [0u64; 3];
+    let mut reported = 0;
     let mut next = from;
     while next < from + iters {
-        match rx.recv_timeout(case_limit() * 2) {
+        match rx.recv_timeout(hang_limit()) {
             Ok(Report { n, elapsed, result }) => {
                 next = n + 1;
                 let panic = match result {
@@ -771,7 +797,12 @@ fn mutated_inputs_never_panic_or_hang() {
                         corpus[c.seed_index].name, c.text
                     ));
                 }
-                if failures.len() as u64 >= max_failures {
+                if let Some(f) = failures.last().filter(|_| failures.len() > reported) {
+                    eprintln!("fuzz: FAILURE\n{f}\n");
+                    reported = failures.len();
+                }
+                if failures.len() as u64 >= max_failures || started.elapsed().as_secs() >= max_secs
+                {
                     break;
                 }
                 if n > from && (n - from) % 10_000 == 0 {
@@ -789,7 +820,7 @@ fn mutated_inputs_never_panic_or_hang() {
                 panic!(
                     "case {next} (KILN_FUZZ_SEED={base_seed} KILN_FUZZ_FROM={next} KILN_FUZZ_ITERS=1), from {}, hangs (no result after {:?}):\n{}",
                     corpus[c.seed_index].name,
-                    case_limit() * 2,
+                    hang_limit(),
                     c.text
                 );
             }
@@ -797,7 +828,7 @@ fn mutated_inputs_never_panic_or_hang() {
     }
     drop(rx);
     eprintln!(
-        "fuzz: {} cases from {from} (seed {base_seed}) in {:.1?}; slowest case {} took {:?}; \
+        "fuzz: {} cases from {from} (seed {base_seed}) in {:.1?}; slowest case {} took {:?} of CPU; \
          syntax errors {}, check errors {}, clean {}",
         next - from,
         started.elapsed(),
@@ -867,7 +898,7 @@ const REGRESSIONS: &[(&str, &str)] = &[
     ("abs(i64::MIN)", "fn f() = abs(-9223372036854775807 - 1)\nmodel m(k = f()) {\n input x: f32[2]\n return x\n}\n"),
     ("empty repeat of 10^12", "model m() {\n input x: f32[2]\n repeat 1000000000000 {\n }\n return x\n}\n"),
     (
-        "8 million layers (quadratic parameter-name checks)",
+        "8 million layers (quadratic parameter-name checks, then `MAX_NODES`)",
         "model stack(d = 16, layers = 4) {\n input x: f32[batch, d]\n repeat layers {\n  x = x + linear(x, d) as ff\n }\n return x\n}\nconfig wide_deep = stack(layers = 8000000)\n",
     ),
     ("parameter count beyond u64", "model m() {\n input x: f32[2]\n param w: [4294967296, 4294967296, 4] = zeros\n return x\n}\nconfig c = m()\n"),
@@ -878,12 +909,12 @@ fn known_hostile_inputs_neither_panic_nor_hang() {
     install_quiet_hook();
     let mut failures = Vec::new();
     for (what, text) in REGRESSIONS {
-        let t0 = Instant::now();
-        if let Some(msg) = panics("fuzz.kiln", text, &[]) {
+        let (panic, cost) = timed(|| panics("fuzz.kiln", text, &[]));
+        if let Some(msg) = panic {
             failures.push(format!("{what}: panics: {msg}"));
         }
-        if t0.elapsed() > case_limit() {
-            failures.push(format!("{what}: took {:?}", t0.elapsed()));
+        if cost > case_limit() {
+            failures.push(format!("{what}: took {cost:?}"));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));

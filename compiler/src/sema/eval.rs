@@ -21,11 +21,12 @@ use super::Workspace;
 use crate::ir::{BinaryOp as IrBin, CmpOp, DType, Dim, IrError, Op, UnaryOp as IrUn, ValueId};
 
 /// Limits that keep any input — however hostile — from hanging the checker. They bound time:
-/// lowering costs about 10 µs per graph node and a few hundred ns per step (debug or release), so
-/// these caps reject a runaway spec within about 2.5 s. The largest published config, PaLM-540B,
-/// lowers to 18 790 nodes; `MAX_NODES` leaves 13 times that (room for a 1000-layer model).
+/// lowering costs 10–17 µs per graph node and a few hundred ns per step (debug or release alike:
+/// the cost is allocation), so these caps reject a runaway spec in one to two seconds. The
+/// largest published config, PaLM-540B, lowers to 18 790 nodes; `MAX_NODES` leaves 8 times that
+/// (a GPT-2-style model of 900 layers fits).
 pub const MAX_CALL_DEPTH: usize = 64;
-pub const MAX_NODES: usize = 250_000;
+pub const MAX_NODES: usize = 150_000;
 pub const MAX_STEPS: u64 = 5_000_000;
 
 /// One frame of the block call stack (for diagnostics that arise inside the stdlib).
