@@ -11,7 +11,7 @@ use fusion_support::{bindings, forward, forward_with, inputs, rel_err, vocab_of,
 use kiln_compiler::interp::{init_params, run, Precision, RunOptions, TensorData};
 use kiln_compiler::ir::{verify, Bindings, Graph};
 use kiln_compiler::kernel::Kernel;
-use kiln_compiler::passes::attention::recognize;
+use kiln_compiler::passes::attention::{recognize, stop_shift_gradients};
 use kiln_compiler::passes::fusion::fuse;
 use kiln_compiler::program::reference::{self, HostInput};
 use kiln_compiler::program::Program;
@@ -21,6 +21,7 @@ fn step_graph(mut fwd: Graph, fused_attention: bool) -> Graph {
     if fused_attention {
         recognize(&mut fwd).unwrap();
     }
+    stop_shift_gradients(&mut fwd).unwrap();
     let opts = StepOptions {
         clip: Some(1.0),
         ..Default::default()

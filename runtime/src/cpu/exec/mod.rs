@@ -152,6 +152,8 @@ pub struct Executor {
     profiling: bool,
     prof: BTreeMap<&'static str, KindProfile>,
     prof_steps: u64,
+    /// Time per step of the program (profiling only).
+    step_time: Vec<Duration>,
 }
 
 // SAFETY: the raw pointers held by prepared steps point into `arena`, which the executor owns
@@ -254,6 +256,7 @@ impl Executor {
             profiling: false,
             prof: BTreeMap::new(),
             prof_steps: 0,
+            step_time: Vec::new(),
         };
         ex.load_constants();
         Ok(ex)
@@ -326,6 +329,15 @@ impl Executor {
     pub fn reset_profile(&mut self) {
         self.prof.clear();
         self.prof_steps = 0;
+        self.step_time.clear();
+    }
+
+    /// The `n` program steps that took longest since the last reset: (step index, total time).
+    pub fn slowest_steps(&self, n: usize) -> Vec<(usize, Duration)> {
+        let mut v: Vec<(usize, Duration)> = self.step_time.iter().copied().enumerate().collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.truncate(n);
+        v
     }
 
     pub fn profile(&self) -> Profile {
@@ -351,9 +363,14 @@ impl Executor {
                     kind,
                     ..Default::default()
                 });
+                let dt = t0.elapsed();
                 e.launches += 1;
-                e.time += t0.elapsed();
+                e.time += dt;
                 e.flops += self.step_flops[si];
+                if self.step_time.len() < self.steps.len() {
+                    self.step_time.resize(self.steps.len(), Duration::ZERO);
+                }
+                self.step_time[si] += dt;
             }
         }
         let t0 = self.profiling.then(Instant::now);
