@@ -7,7 +7,7 @@ mod fusion_support;
 
 use std::collections::HashMap;
 
-use fusion_support::{bindings, forward, forward_with, inputs, rel_err, vocab_of, Case, CASES};
+use fusion_support::{bindings, forward, forward_with, inputs, vocab_of, Case, CASES};
 use kiln_compiler::interp::{init_params, run, Precision, RunOptions, TensorData};
 use kiln_compiler::ir::{verify, Bindings, Graph};
 use kiln_compiler::kernel::Kernel;
@@ -161,4 +161,14 @@ fn gpt2_kernel_structure() {
         .collect();
     assert!(!rows.is_empty());
     eprintln!("{p}");
+}
+
+/// The printed kernel list (what `kiln compile --emit kernels` shows) is stable.
+#[test]
+fn gpt2_tiny_kernel_listing_snapshot() {
+    let step = step_graph(forward(&CASES[0]), true);
+    let p = fuse(&step.bind(&bindings(&CASES[0])).unwrap()).unwrap();
+    let again = fuse(&step.bind(&bindings(&CASES[0])).unwrap()).unwrap();
+    assert_eq!(p.to_string(), again.to_string(), "fusion is not deterministic");
+    insta::assert_snapshot!("gpt2_tiny_kernels", p.to_string());
 }

@@ -352,21 +352,21 @@ impl Executor {
             *m.entry(self.program.steps[i].kind()).or_default() += *t;
         }
         let mut v: Vec<(&'static str, Duration)> = m.into_iter().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|b| std::cmp::Reverse(b.1));
         v
     }
 
     /// The `n` program steps whose fastest launch since the last reset took longest.
     pub fn slowest_steps(&self, n: usize) -> Vec<(usize, Duration)> {
         let mut v: Vec<(usize, Duration)> = self.step_min.iter().copied().enumerate().collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1));
+        v.sort_by_key(|b| std::cmp::Reverse(b.1));
         v.truncate(n);
         v
     }
 
     pub fn profile(&self) -> Profile {
         let mut kinds: Vec<KindProfile> = self.prof.values().cloned().collect();
-        kinds.sort_by(|a, b| b.time.cmp(&a.time));
+        kinds.sort_by_key(|b| std::cmp::Reverse(b.time));
         Profile {
             steps: self.prof_steps,
             kinds,
