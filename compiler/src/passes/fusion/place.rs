@@ -660,6 +660,11 @@ impl Placer<'_, '_> {
                 continue;
             }
             match info.op(w) {
+                // Transcendentals are worth storing: a consumer with several column passes would
+                // evaluate them once per pass (a softmax backward recomputing `exp` twice per
+                // score costs more than reading stored probabilities).
+                Op::Unary(UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Erf) if !int => return None,
+                Op::PowConst { p } if p.fract() != 0.0 => return None,
                 Op::Unary(_)
                 | Op::Cast { .. }
                 | Op::PowConst { .. }
