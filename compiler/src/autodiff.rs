@@ -434,23 +434,19 @@ fn vjp(
                     _ => None,
                 };
                 out.push(match (wrt, nd) {
-                    (Some(wrt), true) => one(b.op(
-                        Op::AttentionBackward {
-                            spec: *spec,
-                            wrt,
-                        },
-                        &operands,
-                    )?),
+                    (Some(wrt), true) => {
+                        one(b.op(Op::AttentionBackward { spec: *spec, wrt }, &operands)?)
+                    }
                     _ => None,
                 });
             }
             out
         }
-        Op::AttentionBackward { .. } => {
-            return Err(IrError::Autodiff {
-                detail: "attention_backward has no VJP (second derivatives of attention are not supported)".into(),
-            })
-        }
+        Op::AttentionBackward { .. } => return Err(IrError::Autodiff {
+            detail:
+                "attention_backward has no VJP (second derivatives of attention are not supported)"
+                    .into(),
+        }),
     })
 }
 

@@ -877,7 +877,11 @@ fn eval_op(
 /// gradient `dS = P ∘ (dP − rowsum(P ∘ dP))` with `dP = dO·vᵀ` (the composition's VJP up to
 /// rounding: its softmax VJP also sends an exactly-zero total through the row max). A row whose
 /// keys are all masked gives NaN, as the composition does. `wrt = None` is the forward.
-fn attention(spec: &AttnSpec, args: &[&Tensor], wrt: Option<AttnGrad>) -> Result<Vec<f64>, InterpError> {
+fn attention(
+    spec: &AttnSpec,
+    args: &[&Tensor],
+    wrt: Option<AttnGrad>,
+) -> Result<Vec<f64>, InterpError> {
     let (q, k, v) = (floats(args[0]), floats(args[1]), floats(args[2]));
     let [nb, nh, t, d] = args[0].shape[..] else {
         unreachable!("type rule: q is rank 4")
@@ -926,7 +930,11 @@ fn attention(spec: &AttnSpec, args: &[&Tensor], wrt: Option<AttnGrad>) -> Result
                     if let Some(bias) = bias {
                         x += bias[(h * t + i) * s + j];
                     }
-                    *pj = if visible(b, i, j) { x } else { f64::NEG_INFINITY };
+                    *pj = if visible(b, i, j) {
+                        x
+                    } else {
+                        f64::NEG_INFINITY
+                    };
                     m = nan_max(m, *pj);
                 }
                 let mut sum = 0.0;

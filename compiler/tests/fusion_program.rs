@@ -169,6 +169,10 @@ fn gpt2_tiny_kernel_listing_snapshot() {
     let step = step_graph(forward(&CASES[0]), true);
     let p = fuse(&step.bind(&bindings(&CASES[0])).unwrap()).unwrap();
     let again = fuse(&step.bind(&bindings(&CASES[0])).unwrap()).unwrap();
-    assert_eq!(p.to_string(), again.to_string(), "fusion is not deterministic");
+    assert_eq!(
+        p.to_string(),
+        again.to_string(),
+        "fusion is not deterministic"
+    );
     insta::assert_snapshot!("gpt2_tiny_kernels", p.to_string());
 }

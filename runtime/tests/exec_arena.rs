@@ -45,12 +45,18 @@ fn check_plan(label: &str, p: &Program) {
             let (oa, ob) = (plan.offsets[a], plan.offsets[b]);
             let space = oa < ob + lb && ob < oa + la;
             let time = first[a] <= last[b] && first[b] <= last[a];
-            assert!(!(space && time), "{label}: b{a} and b{b} overlap while both live");
+            assert!(
+                !(space && time),
+                "{label}: b{a} and b{b} overlap while both live"
+            );
             shared += usize::from(space);
             assert!(oa + la <= plan.words && ob + lb <= plan.words);
         }
     }
-    assert!(shared > 0, "{label}: no temporaries share memory: the planner is not exercised");
+    assert!(
+        shared > 0,
+        "{label}: no temporaries share memory: the planner is not exercised"
+    );
 }
 
 #[test]
@@ -76,7 +82,9 @@ fn rand_uniform_is_bit_exact() {
     let bind = Bindings::new().with("n", 40_000);
     let mut backend = CpuBackend::from_graph(&g, &bind, 0).unwrap();
     for (seed, step) in [(5u64, 9u64), (6, 9), (5, 10)] {
-        let got = backend.run(&BTreeMap::new(), StepRng { seed, step }).unwrap();
+        let got = backend
+            .run(&BTreeMap::new(), StepRng { seed, step })
+            .unwrap();
         let opts = RunOptions {
             seed,
             step,
@@ -84,7 +92,11 @@ fn rand_uniform_is_bit_exact() {
         };
         let want = run(&g, &bind, &Default::default(), &Default::default(), &opts).unwrap();
         for k in ["u", "w"] {
-            let a: Vec<u32> = want.outputs[k].to_f32_vec().iter().map(|x| x.to_bits()).collect();
+            let a: Vec<u32> = want.outputs[k]
+                .to_f32_vec()
+                .iter()
+                .map(|x| x.to_bits())
+                .collect();
             let b: Vec<u32> = got[k].data.iter().map(|x| x.to_bits()).collect();
             assert_eq!(a, b, "noise `{k}` differs at seed {seed} step {step}");
         }

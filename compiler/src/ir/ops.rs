@@ -385,7 +385,10 @@ pub enum Op {
     /// batch). The gradients of one attention are separate nodes over the same operands so that
     /// each has its natural shape and only the needed ones exist; fusion runs them as one kernel
     /// (the shared recomputation of the scores happens once), the interpreter recomputes per node.
-    AttentionBackward { spec: AttnSpec, wrt: AttnGrad },
+    AttentionBackward {
+        spec: AttnSpec,
+        wrt: AttnGrad,
+    },
 }
 
 /// How many operands an op takes.
@@ -979,17 +982,32 @@ fn check_attention(
     }
     want_dtype(op, q, "a float", q.dtype.is_float())?;
     if q.rank() != 4 || k.rank() != 4 || v.rank() != 4 {
-        return Err(mismatch(op, q, k, "q, k, v must be [batch, heads, seq, head_dim]"));
+        return Err(mismatch(
+            op,
+            q,
+            k,
+            "q, k, v must be [batch, heads, seq, head_dim]",
+        ));
     }
     if k != v || k.dtype != q.dtype {
-        return Err(mismatch(op, k, v, "k and v need equal types (and q's dtype)"));
+        return Err(mismatch(
+            op,
+            k,
+            v,
+            "k and v need equal types (and q's dtype)",
+        ));
     }
     if q.shape[0] != k.shape[0] || q.shape[3] != k.shape[3] {
         return Err(mismatch(op, q, k, "batch and head_dim of q and k differ"));
     }
     if let (Some(h), Some(hk)) = (q.shape[1].as_const(), k.shape[1].as_const()) {
         if hk == 0 || h % hk != 0 {
-            return Err(mismatch(op, q, k, "query heads must be a multiple of key/value heads"));
+            return Err(mismatch(
+                op,
+                q,
+                k,
+                "query heads must be a multiple of key/value heads",
+            ));
         }
     }
     if let AttnMask::Local { window } = spec.mask {
@@ -1002,7 +1020,12 @@ fn check_attention(
         let b = inputs[first_extra + i];
         let want = vec![q.shape[1].clone(), q.shape[2].clone(), k.shape[2].clone()];
         if b.shape != want || b.dtype != q.dtype {
-            return Err(mismatch(op, q, b, "the bias must be [heads, q_len, kv_len] of q's dtype"));
+            return Err(mismatch(
+                op,
+                q,
+                b,
+                "the bias must be [heads, q_len, kv_len] of q's dtype",
+            ));
         }
     }
     for i in [prefix, key_len].into_iter().flatten() {

@@ -667,13 +667,21 @@ pub fn stop_shift_gradients(g: &mut Graph) -> Result<usize, IrError> {
             continue;
         }
         let users = g.users(m);
-        let marked = !users.is_empty() && users.iter().all(|u| matches!(g.node(*u).op(), Op::StopGradient));
+        let marked = !users.is_empty()
+            && users
+                .iter()
+                .all(|u| matches!(g.node(*u).op(), Op::StopGradient));
         if !marked && shift_cancels(g, m) {
             let users = g.users(m);
             let name = g.node(m).name().map(str::to_string);
             let sg = g.add(Op::StopGradient, &[m], name)?;
             for u in users {
-                let ins: Vec<ValueId> = g.node(u).inputs().iter().map(|x| if *x == m { sg } else { *x }).collect();
+                let ins: Vec<ValueId> = g
+                    .node(u)
+                    .inputs()
+                    .iter()
+                    .map(|x| if *x == m { sg } else { *x })
+                    .collect();
                 g.set_inputs(u, &ins);
             }
             count += 1;
@@ -704,11 +712,13 @@ fn shift_cancels(g: &Graph, m: ValueId) -> bool {
         Ok(o) => o,
         Err(_) => return false,
     };
-    let pos: std::collections::HashMap<ValueId, usize> = order.iter().enumerate().map(|(i, v)| (*v, i)).collect();
+    let pos: std::collections::HashMap<ValueId, usize> =
+        order.iter().enumerate().map(|(i, v)| (*v, i)).collect();
     let mut eff: std::collections::HashMap<ValueId, Effect> = std::collections::HashMap::new();
     eff.insert(m, Effect::Shift(1));
     // Only users of affected values are visited, in topological order.
-    let mut todo: BTreeSet<(usize, ValueId)> = g.users(m).into_iter().map(|u| (pos[&u], u)).collect();
+    let mut todo: BTreeSet<(usize, ValueId)> =
+        g.users(m).into_iter().map(|u| (pos[&u], u)).collect();
     let mut visited = 0usize;
     while let Some((_, v)) = todo.pop_first() {
         visited += 1;
@@ -734,14 +744,20 @@ fn shift_cancels(g: &Graph, m: ValueId) -> bool {
             Op::Slice { axis, .. } if *axis + 1 == g.shape(ins[0]).len() => e(&ins[0]),
             Op::Broadcast { axes, shape } if axes == &[shape.len() - 1] => e(&ins[0]),
             Op::Binary(b @ (BinaryOp::Add | BinaryOp::Sub)) => match (e(&ins[0]), e(&ins[1])) {
-                (Effect::Shift(a), Effect::Shift(c)) => Effect::Shift(if *b == BinaryOp::Add { a + c } else { a - c }),
+                (Effect::Shift(a), Effect::Shift(c)) => {
+                    Effect::Shift(if *b == BinaryOp::Add { a + c } else { a - c })
+                }
                 (x, y) if y.is_zero() && x.is_zero() => Effect::Shift(0),
                 _ => return false,
             },
             Op::Binary(b @ (BinaryOp::Mul | BinaryOp::Div)) => match (e(&ins[0]), e(&ins[1])) {
-                (Effect::Scale(a), Effect::Scale(c)) => Effect::Scale(if *b == BinaryOp::Mul { a + c } else { a - c }),
+                (Effect::Scale(a), Effect::Scale(c)) => {
+                    Effect::Scale(if *b == BinaryOp::Mul { a + c } else { a - c })
+                }
                 (Effect::Scale(a), y) if y.is_zero() => Effect::Scale(a),
-                (x, Effect::Scale(c)) if x.is_zero() => Effect::Scale(if *b == BinaryOp::Mul { c } else { -c }),
+                (x, Effect::Scale(c)) if x.is_zero() => {
+                    Effect::Scale(if *b == BinaryOp::Mul { c } else { -c })
+                }
                 (x, y) if x.is_zero() && y.is_zero() => Effect::Shift(0),
                 _ => return false,
             },
@@ -754,11 +770,13 @@ fn shift_cancels(g: &Graph, m: ValueId) -> bool {
                 x if x.is_zero() => Effect::Shift(0),
                 _ => return false,
             },
-            Op::ReduceSum { axes, .. } if axes == &[g.shape(ins[0]).len() - 1] => match e(&ins[0]) {
-                Effect::Scale(a) => Effect::Scale(a),
-                x if x.is_zero() => Effect::Shift(0),
-                _ => return false,
-            },
+            Op::ReduceSum { axes, .. } if axes == &[g.shape(ins[0]).len() - 1] => {
+                match e(&ins[0]) {
+                    Effect::Scale(a) => Effect::Scale(a),
+                    x if x.is_zero() => Effect::Shift(0),
+                    _ => return false,
+                }
+            }
             _ => {
                 // Any other op may only see unaffected values.
                 if ins.iter().all(|u| e(u).is_zero()) {
@@ -777,7 +795,11 @@ fn shift_cancels(g: &Graph, m: ValueId) -> bool {
         eff.insert(v, out);
     }
     // Nothing affected may escape.
-    let escapes = g.outputs().iter().map(|o| o.value).chain(g.updates().iter().map(|u| u.value));
+    let escapes = g
+        .outputs()
+        .iter()
+        .map(|o| o.value)
+        .chain(g.updates().iter().map(|u| u.value));
     for v in escapes {
         if eff.get(&v).is_some_and(|e| !e.is_zero()) || v == m {
             return false;

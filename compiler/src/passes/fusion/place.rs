@@ -142,7 +142,12 @@ pub(super) fn class_by_numel(n: usize, rows: usize, cols: usize) -> Option<Class
 
 /// Classes that read the same data in a group with `rows` rows (one row: per-row is scalar).
 pub(super) fn same_class(a: Class, b: Class, rows: usize) -> bool {
-    a == b || (rows == 1 && matches!((a, b), (Class::Row, Class::Scalar) | (Class::Scalar, Class::Row)))
+    a == b
+        || (rows == 1
+            && matches!(
+                (a, b),
+                (Class::Row, Class::Scalar) | (Class::Scalar, Class::Row)
+            ))
 }
 
 /// `axes` are the trailing `rank - k` axes; returns `k`.
@@ -663,7 +668,9 @@ impl Placer<'_, '_> {
                 // Transcendentals are worth storing: a consumer with several column passes would
                 // evaluate them once per pass (a softmax backward recomputing `exp` twice per
                 // score costs more than reading stored probabilities).
-                Op::Unary(UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Erf) if !int => return None,
+                Op::Unary(UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Erf) if !int => {
+                    return None
+                }
                 Op::PowConst { p } if p.fract() != 0.0 => return None,
                 Op::Unary(_)
                 | Op::Cast { .. }
