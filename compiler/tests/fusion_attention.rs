@@ -10,7 +10,7 @@ use fusion_support::{bindings, forward, forward_with, inputs, norm, vocab_of, Ca
 use kiln_compiler::autodiff::grad;
 use kiln_compiler::interp::{init_params, run, RunOptions};
 use kiln_compiler::ir::{print_graph, verify, AttnMask, Bindings, Graph, Op};
-use kiln_compiler::passes::attention::recognize;
+use kiln_compiler::passes::attention::{recognize, stop_shift_gradients};
 
 fn attention_nodes(g: &Graph) -> Vec<Op> {
     g.values()
@@ -240,4 +240,39 @@ fn dropout_stays_unfused() {
     let mut g = forward_with("gpt2.kiln", "gpt2_tiny", "causal_lm", &[("dropout", "0.1")]);
     assert_eq!(recognize(&mut g).unwrap(), 0);
     verify(&g).unwrap();
+}
+
+/// The softmax and logsumexp maxima get a `StopGradient` (their gradient is exactly zero), and the
+/// loss and gradients do not change: two attention softmaxes and the cross entropy per GPT-2
+/// graph with attention dropout (unfused), only the cross entropy once attention is fused.
+#[test]
+fn shift_invariant_maxima_stop_gradients() {
+    let c = &CASES[0];
+    let b = bindings(c);
+    let fwd = forward_with("gpt2.kiln", "gpt2_tiny", "causal_lm", &[]);
+    let mut marked = fwd.clone();
+    assert_eq!(stop_shift_gradients(&mut marked).unwrap(), 3);
+    verify(&marked).unwrap();
+    let want = loss_and_grads(&fwd, &b, 3);
+    let got = loss_and_grads(&marked, &b, 3);
+    let floor = want.values().map(|v| norm(v)).fold(0.0, f64::max) * 1e-3;
+    for (k, w) in &want {
+        let d: Vec<f64> = w.iter().zip(&got[k]).map(|(a, b)| a - b).collect();
+        let e = norm(&d) / norm(w).max(norm(&got[k])).max(floor);
+        assert!(e <= 1e-10, "`{k}` differs by {e:e}");
+    }
+    // Idempotent, and after recognition only the cross entropy's maximum is left.
+    assert_eq!(stop_shift_gradients(&mut marked).unwrap(), 0);
+    let mut rec = fwd.clone();
+    recognize(&mut rec).unwrap();
+    assert_eq!(stop_shift_gradients(&mut rec).unwrap(), 1);
+    // A maximum that escapes (an output) is not marked.
+    let mut out = fwd;
+    let m = out
+        .values()
+        .into_iter()
+        .find(|v| matches!(out.node(*v).op(), Op::ReduceMax { .. }))
+        .unwrap();
+    out.add_output("max", m).unwrap();
+    assert_eq!(stop_shift_gradients(&mut out).unwrap(), 2);
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use fusion_support::{bindings, forward, forward_with, inputs, vocab_of, Case, CASES};
 use kiln_compiler::interp::{init_params, run, Precision, RunOptions, Tensor, TensorData};
 use kiln_compiler::ir::{Bindings, Graph};
-use kiln_compiler::passes::attention::recognize;
+use kiln_compiler::passes::attention::{recognize, stop_shift_gradients};
 use kiln_compiler::train::{training_step, StepOptions};
 use kiln_runtime::backend::{Backend, InputTensor, StepRng};
 use kiln_runtime::cpu::CpuBackend;
@@ -19,6 +19,7 @@ fn step_graph(mut fwd: Graph, fused_attention: bool) -> Graph {
     if fused_attention {
         recognize(&mut fwd).unwrap();
     }
+    stop_shift_gradients(&mut fwd).unwrap();
     let opts = StepOptions {
         clip: Some(1.0),
         ..Default::default()

@@ -635,3 +635,177 @@ fn classify_mask(
     interior.extend(seen);
     Some((mask, prefix, key_len))
 }
+
+// ---- shift-invariant maxima ----------------------------------------------------------------------
+
+/// Marks the row maxima that softmaxes and logsumexps subtract for stability as
+/// `StopGradient`, when the graph provably does not depend on them: returns how many.
+///
+/// `softmax(x) = exp(x - m) / Σ exp(x - m)` and `logsumexp(x) = log Σ exp(x - m) + m` are exactly
+/// invariant to the per-row `m`, so the gradient through `m` is exactly zero; autodiff would
+/// still build it (a tie mask, a count and a broadcast per softmax: an extra pass over every
+/// score or logit row in the backward). The proof is a small effect analysis: shifting `m` by
+/// `δ` (per row) shifts `x - m` by `-δ`, scales `exp` of it by `e^-δ`, sums keep the scale, a
+/// ratio of equal scales or a sum of opposite shifts cancels, `log` turns a scale back into a
+/// shift; `m` is only marked when every effect cancels before reaching anything else (an
+/// output, an update, any other op). Run before autodiff; attention compositions that the
+/// recogniser replaced no longer have a maximum to mark, unfused ones (dropout) do.
+pub fn stop_shift_gradients(g: &mut Graph) -> Result<usize, IrError> {
+    let mut count = 0;
+    for m in g.topo_order()? {
+        if !g.contains(m) {
+            continue;
+        }
+        let rank = g.shape(m).len();
+        let (axes, keepdim) = match g.node(m).op() {
+            Op::ReduceMax { axes, keepdim } => (axes.clone(), *keepdim),
+            _ => continue,
+        };
+        let src_rank = g.shape(g.node(m).inputs()[0]).len();
+        let last_only = axes == [src_rank - 1];
+        if !last_only || !g.dtype(m).is_float() || (keepdim && rank == 0) {
+            continue;
+        }
+        let users = g.users(m);
+        let marked = !users.is_empty()
+            && users
+                .iter()
+                .all(|u| matches!(g.node(*u).op(), Op::StopGradient));
+        if !marked && shift_cancels(g, m) {
+            let users = g.users(m);
+            let name = g.node(m).name().map(str::to_string);
+            let sg = g.add(Op::StopGradient, &[m], name)?;
+            for u in users {
+                let ins: Vec<ValueId> = g
+                    .node(u)
+                    .inputs()
+                    .iter()
+                    .map(|x| if *x == m { sg } else { *x })
+                    .collect();
+                g.set_inputs(u, &ins);
+            }
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+/// The effect of shifting `m` by `δ` on a value: `x + a·δ` (`Shift(a)`) or `x · e^(b·δ)`
+/// (`Scale(b)`); `Shift(0)` and `Scale(0)` mean unaffected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effect {
+    Shift(i64),
+    Scale(i64),
+}
+
+impl Effect {
+    fn is_zero(self) -> bool {
+        matches!(self, Effect::Shift(0) | Effect::Scale(0))
+    }
+}
+
+/// Whether every effect of shifting `m` per row cancels (see `stop_shift_gradients`).
+fn shift_cancels(g: &Graph, m: ValueId) -> bool {
+    let rows: Dim = g.shape(m).iter().fold(Dim::c(1), |a, d| a.mul(d));
+    // Values reached, in topological order; their effects.
+    let order = match g.topo_order() {
+        Ok(o) => o,
+        Err(_) => return false,
+    };
+    let pos: std::collections::HashMap<ValueId, usize> =
+        order.iter().enumerate().map(|(i, v)| (*v, i)).collect();
+    let mut eff: std::collections::HashMap<ValueId, Effect> = std::collections::HashMap::new();
+    eff.insert(m, Effect::Shift(1));
+    // Only users of affected values are visited, in topological order.
+    let mut todo: BTreeSet<(usize, ValueId)> =
+        g.users(m).into_iter().map(|u| (pos[&u], u)).collect();
+    let mut visited = 0usize;
+    while let Some((_, v)) = todo.pop_first() {
+        visited += 1;
+        if visited > 256 {
+            return false;
+        }
+        let n = g.node(v);
+        let ins = n.inputs();
+        let e = |u: &ValueId| eff.get(u).copied().unwrap_or(Effect::Shift(0));
+        let numel = |x: ValueId| g.shape(x).iter().fold(Dim::c(1), |a, d| a.mul(d));
+        let last = |x: ValueId| g.shape(x).last().cloned().unwrap_or(Dim::c(1));
+        // A tainted value must be per row (numel = rows) or per row and last axis.
+        let per_row = |x: ValueId| numel(x) == rows || numel(x) == rows.mul(&last(x));
+        let out = match n.op() {
+            Op::Reshape { .. } | Op::StopGradient => {
+                let x = ins[0];
+                let same_layout = numel(x) == rows && numel(v) == rows || last(x) == last(v);
+                if !same_layout {
+                    return false;
+                }
+                e(&x)
+            }
+            Op::Slice { axis, .. } if *axis + 1 == g.shape(ins[0]).len() => e(&ins[0]),
+            Op::Broadcast { axes, shape } if axes == &[shape.len() - 1] => e(&ins[0]),
+            Op::Binary(b @ (BinaryOp::Add | BinaryOp::Sub)) => match (e(&ins[0]), e(&ins[1])) {
+                (Effect::Shift(a), Effect::Shift(c)) => {
+                    Effect::Shift(if *b == BinaryOp::Add { a + c } else { a - c })
+                }
+                (x, y) if y.is_zero() && x.is_zero() => Effect::Shift(0),
+                _ => return false,
+            },
+            Op::Binary(b @ (BinaryOp::Mul | BinaryOp::Div)) => match (e(&ins[0]), e(&ins[1])) {
+                (Effect::Scale(a), Effect::Scale(c)) => {
+                    Effect::Scale(if *b == BinaryOp::Mul { a + c } else { a - c })
+                }
+                (Effect::Scale(a), y) if y.is_zero() => Effect::Scale(a),
+                (x, Effect::Scale(c)) if x.is_zero() => {
+                    Effect::Scale(if *b == BinaryOp::Mul { c } else { -c })
+                }
+                (x, y) if x.is_zero() && y.is_zero() => Effect::Shift(0),
+                _ => return false,
+            },
+            Op::Unary(UnaryOp::Exp) => match e(&ins[0]) {
+                Effect::Shift(a) => Effect::Scale(a),
+                _ => return false,
+            },
+            Op::Unary(UnaryOp::Log) => match e(&ins[0]) {
+                Effect::Scale(a) => Effect::Shift(a),
+                x if x.is_zero() => Effect::Shift(0),
+                _ => return false,
+            },
+            Op::ReduceSum { axes, .. } if axes == &[g.shape(ins[0]).len() - 1] => {
+                match e(&ins[0]) {
+                    Effect::Scale(a) => Effect::Scale(a),
+                    x if x.is_zero() => Effect::Shift(0),
+                    _ => return false,
+                }
+            }
+            _ => {
+                // Any other op may only see unaffected values.
+                if ins.iter().all(|u| e(u).is_zero()) {
+                    Effect::Shift(0)
+                } else {
+                    return false;
+                }
+            }
+        };
+        if !out.is_zero() {
+            if !per_row(v) {
+                return false;
+            }
+            todo.extend(g.users(v).into_iter().map(|u| (pos[&u], u)));
+        }
+        eff.insert(v, out);
+    }
+    // Nothing affected may escape.
+    let escapes = g
+        .outputs()
+        .iter()
+        .map(|o| o.value)
+        .chain(g.updates().iter().map(|u| u.value));
+    for v in escapes {
+        if eff.get(&v).is_some_and(|e| !e.is_zero()) || v == m {
+            return false;
+        }
+    }
+    // Every affected value must be consumed (a dangling affected value would be an output-free
+    // sink; it cannot influence anything, which is fine).
+    true
+}

@@ -28,10 +28,13 @@
 //!   impossible (sines, gathers), once at compile time into a `Const` buffer.
 //!
 //! Materialisation: a value gets a buffer only when another kernel, an output or an update reads
-//! it. A row group that needs a cheap elementwise value computed in another group of the same
-//! space recomputes it from that group's inputs (LayerNorm's normalised input in the backward,
-//! the GELU pre-activation) instead of storing and loading it; per-row statistics and sums are
-//! never recomputed, only stored (they are small).
+//! it. A row group that needs a cheap elementwise value computed in another group recomputes it
+//! from that group's inputs (LayerNorm's normalised input in the backward, the GELU
+//! pre-activation, integer index arithmetic) instead of storing and loading it; per-row
+//! statistics and sums are never recomputed, only stored (they are small), and neither are
+//! transcendentals (a multi-pass consumer would evaluate them once per pass: the backward of an
+//! unfused softmax reads stored probabilities). Divisions by a per-row or constant denominator
+//! become a reciprocal (once per row) and a multiplication.
 //!
 //! Deliberately absent: memory planning (the program lists buffers; a planner or the runtime
 //! assigns offsets), any notion of threads or vector widths, and dtypes other than f32 for

@@ -155,42 +155,43 @@ impl Backend for CpuBackend {
         inputs: &BTreeMap<String, InputTensor>,
         rng: StepRng,
     ) -> Result<BTreeMap<String, HostTensor>, BackendError> {
-        let decls = self.exec.program().inputs.clone();
-        for d in &decls {
+        for di in 0..self.exec.program().inputs.len() {
+            let p = self.exec.program();
+            let d = &p.inputs[di];
             let x = inputs
                 .get(&d.name)
                 .ok_or_else(|| BackendError::MissingInput(d.name.clone()))?;
             let n: usize = d.shape.iter().product();
-            let shape_ok = x.shape() == d.shape.as_slice()
-                || (x.shape().iter().product::<usize>() == n && d.shape.is_empty());
-            if !shape_ok {
+            let len = match x {
+                InputTensor::I32 { data, .. } => data.len(),
+                InputTensor::F32 { data, .. } => data.len(),
+            };
+            let shape_ok = (x.shape() == d.shape.as_slice()
+                || (x.shape().iter().product::<usize>() == n && d.shape.is_empty()))
+                && len == n;
+            let word = p.buffer(d.buffer).word;
+            let int_into_float = matches!((x, word), (InputTensor::F32 { .. }, WordType::I32));
+            if !shape_ok || int_into_float {
                 return Err(BackendError::InputShape {
-                    name: d.name.clone(),
+                    name: if int_into_float {
+                        format!("{} (integers expected)", d.name)
+                    } else {
+                        d.name.clone()
+                    },
                     expected: d.shape.clone(),
                     got: x.shape().to_vec(),
                 });
             }
             let view = kiln_compiler::program::View::whole(d.buffer, n);
-            let word = self.exec.program().buffer(d.buffer).word;
             match (x, word) {
                 (InputTensor::I32 { data, .. }, WordType::I32) => {
-                    let w: Vec<u32> = data.iter().map(|v| *v as u32).collect();
-                    self.exec.write(&view, &w);
+                    self.exec.write_with(&view, |i| data[i] as u32)
                 }
-                (InputTensor::F32 { data, .. }, WordType::F32) => {
-                    let w: Vec<u32> = data.iter().map(|v| v.to_bits()).collect();
-                    self.exec.write(&view, &w);
+                (InputTensor::F32 { data, .. }, _) => {
+                    self.exec.write_with(&view, |i| data[i].to_bits())
                 }
                 (InputTensor::I32 { data, .. }, WordType::F32) => {
-                    let w: Vec<u32> = data.iter().map(|v| (*v as f32).to_bits()).collect();
-                    self.exec.write(&view, &w);
-                }
-                (InputTensor::F32 { .. }, WordType::I32) => {
-                    return Err(BackendError::InputShape {
-                        name: format!("{} (integers expected)", d.name),
-                        expected: d.shape.clone(),
-                        got: x.shape().to_vec(),
-                    })
+                    self.exec.write_with(&view, |i| (data[i] as f32).to_bits())
                 }
             }
         }

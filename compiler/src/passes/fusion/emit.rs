@@ -58,6 +58,9 @@ struct Emitter<'a, 'g> {
     index: HashMap<u8, ValueId>,
     consts_i: HashMap<i32, ValueId>,
     consts_f: HashMap<u32, ValueId>,
+    /// The value of each f32 constant emitted.
+    const_of: HashMap<ValueId, f32>,
+    coords_memo: HashMap<(Vec<usize>, u8), Vec<ValueId>>,
     group: usize,
 }
 
@@ -127,6 +130,8 @@ pub(super) fn emit_group(
         index: HashMap::new(),
         consts_i: HashMap::new(),
         consts_f: HashMap::new(),
+        const_of: HashMap::new(),
+        coords_memo: HashMap::new(),
         group: g,
     };
     for i in live {
@@ -163,6 +168,7 @@ impl Emitter<'_, '_> {
         }
         let v = self.b.f32(c);
         self.consts_f.insert(c.to_bits(), v);
+        self.const_of.insert(v, c);
         v
     }
     fn idx(&mut self, kind: IndexKind) -> ValueId {
@@ -264,6 +270,16 @@ impl Emitter<'_, '_> {
     /// column indices (row-level arithmetic is once per row; per-column arithmetic only where the
     /// shape does not split at the row/column boundary).
     fn coords(&mut self, shape: &[usize], c: Class) -> Vec<ValueId> {
+        let key = (shape.to_vec(), c as u8);
+        if let Some(v) = self.coords_memo.get(&key) {
+            return v.clone();
+        }
+        let v = self.coords_uncached(shape, c);
+        self.coords_memo.insert(key, v.clone());
+        v
+    }
+
+    fn coords_uncached(&mut self, shape: &[usize], c: Class) -> Vec<ValueId> {
         let rank = shape.len();
         let split = |s: &[usize], part: usize| -> Option<usize> {
             (0..=s.len()).find(|k| s[*k..].iter().product::<usize>() == part)
@@ -503,6 +519,9 @@ impl Emitter<'_, '_> {
                 if t == Ty::M {
                     return Err(err(info, i, "arithmetic on booleans"));
                 }
+                if kb == k::BinaryOp::Div && t == Ty::F {
+                    return Ok((self.divide(x, y), Ty::F));
+                }
                 (self.b.binary(kb, x, y), t)
             }
             Op::Compare(c) => {
@@ -552,6 +571,28 @@ impl Emitter<'_, '_> {
                 ))
             }
         })
+    }
+
+    /// `x / y`, as a multiplication where that saves per-element divisions: by the rounded
+    /// reciprocal of a constant, or by a reciprocal computed once per row when `y` is the same
+    /// along the row and `x` is not (softmax and mean denominators). Either differs from a
+    /// correctly rounded quotient by at most about one ulp.
+    fn divide(&mut self, x: ValueId, y: ValueId) -> ValueId {
+        if let Some(c) = self.const_of.get(&y).copied() {
+            let r = (1.0 / f64::from(c)) as f32;
+            if r.is_finite() && r != 0.0 {
+                let rv = self.cf(r);
+                return self.b.mul(x, rv);
+            }
+        }
+        if let Ok(t) = crate::kernel::validate(self.b.program()) {
+            let (lx, ly) = (t.level[x.index()], t.level[y.index()]);
+            if ly < crate::kernel::Level::Elem && lx == crate::kernel::Level::Elem {
+                let r = self.b.recip(y);
+                return self.b.mul(x, r);
+            }
+        }
+        self.b.div(x, y)
     }
 
     /// Two operands of one IR type: an `i32` meets an integer held as `f32` in `f32`.

@@ -555,7 +555,7 @@ impl Lowerer<'_, '_> {
                 let k = DataKernel::ScatterAdd {
                     n,
                     rows: shape(i)[0],
-                    width: if n == 0 { 0 } else { info.numel(v) / n },
+                    width: info.numel(v).checked_div(n).unwrap_or(0),
                     idx: self.word(ix),
                 };
                 self.data(k, &[v, ix], out, origin, i)?;

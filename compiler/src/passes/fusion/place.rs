@@ -252,7 +252,7 @@ fn fresh_space(info: &Info, i: usize) -> Option<(usize, usize)> {
     let natural = |s: &[usize]| -> (usize, usize) {
         let c = s.last().copied().unwrap_or(1);
         let n: usize = s.iter().product();
-        (if c == 0 { 0 } else { n / c }, c)
+        (n.checked_div(c).unwrap_or(0), c)
     };
     let ins = &info.ins[i];
     match info.op(i) {
@@ -404,7 +404,7 @@ impl Placer<'_, '_> {
         let mut cands: Vec<usize> = cands.into_iter().map(|c| c.0).collect();
         if cands.len() >= 2 && !scalar {
             let first = cands[0];
-            for other in cands[1..].to_vec() {
+            for other in cands.clone().into_iter().skip(1) {
                 if self.can_merge(first, other) {
                     self.merge(first, other);
                 }
@@ -665,6 +665,13 @@ impl Placer<'_, '_> {
                 continue;
             }
             match info.op(w) {
+                // Transcendentals are worth storing: a consumer with several column passes would
+                // evaluate them once per pass (a softmax backward recomputing `exp` twice per
+                // score costs more than reading stored probabilities).
+                Op::Unary(UnaryOp::Exp | UnaryOp::Log | UnaryOp::Tanh | UnaryOp::Erf) if !int => {
+                    return None
+                }
+                Op::PowConst { p } if p.fract() != 0.0 => return None,
                 Op::Unary(_)
                 | Op::Cast { .. }
                 | Op::PowConst { .. }

@@ -152,6 +152,10 @@ pub struct Executor {
     profiling: bool,
     prof: BTreeMap<&'static str, KindProfile>,
     prof_steps: u64,
+    /// Time per step of the program (profiling only).
+    step_time: Vec<Duration>,
+    /// Fastest launch of each step of the program (profiling only): robust to other load.
+    step_min: Vec<Duration>,
 }
 
 // SAFETY: the raw pointers held by prepared steps point into `arena`, which the executor owns
@@ -254,6 +258,8 @@ impl Executor {
             profiling: false,
             prof: BTreeMap::new(),
             prof_steps: 0,
+            step_time: Vec::new(),
+            step_min: Vec::new(),
         };
         ex.load_constants();
         Ok(ex)
@@ -313,6 +319,14 @@ impl Executor {
         &self.words()[o..o + v.len]
     }
 
+    /// Fills a buffer view element by element (no temporary).
+    pub fn write_with(&mut self, v: &View, f: impl Fn(usize) -> u32) {
+        let o = self.plan.offsets[v.buf.index()] + v.offset;
+        for (i, w) in self.words_mut()[o..o + v.len].iter_mut().enumerate() {
+            *w = f(i);
+        }
+    }
+
     /// Writes a whole buffer view.
     pub fn write(&mut self, v: &View, data: &[u32]) {
         let o = self.plan.offsets[v.buf.index()] + v.offset;
@@ -326,11 +340,33 @@ impl Executor {
     pub fn reset_profile(&mut self) {
         self.prof.clear();
         self.prof_steps = 0;
+        self.step_time.clear();
+        self.step_min.clear();
+    }
+
+    /// Per kind, the sum over the program's steps of each step's fastest launch since the last
+    /// reset: what a step costs without interference from other processes.
+    pub fn fastest_by_kind(&self) -> Vec<(&'static str, Duration)> {
+        let mut m: BTreeMap<&'static str, Duration> = BTreeMap::new();
+        for (i, t) in self.step_min.iter().enumerate() {
+            *m.entry(self.program.steps[i].kind()).or_default() += *t;
+        }
+        let mut v: Vec<(&'static str, Duration)> = m.into_iter().collect();
+        v.sort_by_key(|b| std::cmp::Reverse(b.1));
+        v
+    }
+
+    /// The `n` program steps whose fastest launch since the last reset took longest.
+    pub fn slowest_steps(&self, n: usize) -> Vec<(usize, Duration)> {
+        let mut v: Vec<(usize, Duration)> = self.step_min.iter().copied().enumerate().collect();
+        v.sort_by_key(|b| std::cmp::Reverse(b.1));
+        v.truncate(n);
+        v
     }
 
     pub fn profile(&self) -> Profile {
         let mut kinds: Vec<KindProfile> = self.prof.values().cloned().collect();
-        kinds.sort_by(|a, b| b.time.cmp(&a.time));
+        kinds.sort_by_key(|b| std::cmp::Reverse(b.time));
         Profile {
             steps: self.prof_steps,
             kinds,
@@ -351,9 +387,16 @@ impl Executor {
                     kind,
                     ..Default::default()
                 });
+                let dt = t0.elapsed();
                 e.launches += 1;
-                e.time += t0.elapsed();
+                e.time += dt;
                 e.flops += self.step_flops[si];
+                if self.step_time.len() < self.steps.len() {
+                    self.step_time.resize(self.steps.len(), Duration::ZERO);
+                    self.step_min.resize(self.steps.len(), Duration::MAX);
+                }
+                self.step_time[si] += dt;
+                self.step_min[si] = self.step_min[si].min(dt);
             }
         }
         let t0 = self.profiling.then(Instant::now);
