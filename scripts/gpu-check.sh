@@ -63,17 +63,19 @@ find_lib() {  # find_lib PATTERN: first matching shared library in the usual pla
 
 setup_libs() {
     local dir; dir="$(mktemp -d /tmp/kiln-cudalibs.XXXXXX)"
-    local name pattern f
+    local name pattern f real_dirs=""
     for pair in "libcuda.so:libcuda.so.1" "libnvrtc.so:libnvrtc.so.1[0-9]*" "libcublas.so:libcublas.so.1[0-9]*" "libcublasLt.so:libcublasLt.so.1[0-9]*"; do
         name="${pair%%:*}"; pattern="${pair#*:}"
         if f="$(find_lib "$pattern")"; then
             ln -sf "$f" "$dir/$name"
+            # The real folder too: NVRTC opens its builtins library next to itself.
+            real_dirs="$real_dirs:$(dirname "$(readlink -f "$f")")"
             echo "gpu-check: $name -> $f"
         else
             echo "gpu-check: WARNING: no $pattern found; tests needing it will report it" >&2
         fi
     done
-    export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export LD_LIBRARY_PATH="$dir$real_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 }
 
 run_all() {
