@@ -100,6 +100,7 @@ run_all() {
     echo
     echo "=== summary"
     printf '%s\n' "${results[@]}"
+    echo "total: ${SECONDS}s"
     echo
     # The benchmark table, last.
     sed -n '/^| benchmark/,$p' "$log/bench.txt" | grep '^|' || echo "(no benchmark table: see the bench stage above)"

@@ -171,7 +171,7 @@ impl Emu {
         assert_eq!(l.grid.2, 1);
         assert_eq!((l.block.1, l.block.2), (1, 1));
         assert!(
-            l.block.0 % 32 == 0 && l.block.0 <= 1024,
+            l.block.0.is_multiple_of(32) && l.block.0 <= 1024,
             "block {:?}",
             l.block
         );
