@@ -10,6 +10,11 @@
 #                                        to carry to a GPU machine that has no Rust toolchain
 #   scripts/gpu-check.sh --prebuilt DIR  run the binaries in DIR (on the GPU machine)
 #
+# With the device tool (whose machines have CUDA 13 and Python but no Rust), build here and carry
+# the binaries (about 10 MB; a clean release build takes ~25 min on 2 busy cores):
+#   scripts/gpu-check.sh --build target/gpu-check
+#   run(command="bash scripts/gpu-check.sh --prebuilt target/gpu-check", carry=["target/gpu-check"])
+#
 # The CUDA libraries are found wherever the machine has them (CUDA toolkit, pip's nvidia-* wheels,
 # the driver's folder) and linked under unversioned names into a temporary folder put first on
 # LD_LIBRARY_PATH, because cudarc looks libraries up by name (libnvrtc.so, libcublas.so, ...) and
