@@ -778,6 +778,11 @@ fn training_step_matches_the_cpu_and_replays_as_a_graph() {
     let r_v = l.push("v", f(n_params)).unwrap();
     let r_tok = l.push("tokens", 4 * n_tok).unwrap();
     let r_lab = l.push("labels", 4 * n_tok).unwrap();
+    // The embedding gradient's token index (data::embedding_grad_index), uploaded each step.
+    let r_uniq = l.push("emb_unique", 4 * n_tok).unwrap();
+    let r_offs = l.push("emb_offsets", 4 * (n_tok + 1)).unwrap();
+    let r_pos = l.push("emb_positions", 4 * n_tok).unwrap();
+    let r_nuniq = l.push("emb_n_unique", 4).unwrap();
     // scalars: [inv_valid, lr, b1, b2, eps, wd, bc1, bc2, clip] as f32
     let r_sc = l.push("scalars", f(9)).unwrap();
     let r_x = l.push("x", f(n_tok * dim)).unwrap();
@@ -925,14 +930,16 @@ fn training_step_matches_the_cpu_and_replays_as_a_graph() {
             dev.zero(grd(0), f(vocab * dim))?;
             dev.launch(
                 &emb_bwd,
-                (1, 1, 1),
+                (n_tok as u32, 1, 1),
                 (256, 1, 1),
                 0,
                 &[
-                    Arg::Ptr(p(r_tok)),
+                    Arg::Ptr(p(r_uniq)),
+                    Arg::Ptr(p(r_offs)),
+                    Arg::Ptr(p(r_pos)),
+                    Arg::Ptr(p(r_nuniq)),
                     Arg::Ptr(p(r_dx)),
                     Arg::Ptr(grd(0)),
-                    Arg::I32(n_tok as i32),
                     Arg::I32(dim as i32),
                     Arg::I32(vocab as i32),
                 ],
@@ -976,6 +983,11 @@ fn training_step_matches_the_cpu_and_replays_as_a_graph() {
         unsafe {
             dev.upload(p(r_tok), tok).unwrap();
             dev.upload(p(r_lab), lab).unwrap();
+            let idx = data::embedding_grad_index(tok, vocab);
+            dev.upload(p(r_uniq), &idx.unique).unwrap();
+            dev.upload(p(r_offs), &idx.offsets).unwrap();
+            dev.upload(p(r_pos), &idx.positions).unwrap();
+            dev.upload(p(r_nuniq), &[idx.n_unique]).unwrap();
             dev.upload(sc(0), &[1.0 / valid]).unwrap();
         }
         fwd_bwd.replay(&dev).unwrap();

@@ -511,16 +511,19 @@ fn data_kernels_match_the_host() {
     let dout = rng.vec(tokens.len() * dim, 1.0);
     let mut dtable = vec![0.5f32; vocab * dim];
     let mut want_dt = dtable.clone();
+    let idx = data::embedding_grad_index(&tokens, vocab);
     emu.launch(
         0,
         &l(
             data::EMBEDDING_BWD_F32,
-            1,
+            2,
             vec![
-                Arg::Ptr(tokens.as_ptr() as u64),
+                Arg::Ptr(idx.unique.as_ptr() as u64),
+                Arg::Ptr(idx.offsets.as_ptr() as u64),
+                Arg::Ptr(idx.positions.as_ptr() as u64),
+                Arg::Ptr(&idx.n_unique as *const i32 as u64),
                 Arg::Ptr(dout.as_ptr() as u64),
                 Arg::Ptr(dtable.as_mut_ptr() as u64),
-                Arg::I32(tokens.len() as i32),
                 Arg::I32(dim as i32),
                 Arg::I32(vocab as i32),
             ],
