@@ -578,6 +578,26 @@ fn data_kernels_match_the_host() {
         "{} vs {want}",
         total[0]
     );
+    // Gradient clipping factor.
+    for (sumsq, max_norm, want) in [(4.0f32, 0.5f32, 0.25f32), (0.01, 1.0, 1.0), (0.0, 1.0, 1.0)] {
+        let (sq, mn, mut out) = ([sumsq], [max_norm], [f32::NAN]);
+        emu.launch(
+            0,
+            &Launch {
+                block: (32, 1, 1),
+                ..l(
+                    data::CLIP_SCALE,
+                    1,
+                    vec![
+                        Arg::Ptr(sq.as_ptr() as u64),
+                        Arg::Ptr(mn.as_ptr() as u64),
+                        Arg::Ptr(out.as_mut_ptr() as u64),
+                    ],
+                )
+            },
+        );
+        assert_eq!(out[0], want, "clip({sumsq}, {max_norm})");
+    }
     // bf16 conversions round to nearest even exactly like the host helpers.
     let mut v = rng.vec(1000, 3.0);
     v.extend([

@@ -14,6 +14,7 @@ use super::nvrtc::Source;
 /// Entry points of the data module.
 pub const SUM_PARTS: &str = "kiln_sum_parts";
 pub const SUMSQ_PARTS: &str = "kiln_sumsq_parts";
+pub const CLIP_SCALE: &str = "kiln_clip_scale";
 pub const F32_TO_BF16: &str = "kiln_f32_to_bf16_copy";
 pub const BF16_TO_F32: &str = "kiln_bf16_to_f32_copy";
 pub const EMBEDDING_FWD_F32: &str = "kiln_embedding_fwd_f32";
@@ -47,6 +48,16 @@ extern "C" __global__ void __launch_bounds__(256) kiln_sumsq_parts(const float* 
     }
     s = kiln_block_sum(s, red);
     if (threadIdx.x == 0) parts[blockIdx.x] = s;
+}
+
+// *scale = min(1, *max_norm / max(sqrt(*sumsq), 1e-6)): global-norm gradient clipping computed on
+// the device (one thread), so the optimizer update joins the step's graph. AdamW reads it as its
+// grad_scale input.
+extern "C" __global__ void kiln_clip_scale(const float* sumsq, const float* max_norm, float* scale) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        const float norm = fmaxf(sqrtf(*sumsq), 1e-6f);
+        *scale = fminf(1.0f, *max_norm / norm);
+    }
 }
 
 extern "C" __global__ void kiln_f32_to_bf16_copy(const float* x, kiln_bf16* y, long long n) {
@@ -108,6 +119,7 @@ pub fn source() -> Source {
         kernels: [
             SUM_PARTS,
             SUMSQ_PARTS,
+            CLIP_SCALE,
             F32_TO_BF16,
             BF16_TO_F32,
             EMBEDDING_FWD_F32,
