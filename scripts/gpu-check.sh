@@ -10,6 +10,11 @@
 #                                        to carry to a GPU machine that has no Rust toolchain
 #   scripts/gpu-check.sh --prebuilt DIR  run the binaries in DIR (on the GPU machine)
 #
+# With the device tool (whose machines have CUDA 13 and Python but no Rust), build here and carry
+# the binaries (about 10 MB; a clean release build takes ~25 min on 2 busy cores):
+#   scripts/gpu-check.sh --build target/gpu-check
+#   run(command="bash scripts/gpu-check.sh --prebuilt target/gpu-check", carry=["target/gpu-check"])
+#
 # The CUDA libraries are found wherever the machine has them (CUDA toolkit, pip's nvidia-* wheels,
 # the driver's folder) and linked under unversioned names into a temporary folder put first on
 # LD_LIBRARY_PATH, because cudarc looks libraries up by name (libnvrtc.so, libcublas.so, ...) and
@@ -63,17 +68,19 @@ find_lib() {  # find_lib PATTERN: first matching shared library in the usual pla
 
 setup_libs() {
     local dir; dir="$(mktemp -d /tmp/kiln-cudalibs.XXXXXX)"
-    local name pattern f
+    local name pattern f real_dirs=""
     for pair in "libcuda.so:libcuda.so.1" "libnvrtc.so:libnvrtc.so.1[0-9]*" "libcublas.so:libcublas.so.1[0-9]*" "libcublasLt.so:libcublasLt.so.1[0-9]*"; do
         name="${pair%%:*}"; pattern="${pair#*:}"
         if f="$(find_lib "$pattern")"; then
             ln -sf "$f" "$dir/$name"
+            # The real folder too: NVRTC opens its builtins library next to itself.
+            real_dirs="$real_dirs:$(dirname "$(readlink -f "$f")")"
             echo "gpu-check: $name -> $f"
         else
             echo "gpu-check: WARNING: no $pattern found; tests needing it will report it" >&2
         fi
     done
-    export LD_LIBRARY_PATH="$dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+    export LD_LIBRARY_PATH="$dir$real_dirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 }
 
 run_all() {
@@ -98,6 +105,7 @@ run_all() {
     echo
     echo "=== summary"
     printf '%s\n' "${results[@]}"
+    echo "total: ${SECONDS}s"
     echo
     # The benchmark table, last.
     sed -n '/^| benchmark/,$p' "$log/bench.txt" | grep '^|' || echo "(no benchmark table: see the bench stage above)"

@@ -588,6 +588,8 @@ fn training_step_matches_the_cpu_and_replays_as_a_graph() {
     // eps = 1 keeps AdamW's update close to linear in the gradient, so summation-order differences
     // in near-zero gradients cannot flip an update's sign (eps = 1e-8 makes it ±lr).
     let (b1, b2, eps, wd) = (0.9f32, 0.95f32, 1.0f32, 0.1f32);
+    // Small enough that clipping is active.
+    let max_norm = 0.1f32;
     let params0 = params.clone();
 
     // ---- CPU reference ----
@@ -702,7 +704,7 @@ fn training_step_matches_the_cpu_and_replays_as_a_graph() {
             .map(|g| (*g as f64).powi(2))
             .sum::<f64>()
             .sqrt() as f32;
-        let clip = (1.0 / norm.max(1e-6)).min(1.0);
+        let clip = (max_norm / norm.max(1e-6)).min(1.0);
         let step = (t + 1) as i32;
         let bc1 = 1.0 / (1.0 - b1.powi(step));
         let bc2 = 1.0 / (1.0 - b2.powi(step));
@@ -778,8 +780,13 @@ fn training_step_matches_the_cpu_and_replays_as_a_graph() {
     let r_v = l.push("v", f(n_params)).unwrap();
     let r_tok = l.push("tokens", 4 * n_tok).unwrap();
     let r_lab = l.push("labels", 4 * n_tok).unwrap();
-    // scalars: [inv_valid, lr, b1, b2, eps, wd, bc1, bc2, clip] as f32
-    let r_sc = l.push("scalars", f(9)).unwrap();
+    // The embedding gradient's token index (data::embedding_grad_index), uploaded each step.
+    let r_uniq = l.push("emb_unique", 4 * n_tok).unwrap();
+    let r_offs = l.push("emb_offsets", 4 * (n_tok + 1)).unwrap();
+    let r_pos = l.push("emb_positions", 4 * n_tok).unwrap();
+    let r_nuniq = l.push("emb_n_unique", 4).unwrap();
+    // scalars: [inv_valid, lr, b1, b2, eps, wd, bc1, bc2, clip, max_norm] as f32
+    let r_sc = l.push("scalars", f(10)).unwrap();
     let r_x = l.push("x", f(n_tok * dim)).unwrap();
     let r_y = l.push("y", f(n_tok * dim)).unwrap();
     let r_mean = l.push("mean", f(n_tok)).unwrap();
@@ -925,24 +932,24 @@ fn training_step_matches_the_cpu_and_replays_as_a_graph() {
             dev.zero(grd(0), f(vocab * dim))?;
             dev.launch(
                 &emb_bwd,
-                (1, 1, 1),
+                (n_tok as u32, 1, 1),
                 (256, 1, 1),
                 0,
                 &[
-                    Arg::Ptr(p(r_tok)),
+                    Arg::Ptr(p(r_uniq)),
+                    Arg::Ptr(p(r_offs)),
+                    Arg::Ptr(p(r_pos)),
+                    Arg::Ptr(p(r_nuniq)),
                     Arg::Ptr(p(r_dx)),
                     Arg::Ptr(grd(0)),
-                    Arg::I32(n_tok as i32),
                     Arg::I32(dim as i32),
                     Arg::I32(vocab as i32),
                 ],
             )?;
             ex.sum_squares(p(r_grads), n_params, p(r_scratch), p(r_sq))?;
-            Ok(())
-        }
-    };
-    let adam_step = || -> Result<(), CudaError> {
-        unsafe {
+            // Global-norm clipping on the device (max norm in scalar slot 9), then AdamW:
+            // the whole step is one graph.
+            ex.clip_scale(p(r_sq), sc(9), sc(8))?;
             ex.run_row(
                 &adam_g,
                 &[
@@ -963,45 +970,42 @@ fn training_step_matches_the_cpu_and_replays_as_a_graph() {
                 1,
                 n_params,
                 p(r_scratch),
-            )
+            )?;
+            Ok(())
         }
     };
-    // The forward/backward is one graph; the clip factor needs the norm on the host, so AdamW
-    // is a second graph (a device-side clip is a small follow-up).
-    let fwd_bwd = Graph::capture(&dev, record).unwrap();
-    let update = Graph::capture(&dev, adam_step).unwrap();
+    let step_graph = Graph::capture(&dev, record).unwrap();
     let mut gpu_losses = vec![];
     for (t, (tok, lab, lr)) in steps.iter().enumerate() {
         let valid = lab.iter().filter(|&&l| l >= 0).count().max(1) as f32;
         unsafe {
             dev.upload(p(r_tok), tok).unwrap();
             dev.upload(p(r_lab), lab).unwrap();
-            dev.upload(sc(0), &[1.0 / valid]).unwrap();
+            let idx = data::embedding_grad_index(tok, vocab);
+            dev.upload(p(r_uniq), &idx.unique).unwrap();
+            dev.upload(p(r_offs), &idx.offsets).unwrap();
+            dev.upload(p(r_pos), &idx.positions).unwrap();
+            dev.upload(p(r_nuniq), &[idx.n_unique]).unwrap();
+            let step = (t + 1) as i32;
+            // Slot 8 (the clip factor) is written by the graph itself.
+            let scal = [
+                1.0 / valid,
+                *lr,
+                b1,
+                b2,
+                eps,
+                wd,
+                1.0 / (1.0 - b1.powi(step)),
+                1.0 / (1.0 - b2.powi(step)),
+                f32::NAN,
+                max_norm,
+            ];
+            dev.upload(sc(0), &scal).unwrap();
         }
-        fwd_bwd.replay(&dev).unwrap();
-        let mut sq = [0f32];
+        step_graph.replay(&dev).unwrap();
         let mut loss = [0f32];
-        unsafe {
-            dev.download(&mut sq, p(r_sq)).unwrap();
-            dev.download(&mut loss, p(r_lsum)).unwrap();
-        }
+        unsafe { dev.download(&mut loss, p(r_lsum)).unwrap() };
         gpu_losses.push(loss[0]);
-        let norm = sq[0].sqrt();
-        let clip = (1.0 / norm.max(1e-6)).min(1.0);
-        let step = (t + 1) as i32;
-        let scal = [
-            1.0 / valid,
-            *lr,
-            b1,
-            b2,
-            eps,
-            wd,
-            1.0 / (1.0 - b1.powi(step)),
-            1.0 / (1.0 - b2.powi(step)),
-            clip,
-        ];
-        unsafe { dev.upload(sc(0), &scal).unwrap() };
-        update.replay(&dev).unwrap();
     }
     dev.synchronize().unwrap();
     let mut got = vec![0f32; n_params];

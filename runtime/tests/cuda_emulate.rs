@@ -171,7 +171,7 @@ impl Emu {
         assert_eq!(l.grid.2, 1);
         assert_eq!((l.block.1, l.block.2), (1, 1));
         assert!(
-            l.block.0 % 32 == 0 && l.block.0 <= 1024,
+            l.block.0.is_multiple_of(32) && l.block.0 <= 1024,
             "block {:?}",
             l.block
         );
@@ -511,16 +511,19 @@ fn data_kernels_match_the_host() {
     let dout = rng.vec(tokens.len() * dim, 1.0);
     let mut dtable = vec![0.5f32; vocab * dim];
     let mut want_dt = dtable.clone();
+    let idx = data::embedding_grad_index(&tokens, vocab);
     emu.launch(
         0,
         &l(
             data::EMBEDDING_BWD_F32,
-            1,
+            2,
             vec![
-                Arg::Ptr(tokens.as_ptr() as u64),
+                Arg::Ptr(idx.unique.as_ptr() as u64),
+                Arg::Ptr(idx.offsets.as_ptr() as u64),
+                Arg::Ptr(idx.positions.as_ptr() as u64),
+                Arg::Ptr(&idx.n_unique as *const i32 as u64),
                 Arg::Ptr(dout.as_ptr() as u64),
                 Arg::Ptr(dtable.as_mut_ptr() as u64),
-                Arg::I32(tokens.len() as i32),
                 Arg::I32(dim as i32),
                 Arg::I32(vocab as i32),
             ],
@@ -575,6 +578,26 @@ fn data_kernels_match_the_host() {
         "{} vs {want}",
         total[0]
     );
+    // Gradient clipping factor.
+    for (sumsq, max_norm, want) in [(4.0f32, 0.5f32, 0.25f32), (0.01, 1.0, 1.0), (0.0, 1.0, 1.0)] {
+        let (sq, mn, mut out) = ([sumsq], [max_norm], [f32::NAN]);
+        emu.launch(
+            0,
+            &Launch {
+                block: (32, 1, 1),
+                ..l(
+                    data::CLIP_SCALE,
+                    1,
+                    vec![
+                        Arg::Ptr(sq.as_ptr() as u64),
+                        Arg::Ptr(mn.as_ptr() as u64),
+                        Arg::Ptr(out.as_mut_ptr() as u64),
+                    ],
+                )
+            },
+        );
+        assert_eq!(out[0], want, "clip({sumsq}, {max_norm})");
+    }
     // bf16 conversions round to nearest even exactly like the host helpers.
     let mut v = rng.vec(1000, 3.0);
     v.extend([

@@ -28,10 +28,10 @@ fn nvrtc_or_skip(test: &str) -> bool {
     }
 }
 
-fn compile_all(
-    sources: &[Source],
-    target: Target,
-) -> Vec<(String, Result<(usize, String), CudaError>)> {
+/// Per source: its name and the image size and NVRTC log, or the error.
+type Compiled = Vec<(String, Result<(usize, String), CudaError>)>;
+
+fn compile_all(sources: &[Source], target: Target) -> Compiled {
     // Two workers: CI machines have two cores, and NVRTC calls are independent.
     let next = std::sync::atomic::AtomicUsize::new(0);
     let results = std::sync::Mutex::new(vec![]);

@@ -177,7 +177,7 @@ pub fn check(k: &AttentionKernel) -> Result<(), CudaError> {
             k.head_dim
         ));
     }
-    if k.kv_heads == 0 || k.heads % k.kv_heads != 0 {
+    if k.kv_heads == 0 || !k.heads.is_multiple_of(k.kv_heads) {
         return bad(format!(
             "heads {} is not a multiple of kv_heads {}",
             k.heads, k.kv_heads

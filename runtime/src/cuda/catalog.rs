@@ -65,6 +65,8 @@ pub struct SpecAttention {
     pub kernel: AttentionKernel,
 }
 
+// One row of the table below: positional arguments read like the table's columns.
+#[allow(clippy::too_many_arguments)]
 fn attn(
     config: &'static str,
     role: &'static str,

@@ -1,5 +1,5 @@
 //! Row program → CUDA C: the CUDA backend's one code generator for the kernel IR (the CPU
-//! backend's twin is `cpu::jit::codegen`). Both follow [`kiln_compiler::kernel::schedule`], so
+//! backend's twin is `cpu::jit::codegen`). Both follow [`kiln_compiler::kernel::schedule()`], so
 //! they agree on which values each column pass computes.
 //!
 //! Shape of a generated kernel (not a flat map): a grid-stride loop hands rows to thread blocks

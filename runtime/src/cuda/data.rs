@@ -4,9 +4,9 @@
 //! its gradient. One module, compiled once per device.
 //!
 //! Determinism is the rule here too: no floating-point atomics; partial sums are added in a fixed
-//! order; the embedding gradient walks the tokens in order for each column (simple and
-//! deterministic, but serial in the token count: a sort-based version is future work once a GPU
-//! can measure it).
+//! order; the embedding gradient groups the step's positions by token on the host
+//! ([`embedding_grad_index`]: the host has the tokens before it uploads them), so each table row
+//! is summed by one block, in position order.
 
 use super::codegen::PRELUDE;
 use super::nvrtc::Source;
@@ -14,6 +14,7 @@ use super::nvrtc::Source;
 /// Entry points of the data module.
 pub const SUM_PARTS: &str = "kiln_sum_parts";
 pub const SUMSQ_PARTS: &str = "kiln_sumsq_parts";
+pub const CLIP_SCALE: &str = "kiln_clip_scale";
 pub const F32_TO_BF16: &str = "kiln_f32_to_bf16_copy";
 pub const BF16_TO_F32: &str = "kiln_bf16_to_f32_copy";
 pub const EMBEDDING_FWD_F32: &str = "kiln_embedding_fwd_f32";
@@ -49,6 +50,16 @@ extern "C" __global__ void __launch_bounds__(256) kiln_sumsq_parts(const float* 
     if (threadIdx.x == 0) parts[blockIdx.x] = s;
 }
 
+// *scale = min(1, *max_norm / max(sqrt(*sumsq), 1e-6)): global-norm gradient clipping computed on
+// the device (one thread), so the optimizer update joins the step's graph. AdamW reads it as its
+// grad_scale input.
+extern "C" __global__ void kiln_clip_scale(const float* sumsq, const float* max_norm, float* scale) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+        const float norm = fmaxf(sqrtf(*sumsq), 1e-6f);
+        *scale = fminf(1.0f, *max_norm / norm);
+    }
+}
+
 extern "C" __global__ void kiln_f32_to_bf16_copy(const float* x, kiln_bf16* y, long long n) {
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
         y[i] = kiln_f32_to_bf16(x[i]);
@@ -72,15 +83,23 @@ extern "C" __global__ void NAME(const int* tokens, const T* table, T* out, int n
 KILN_EMBEDDING_FWD(kiln_embedding_fwd_f32, float)
 KILN_EMBEDDING_FWD(kiln_embedding_fwd_bf16, kiln_bf16)
 
-// dtable[tokens[t], d] += dout[t, d] for every t, in token order (one thread per column d:
-// deterministic, no atomics). Tokens outside [0, vocab) are skipped. dtable is f32 (master grads).
+// Embedding gradient from a token index built on the host (embedding_grad_index): block u adds,
+// for unique token unique[u], the rows dout[positions[offsets[u] .. offsets[u + 1]]] to
+// dtable[unique[u], :], in position order, onto what dtable holds (gradient accumulation).
+// Deterministic and without atomics: every dtable row is owned by one block. *n_unique is read
+// on the device, so a captured graph serves every step (buffers are sized for n_tokens).
 #define KILN_EMBEDDING_BWD(NAME, T, LOAD)                                                        \
-extern "C" __global__ void NAME(const int* tokens, const T* dout, float* dtable, int n_tokens, int dim, int vocab) { \
-    for (int d = blockIdx.x * blockDim.x + threadIdx.x; d < dim; d += gridDim.x * blockDim.x) {  \
-        for (int t = 0; t < n_tokens; ++t) {                                                     \
-            const int tok = tokens[t];                                                           \
-            if (tok < 0 || tok >= vocab) continue;                                               \
-            dtable[(long long)tok * dim + d] += LOAD(dout[(long long)t * dim + d]);              \
+extern "C" __global__ void NAME(const int* unique, const int* offsets, const int* positions,     \
+                                const int* n_unique, const T* dout, float* dtable, int dim, int vocab) { \
+    const int nu = *n_unique;                                                                    \
+    for (int u = blockIdx.x; u < nu; u += gridDim.x) {                                           \
+        const int tok = unique[u];                                                               \
+        if (tok < 0 || tok >= vocab) continue;                                                   \
+        const int p0 = offsets[u], p1 = offsets[u + 1];                                          \
+        for (int d = threadIdx.x; d < dim; d += blockDim.x) {                                    \
+            float s = dtable[(long long)tok * dim + d];                                          \
+            for (int p = p0; p < p1; ++p) s += LOAD(dout[(long long)positions[p] * dim + d]);    \
+            dtable[(long long)tok * dim + d] = s;                                                \
         }                                                                                        \
     }                                                                                            \
 }
@@ -100,6 +119,7 @@ pub fn source() -> Source {
         kernels: [
             SUM_PARTS,
             SUMSQ_PARTS,
+            CLIP_SCALE,
             F32_TO_BF16,
             BF16_TO_F32,
             EMBEDDING_FWD_F32,
@@ -114,9 +134,68 @@ pub fn source() -> Source {
     }
 }
 
+/// The positions of each distinct token of a step, for the embedding gradient kernels: `unique`
+/// (ascending token ids within `[0, vocab)`), `offsets` (`unique.len() + 1` entries) and
+/// `positions` (ascending within a token), each padded to the fixed sizes `n_tokens`,
+/// `n_tokens + 1`, `n_tokens` so the device buffers (and a captured graph) never change shape.
+/// Tokens outside `[0, vocab)` are left out (they get no gradient, as in the forward's zero row).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EmbeddingGradIndex {
+    pub n_unique: i32,
+    pub unique: Vec<i32>,
+    pub offsets: Vec<i32>,
+    pub positions: Vec<i32>,
+}
+
+/// Builds the [`EmbeddingGradIndex`] of `tokens`.
+pub fn embedding_grad_index(tokens: &[i32], vocab: usize) -> EmbeddingGradIndex {
+    let n = tokens.len();
+    let mut order: Vec<usize> = (0..n)
+        .filter(|&t| tokens[t] >= 0 && (tokens[t] as usize) < vocab)
+        .collect();
+    // Stable: positions of one token stay in ascending order.
+    order.sort_by_key(|&t| tokens[t]);
+    let mut unique = Vec::with_capacity(n);
+    let mut offsets = Vec::with_capacity(n + 1);
+    let mut positions = Vec::with_capacity(n);
+    for (i, &t) in order.iter().enumerate() {
+        if i == 0 || tokens[t] != tokens[order[i - 1]] {
+            unique.push(tokens[t]);
+            offsets.push(i as i32);
+        }
+        positions.push(t as i32);
+    }
+    offsets.push(order.len() as i32);
+    let n_unique = unique.len() as i32;
+    unique.resize(n, -1);
+    offsets.resize(n + 1, order.len() as i32);
+    positions.resize(n, 0);
+    EmbeddingGradIndex {
+        n_unique,
+        unique,
+        offsets,
+        positions,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn embedding_index_groups_positions_by_token() {
+        let idx = embedding_grad_index(&[5, 2, 5, -1, 9, 2, 5, 7], 8);
+        assert_eq!(idx.n_unique, 3);
+        assert_eq!(&idx.unique[..3], &[2, 5, 7]);
+        assert_eq!(&idx.offsets[..4], &[0, 2, 5, 6]);
+        assert_eq!(&idx.positions[..6], &[1, 5, 0, 2, 6, 7]);
+        assert_eq!(idx.unique.len(), 8);
+        assert_eq!(idx.offsets.len(), 9);
+        assert_eq!(idx.positions.len(), 8);
+        let empty = embedding_grad_index(&[], 8);
+        assert_eq!(empty.n_unique, 0);
+        assert_eq!(empty.offsets, vec![0]);
+    }
 
     #[test]
     fn every_entry_point_is_defined() {

@@ -229,6 +229,29 @@ impl<'d> Exec<'d> {
         }
     }
 
+    /// `scale[0] = min(1, max_norm[0] / max(sqrt(sumsq[0]), 1e-6))` on the device.
+    ///
+    /// # Safety
+    /// Each address holds one f32.
+    pub unsafe fn clip_scale(
+        &self,
+        sumsq: u64,
+        max_norm: u64,
+        scale: u64,
+    ) -> Result<(), CudaError> {
+        let f = self.data.function(data::CLIP_SCALE)?;
+        // SAFETY: caller's contract.
+        unsafe {
+            self.device.launch(
+                &f,
+                (1, 1, 1),
+                (32, 1, 1),
+                0,
+                &[Arg::Ptr(sumsq), Arg::Ptr(max_norm), Arg::Ptr(scale)],
+            )
+        }
+    }
+
     /// `out[0] = Σ x[i]²` over `n` f32 (the global gradient norm's square), deterministic.
     ///
     /// # Safety

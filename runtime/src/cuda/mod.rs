@@ -1,7 +1,7 @@
 //! The CUDA backend (cargo feature `cuda`): CUDA C generated from the same kernel IR as the CPU
-//! JIT, compiled at run time with NVRTC for the device's architecture, GEMMs through
-//! cuBLAS/cuBLASLt, a hand-written FlashAttention-2-style attention kernel, one device arena and
-//! CUDA-graph replay of a step.
+//! JIT, compiled at run time with NVRTC for the device's architecture, GEMMs through cuBLAS
+//! (cuBLASLt epilogue fusion is a later step; the library is linked and checked for), a
+//! hand-written FlashAttention-2-style attention kernel, one device arena and CUDA-graph replay.
 //!
 //! Why everything goes through `cudarc` with dynamic loading: the workspace must build and test on
 //! machines with no CUDA at all (CI, laptops). The CUDA libraries are opened on first use, and
@@ -9,17 +9,23 @@
 //! ([`libs`]) and turns absence into a [`CudaError::LibraryMissing`] with a hint.
 //!
 //! What can be verified without a GPU, and is, by the tests: the generated sources (snapshots in
-//! `snapshots/cuda/`) and that every one of them compiles with NVRTC to PTX and CUBIN for sm_90
-//! (`runtime/tests/cuda_nvrtc.rs`, NVRTC from PyPI wheels, see `scripts/install-nvrtc.sh`).
-//! Everything that needs a device ([`device`], [`arena`], [`gemm`], [`graph`], [`exec`]) is
-//! written against the driver API but **unverified until a session with a GPU** runs
-//! `scripts/gpu-check.sh` (conformance against the CPU runtime: `runtime/tests/cuda_conformance.rs`).
+//! `snapshots/cuda/`, `runtime/tests/cuda_codegen.rs`); that every one of them compiles with NVRTC
+//! to PTX and CUBIN for sm_90 (`cuda_nvrtc.rs`, NVRTC from PyPI wheels, see
+//! `scripts/install-nvrtc.sh`); and what they compute, by compiling them for the host against a
+//! shim that emulates CUDA's execution model and running the launch plans of [`exec`] against the
+//! reference evaluator and the CPU attention kernel (`cuda_emulate.rs`). Everything that needs a
+//! device ([`device`], [`arena`], [`gemm`], [`graph`], the `Exec` launchers) is written against the
+//! driver API but **unverified until a session with a GPU** runs `scripts/gpu-check.sh`
+//! (conformance against the CPU runtime and a graph-replayed training step: `cuda_conformance.rs`;
+//! benchmarks: `cuda_bench.rs`).
 //!
 //! Module map: [`codegen`] (row program → CUDA C), [`attention`] (attention kernel sources and
 //! launch geometry), [`data`] (small hand-written kernels: partial-sum finishing, bf16
 //! conversions, embedding), [`catalog`] (every kernel source the backend can generate for the
 //! library programs and the tiny specs' attention shapes), [`nvrtc`] (compiling),
-//! [`libs`] (finding the shared libraries).
+//! [`libs`] (finding the shared libraries); on the device: [`device`] (context, stream, modules,
+//! launches), [`arena`] (one allocation), [`gemm`] (cuBLAS), [`graph`] (capture and replay),
+//! [`exec`] (launch plans and launchers).
 
 pub mod arena;
 pub mod attention;
