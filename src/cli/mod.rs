@@ -1,5 +1,6 @@
 //! Subcommand definitions (clap) and their dispatch.
 
+mod plan;
 mod spec;
 
 use std::path::PathBuf;
@@ -41,6 +42,26 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Plan memory, recomputation and parallelism: per-device memory by category, FLOPs,
+    /// communication, recompute overhead, estimated step time and MFU.
+    Plan {
+        #[command(flatten)]
+        args: plan::PlanArgs,
+        /// One JSON object per config.
+        #[arg(long)]
+        json: bool,
+        /// Print the planned IR with its plan sections (`ir`) or each rank's program (`ranks`).
+        #[arg(long)]
+        emit: Option<String>,
+    },
+    /// Why a value is kept or recomputed, and how a parameter is sharded and communicated.
+    Explain {
+        #[command(flatten)]
+        args: plan::PlanArgs,
+        /// A parameter name, a value's name path, or a printed value number (`%12`).
+        #[arg(value_name = "VALUE_OR_PARAM")]
+        query: String,
+    },
 }
 
 pub fn run(cli: Cli) -> miette::Result<ExitCode> {
@@ -48,5 +69,7 @@ pub fn run(cli: Cli) -> miette::Result<ExitCode> {
         Command::Check { files } => spec::check(&files),
         Command::Fmt { check, files } => spec::fmt(&files, check),
         Command::Params { spec, model, set, json } => spec::params(&spec, model.as_deref(), &set, json),
+        Command::Plan { args, json, emit } => plan::plan(&args, json, emit.as_deref()),
+        Command::Explain { args, query } => plan::explain(&args, &query),
     }
 }

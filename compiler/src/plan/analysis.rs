@@ -48,7 +48,7 @@ use kiln_grammar::ast::{self, ExprKind, Item, Stmt};
 use miette::Severity;
 
 use super::device::{self, Device};
-use super::memory::{plan_memory, Category, CategoryBytes, MemoryInput, MemoryPlan};
+use super::memory::{plan_memory, Category, MemoryInput, MemoryPlan};
 use super::recompute::{apply, plan_recompute, RecomputePlan, Rewritten};
 use super::roles::{Phase, Roles};
 use super::schedule::{BufKey, Schedule, Step};
@@ -630,10 +630,28 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
     let roles = Roles::new(&g).map_err(|e| internal(e.to_string()))?;
     let mut seq_axis = seq_axes(&step);
     let prec = s.precision;
+    // New parameter values are committed as 16-bit weights (their f32 master copy is counted
+    // with the optimizer state).
+    let new_params: HashSet<ValueId> = g
+        .updates()
+        .iter()
+        .filter(|u| {
+            g.find_param(&u.target)
+                .is_some_and(|p| roles.phase(p) == Phase::Param)
+        })
+        .map(|u| u.value)
+        .collect();
     let elem = |g: &Graph, roles: &Roles, v: ValueId| -> u64 {
         let dt = g.dtype(v);
         match prec {
-            Precision::Mixed(d) if dt.is_float() && roles.phase(v) != Phase::OptState => {
+            Precision::Mixed(d) if dt.is_float() && new_params.contains(&v) => {
+                d.size_bytes() as u64
+            }
+            // The optimizer computes in f32, on f32 state and master weights.
+            Precision::Mixed(d)
+                if dt.is_float()
+                    && !matches!(roles.phase(v), Phase::OptState | Phase::Optimizer) =>
+            {
                 d.size_bytes() as u64
             }
             _ => dt.size_bytes() as u64,
@@ -655,7 +673,7 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
     let mut bytes: HashMap<ValueId, u64> = HashMap::new();
     let mut flops: HashMap<ValueId, u64> = HashMap::new();
     for v in &roles.order {
-        bytes.insert(*v, sh1.local_numel(*v) * e1(*v));
+        bytes.insert(*v, kept_size(&sh1, *v, e1(*v)));
         flops.insert(*v, local_flops(&g, &sh1, *v));
     }
     // 4. Recompute. A byte budget is per device for all layers in flight; the built graph holds
@@ -737,6 +755,20 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
         repeats,
         report: report_and_more,
     })
+}
+
+/// Bytes of keeping `v` for backward on one rank. A partial sum is kept as it is after its
+/// reduction (what every reader uses), as Megatron keeps a row-parallel layer's reduced output.
+fn kept_size(sh: &Sharding, v: ValueId, elem: u64) -> u64 {
+    let own = sh.local_numel(v) * elem;
+    if !matches!(sh.layout_of(v), shard::Layout::Partial(_)) {
+        return own;
+    }
+    let targets: Vec<&shard::Collective> = sh.collectives.iter().filter(|c| c.value == v).collect();
+    match targets.as_slice() {
+        [c] => c.local_bytes.min(own),
+        _ => own,
+    }
 }
 
 fn local_flops(g: &Graph, sh: &Sharding, v: ValueId) -> u64 {
@@ -1127,18 +1159,8 @@ fn tally_and_report(
             },
         }
     };
-    let mut workspace = 0u64;
-    let mut peak_breakdown = CategoryBytes::default();
-    for tm in 0..=memory.steps + 1 {
-        let bd = memory.breakdown_at(tm, category);
-        if bd.workspace > workspace {
-            workspace = bd.workspace;
-        }
-        if tm == memory.peak_time {
-            peak_breakdown = bd;
-        }
-    }
-    let _ = peak_breakdown;
+    let curve = memory.breakdown_curve(category);
+    let workspace = curve.iter().map(|b| b.workspace).max().unwrap_or(0);
     // Per-device memory of each stage; report the fullest.
     let zero = s.plan.zero;
     let mut best: Option<(PerDeviceBytes, usize)> = None;

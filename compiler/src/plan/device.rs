@@ -73,14 +73,14 @@ pub fn presets() -> Vec<Device> {
         },
         Device {
             name: "tpu-v4",
-            description: "Google TPU v4 chip: 275 TFLOP/s bf16, 32 GiB HBM2 at 1.2 TB/s, ICI ~270 GB/s per chip, 4 chips per host",
+            description: "Google TPU v4 chip: 275 TFLOP/s bf16, 32 GiB HBM2 at 1.2 TB/s, ICI ~270 GB/s per chip; a 3072-chip pod (PaLM's) is one ICI domain",
             memory_bytes: 32 * GIB,
             peak_flops_f32: 275e12 / 4.0,
             peak_flops_16: 275e12,
             memory_bandwidth: 1.2e12,
             intra_node_bandwidth: 270e9,
             inter_node_bandwidth: 25e9,
-            devices_per_node: 4,
+            devices_per_node: 3072,
             gemm_efficiency: 0.8,
         },
     ]

@@ -277,10 +277,17 @@ pub fn plan_memory(schedule: &Schedule, input: &MemoryInput) -> MemoryPlan {
     for (i, s) in schedule.steps.iter().enumerate() {
         let t = i + 1;
         let mut taken: Vec<usize> = Vec::new();
+        let mut placed: Vec<BufKey> = Vec::new();
         for (w, r) in &s.in_place {
             let (wi, ri) = (index[w], index[r]);
             let (rw, rr) = (dsu.find(wi), dsu.find(ri));
-            if rw == rr || taken.contains(&rr) || class_persistent[rr] || class_persistent[rw] {
+            // One dying read per write, one write per dying read.
+            if placed.contains(w)
+                || rw == rr
+                || taken.contains(&rr)
+                || class_persistent[rr]
+                || class_persistent[rw]
+            {
                 continue;
             }
             // The write must still be alone (not a view or an update value already).
@@ -292,6 +299,7 @@ pub fn plan_memory(schedule: &Schedule, input: &MemoryInput) -> MemoryPlan {
             }
             let root = union(&mut dsu, &mut class_life, &mut class_persistent, ri, wi);
             taken.push(root);
+            placed.push(*w);
         }
     }
     // Materialise classes.
@@ -391,6 +399,38 @@ impl MemoryPlan {
         self.classes
             .iter()
             .filter(move |c| c.life.first <= t && t <= c.life.last && c.size > 0)
+    }
+
+    /// Bytes alive at every time `0 ..= steps + 1` by category (a class counts under the first
+    /// category of its members, in `Category` order).
+    pub fn breakdown_curve<F: Fn(BufKey) -> Category>(&self, category: F) -> Vec<CategoryBytes> {
+        let end = self.steps + 1;
+        let mut delta: Vec<[i128; 5]> = vec![[0; 5]; end + 2];
+        for c in self.classes.iter().filter(|c| c.size > 0) {
+            let cat = c
+                .members
+                .iter()
+                .map(|m| category(*m))
+                .min()
+                .unwrap_or(Category::Workspace) as usize;
+            delta[c.life.first][cat] += c.size as i128;
+            delta[c.life.last + 1][cat] -= c.size as i128;
+        }
+        let mut cur = [0i128; 5];
+        let mut out = Vec::with_capacity(end + 1);
+        for d in delta.iter().take(end + 1) {
+            for (x, y) in cur.iter_mut().zip(d) {
+                *x += y;
+            }
+            out.push(CategoryBytes {
+                params: cur[Category::Params as usize] as u64,
+                optimizer: cur[Category::Optimizer as usize] as u64,
+                grads: cur[Category::Grads as usize] as u64,
+                activations: cur[Category::Activations as usize] as u64,
+                workspace: cur[Category::Workspace as usize] as u64,
+            });
+        }
+        out
     }
 
     /// Bytes alive at time `t` by category (a class counts under its first member's category).
@@ -514,6 +554,7 @@ pub fn validate(schedule: &Schedule, input: &MemoryInput, arena: &ArenaPlan) -> 
             }
         }
     }
+    let group: HashMap<BufKey, BufKey> = all.iter().map(|k| (*k, root(&view_group, *k))).collect();
     // Own lifetimes, recomputed here.
     let mut first: HashMap<BufKey, usize> = all
         .iter()
@@ -553,13 +594,23 @@ pub fn validate(schedule: &Schedule, input: &MemoryInput, arena: &ArenaPlan) -> 
             first.insert(*k, 0);
         }
     }
-    let overlap_bytes = |a: &BufKey, b: &BufKey| {
-        let (sa, sb) = (arena.slots[a], arena.slots[b]);
-        size(a) > 0
-            && size(b) > 0
-            && sa.offset < sb.offset + size(b)
-            && sb.offset < sa.offset + size(a)
-    };
+    // Pairs of buffers whose bytes overlap, from a sweep over offsets.
+    let mut by_offset: Vec<(u64, u64, BufKey)> = all
+        .iter()
+        .filter(|k| size(k) > 0)
+        .map(|k| (arena.slots[k].offset, arena.slots[k].offset + size(k), *k))
+        .collect();
+    by_offset.sort();
+    let mut overlaps: HashMap<BufKey, Vec<BufKey>> = HashMap::new();
+    for (i, (_, end_i, a)) in by_offset.iter().enumerate() {
+        for (off_j, _, b) in &by_offset[i + 1..] {
+            if off_j >= end_i {
+                break;
+            }
+            overlaps.entry(*a).or_default().push(*b);
+            overlaps.entry(*b).or_default().push(*a);
+        }
+    }
     let declared_in_place = |t: usize, w: &BufKey, r: &BufKey| {
         t >= 1
             && t <= n
@@ -568,9 +619,9 @@ pub fn validate(schedule: &Schedule, input: &MemoryInput, arena: &ArenaPlan) -> 
                 .iter()
                 .any(|(x, y)| x == w && y == r)
     };
-    for (i, a) in all.iter().enumerate() {
-        for b in &all[i + 1..] {
-            if !overlap_bytes(a, b) || root(&view_group, *a) == root(&view_group, *b) {
+    for (a, others) in &overlaps {
+        for b in others {
+            if a >= b || group[a] == group[b] {
                 continue;
             }
             let (fa, la, fb, lb) = (first[a], last[a], first[b], last[b]);
@@ -587,6 +638,7 @@ pub fn validate(schedule: &Schedule, input: &MemoryInput, arena: &ArenaPlan) -> 
             }
         }
     }
+    errs.sort();
     // Simulation: which buffers hold their value.
     let mut valid: HashSet<BufKey> = input.preloaded.iter().copied().collect();
     for (i, s) in schedule.steps.iter().enumerate() {
@@ -598,17 +650,12 @@ pub fn validate(schedule: &Schedule, input: &MemoryInput, arena: &ArenaPlan) -> 
             }
         }
         for w in &s.writes {
-            let clobbered: Vec<BufKey> = valid
-                .iter()
-                .filter(|k| {
-                    *k != w
-                        && root(&view_group, **k) != root(&view_group, *w)
-                        && overlap_bytes(k, w)
-                })
-                .copied()
-                .collect();
-            for k in clobbered {
-                valid.remove(&k);
+            if let Some(others) = overlaps.get(w) {
+                for k in others {
+                    if group[k] != group[w] {
+                        valid.remove(k);
+                    }
+                }
             }
             valid.insert(*w);
             // Views of a valid buffer are valid too (same bytes).

@@ -522,7 +522,7 @@ pub fn plan_recompute(
         };
         let mut reason = reason;
         let cheap = is_cheap(n.op()) && !(needed && hard_reader.is_some());
-        if weights_only.contains(v) {
+        if weights_only.contains(v) && (fused || !matches!(policy, RecomputePolicy::None)) {
             // A function of the weights alone (a transposed or broadcast weight) is not an
             // activation: any pass can rebuild it from the weights.
             allowed = true;

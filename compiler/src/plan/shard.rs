@@ -154,6 +154,9 @@ struct Ctx<'a> {
     inp: &'a ShardInput<'a>,
     t: u64,
     sp: bool,
+    /// Parameters and layout ops of parameters alone: placed by their users, while other free
+    /// values (constants, whole-operand ops) are computed in whatever block a user wants.
+    weights: HashSet<ValueId>,
 }
 
 impl Ctx<'_> {
@@ -186,11 +189,18 @@ impl Ctx<'_> {
         let x = n.inputs();
         let mut req: Vec<Layout> = ins.to_vec();
         // Partials are reduced at their first consumer, except additions of partials and sums.
+        // Backward gradient accumulation adds partial sums and reduces once (the three
+        // contributions to a norm output's gradient from queries, keys and values); in the
+        // forward pass a residual stream of partial sums would hold whole tensors on every rank, so
+        // partials are reduced right away, as Megatron does.
         let keeps_partial = match n.op() {
-            Op::Binary(BinaryOp::Add) => ins
-                .iter()
-                .all(|l| matches!(l, Layout::Partial(Reduce::Sum))),
-            Op::ReduceSum { .. } | Op::StopGradient => true,
+            Op::Binary(BinaryOp::Add) => {
+                !self.inp.roles.is_forward(v)
+                    && ins
+                        .iter()
+                        .all(|l| matches!(l, Layout::Partial(Reduce::Sum)))
+            }
+            Op::StopGradient => true,
             _ => false,
         };
         if !keeps_partial {
@@ -230,7 +240,6 @@ impl Ctx<'_> {
                     {
                         (req, cur[0])
                     }
-                    None if cur.contains(&Layout::Replicated) => (req, Layout::Replicated),
                     None => (req, Layout::Free),
                 }
             }
@@ -241,7 +250,7 @@ impl Ctx<'_> {
                             (0..shape.len()).filter(|i| !axes.contains(i)).collect();
                         Layout::Split(kept[j])
                     }
-                    l => l,
+                    l => local(l),
                 };
                 (req, out)
             }
@@ -252,18 +261,18 @@ impl Ctx<'_> {
                         None => (vec![Layout::Replicated], Layout::Replicated),
                     }
                 }
-                l => (req, l),
+                l => (req, local(l)),
             },
             Op::Permute { perm } => match cur[0] {
                 Layout::Split(a) => (
                     req,
                     Layout::Split(perm.iter().position(|p| *p == a).unwrap_or(0)),
                 ),
-                l => (req, l),
+                l => (req, local(l)),
             },
             Op::Slice { axis, .. } | Op::Pad { axis, .. } => match cur[0] {
                 Layout::Split(a) if a == *axis => (vec![Layout::Replicated], Layout::Replicated),
-                l => (req, l),
+                l => (req, local(l)),
             },
             Op::Concat { axis } => {
                 let split = cur.iter().find_map(|l| {
@@ -276,7 +285,6 @@ impl Ctx<'_> {
                 match split {
                     Some(a) if a != *axis => (vec![Layout::Split(a); cur.len()], Layout::Split(a)),
                     Some(_) => (vec![Layout::Replicated; cur.len()], Layout::Replicated),
-                    None if cur.contains(&Layout::Replicated) => (req, Layout::Replicated),
                     None => (req, Layout::Free),
                 }
             }
@@ -305,7 +313,7 @@ impl Ctx<'_> {
                 let rows_ok = self.splittable(x[0], 0);
                 let idx_rank = g.shape(x[1]).len();
                 match cur[0] {
-                    Layout::Free if rows_ok => (
+                    Layout::Free if rows_ok && self.weights.contains(&x[0]) => (
                         vec![Layout::Split(0), Layout::Replicated],
                         Layout::Partial(Reduce::Sum),
                     ),
@@ -328,15 +336,17 @@ impl Ctx<'_> {
             Op::ScatterAdd { .. } => {
                 let idx_rank = g.shape(x[1]).len();
                 match cur[0] {
-                    Layout::Split(a) if a < idx_rank => (
-                        vec![Layout::Split(a), Layout::Split(a)],
-                        Layout::Partial(Reduce::Sum),
-                    ),
+                    // Values split by token (sequence parallel): gather them, then each rank sums
+                    // the rows its users want (its vocabulary block) rather than a whole-table
+                    // partial sum.
+                    Layout::Split(a) if a < idx_rank => {
+                        (vec![Layout::Replicated, Layout::Replicated], Layout::Free)
+                    }
                     Layout::Split(a) => (
                         vec![Layout::Split(a), Layout::Replicated],
                         Layout::Split(a - idx_rank + 1),
                     ),
-                    l => (req, l),
+                    l => (req, local(l)),
                 }
             }
             Op::TakeAlong => {
@@ -416,7 +426,9 @@ impl Ctx<'_> {
             (Ax::Whole | Ax::Free | Ax::M, Ax::N) => {
                 (vec![free_or(class_a, whole), cur[1]], split(out_n))
             }
-            (Ax::Whole | Ax::Free | Ax::M, Ax::Free) if rb == 2 && self.splittable(b, n_b) => {
+            (Ax::Whole | Ax::Free | Ax::M, Ax::Free)
+                if rb == 2 && self.weights.contains(&b) && self.splittable(b, n_b) =>
+            {
                 (vec![free_or(class_a, whole), split(n_b)], split(out_n))
             }
             (Ax::M, Ax::Free | Ax::Whole) => (vec![cur[0], whole], split(out_m)),
@@ -438,17 +450,31 @@ impl Ctx<'_> {
     }
 }
 
-/// Maps a split of input axis `a` through a row-major reshape: the output axis with the same
-/// product of leading dims, divisible by `t` (and `a` divisible by `t`); `None` if there is none.
-pub fn map_reshape_axis(input: &[usize], output: &[usize], a: usize, t: u64) -> Option<usize> {
-    if input.get(a).is_none_or(|d| *d as u64 % t != 0) {
-        return None;
+/// A layout op or elementwise op of whole (or free) operands: every rank has all it needs, so it
+/// computes whatever block its users want (materialised only as that block).
+fn local(l: Layout) -> Layout {
+    match l {
+        Layout::Replicated => Layout::Free,
+        l => l,
     }
+}
+
+/// Maps a split of input axis `a` through a row-major reshape: the output axis with the same
+/// product of leading dims that is the same axis (same extent), or that starts the split axis and
+/// is divisible by `t` when `a` is; `None` if there is none (the reshape then needs the whole).
+pub fn map_reshape_axis(input: &[usize], output: &[usize], a: usize, t: u64) -> Option<usize> {
+    let da = *input.get(a)?;
     let prefix: u128 = input[..a].iter().map(|d| *d as u128).product();
     let mut p: u128 = 1;
     for (b, d) in output.iter().enumerate() {
-        if p == prefix && *d > 1 && *d as u64 % t == 0 {
-            return Some(b);
+        if p == prefix && *d > 1 {
+            // The same axis: blocks are unchanged even when `t` does not divide it.
+            if *d == da {
+                return Some(b);
+            }
+            if da as u64 % t == 0 && *d as u64 % t == 0 {
+                return Some(b);
+            }
         }
         p *= *d as u128;
         if p > prefix {
@@ -487,10 +513,22 @@ fn local_dims(d: &[usize], l: Layout, t: u64) -> Vec<usize> {
 pub fn shard(inp: &ShardInput, tensor: u64, sequence: bool) -> Sharding {
     let g = inp.graph;
     let t = tensor.max(1);
+    let mut weights: HashSet<ValueId> = HashSet::new();
+    for v in inp.order {
+        let n = g.node(*v);
+        let view = matches!(
+            n.op(),
+            Op::Broadcast { .. } | Op::Reshape { .. } | Op::Permute { .. } | Op::Slice { .. }
+        ) && n.inputs().iter().all(|u| weights.contains(u));
+        if matches!(n.op(), Op::Param { .. }) || view {
+            weights.insert(*v);
+        }
+    }
     let ctx = Ctx {
         inp,
         t,
         sp: sequence && t > 1,
+        weights,
     };
     if t == 1 {
         let layout: HashMap<ValueId, Layout> =
@@ -554,15 +592,8 @@ pub fn shard(inp: &ShardInput, tensor: u64, sequence: bool) -> Sharding {
         }
         reqs.insert(*v, req);
     }
-    let rest: Vec<ValueId> = inp
-        .order
-        .iter()
-        .copied()
-        .filter(|v| unplaced.contains(v))
-        .collect();
-    for v in rest.iter().rev() {
-        place(g, *v, Layout::Replicated, t, &mut layout, &mut unplaced);
-    }
+    // What is still unplaced (optimizer state, weights only read elementwise) is placed like any
+    // free value below: as its users need it.
     let layout = resolve_free(g, inp.order, &layout, &reqs, t);
     // Collectives on edges, one per (value, target layout).
     let mut collectives: Vec<Collective> = Vec::new();
