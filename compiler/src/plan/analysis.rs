@@ -593,7 +593,13 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
     fwd.clear_outputs();
     fwd.add_output("loss", loss)
         .map_err(|e| internal(e.to_string()))?;
-    let step = training_step(&fwd, &s.step).map_err(|e| internal(e.to_string()))?;
+    let step = training_step(&fwd, &s.step).map_err(|e| {
+        vec![plain_diag(
+            "plan::training_step",
+            format!("cannot build the training step of `{}`: {e}", s.config),
+            Some("the planners plan a whole training step (forward, backward, optimizer)".into()),
+        )]
+    })?;
     // Bind the run dims.
     let mut syms: Vec<String> = Vec::new();
     for v in step.values() {
@@ -1365,7 +1371,7 @@ pub fn check(ws: &Workspace, a: &Analysis) -> Vec<SemaDiagnostic> {
             gib(r.device_memory_bytes)
         );
         let msg = format!(
-            "`{}` needs {} per device, over the {} of a {}",
+            "`{}` needs {} per device, over the {} of one {}",
             r.config,
             gib(pd.total),
             gib(r.device_memory_bytes),
@@ -1387,8 +1393,16 @@ pub fn check(ws: &Workspace, a: &Analysis) -> Vec<SemaDiagnostic> {
         }
         out.push(d);
     }
-    if let Some(min) = a.recompute.over_budget {
-        let msg = format!("no recompute plan keeps activations within the budget; the fewest kept bytes for the built layers are {}", gib(min));
+    if a.recompute.over_budget.is_some() {
+        let budget = match &a.setup.plan.recompute {
+            RecomputePolicy::Budget(b) => *b,
+            _ => 0,
+        };
+        let msg = format!(
+            "no recompute plan keeps activations within {} per device; the fewest it can keep is {}",
+            gib(budget),
+            gib(a.report.per_device_bytes.activations)
+        );
         out.push(at_plan(
             ws,
             &a.setup.plan,
@@ -1401,6 +1415,24 @@ pub fn check(ws: &Workspace, a: &Analysis) -> Vec<SemaDiagnostic> {
     out
 }
 
+/// The impossible-plan checks of a named plan, for `kiln check`: runs the planners on it and
+/// returns `check`'s diagnostics. A plan whose step cannot be built is left to the stages that
+/// report that (sema for the model, `kiln plan` for the step), so `check` stays about the layout.
+pub fn check_named(ws: &Workspace, plan: &ParallelPlan) -> Vec<SemaDiagnostic> {
+    let o = PlanOptions {
+        plan: Some(plan.name.clone()),
+        ..Default::default()
+    };
+    let s = match setup(ws, &o) {
+        Ok(s) => s,
+        Err(ds) => return ds,
+    };
+    match analyze(ws, &s) {
+        Ok(a) => check(ws, &a),
+        Err(_) => Vec::new(),
+    }
+}
+
 fn push_label(d: &mut SemaDiagnostic, loc: Loc, text: &str) {
     if d.file_name.is_empty() {
         return;
@@ -1411,12 +1443,16 @@ fn push_label(d: &mut SemaDiagnostic, loc: Loc, text: &str) {
     });
 }
 
-/// `12.3 GiB`.
+/// `12.34 GiB`, `5.00 MiB`, `1.00 KiB`, `12 B`.
 pub fn gib(b: u64) -> String {
-    let g = b as f64 / (1u64 << 30) as f64;
-    if g >= 1.0 {
-        format!("{g:.2} GiB")
+    let x = b as f64;
+    if b >= 1 << 30 {
+        format!("{:.2} GiB", x / (1u64 << 30) as f64)
+    } else if b >= 1 << 20 {
+        format!("{:.2} MiB", x / (1u64 << 20) as f64)
+    } else if b >= 1 << 10 {
+        format!("{:.2} KiB", x / 1024.0)
     } else {
-        format!("{:.2} MiB", b as f64 / (1u64 << 20) as f64)
+        format!("{b} B")
     }
 }

@@ -103,7 +103,12 @@ fn explain_value(a: &Analysis, v: ValueId) -> String {
         a.roles2.kind(v).name()
     );
     let local = sh.local_shape.get(&v).cloned().unwrap_or_default();
-    let bytes = sh.local_numel(v) * n.dtype().size_bytes() as u64;
+    let bytes = a
+        .memory_input
+        .sizes
+        .get(&BufKey::Value(v))
+        .copied()
+        .unwrap_or(0);
     if sh.degree > 1 {
         let _ = writeln!(
             s,
@@ -116,39 +121,37 @@ fn explain_value(a: &Analysis, v: ValueId) -> String {
     if let Some(orig) = a.rewritten.original.get(&v) {
         let _ = writeln!(s, "  recompute of {} in the backward pass", num(a, *orig));
     }
-    if ph == Phase::Forward {
+    if ph == Phase::Forward && matches!(n.op(), Op::Constant { .. } | Op::DimConst { .. }) {
+        let _ = writeln!(
+            s,
+            "  a scalar constant: every op that needs it (forward, backward, recompute) reads it"
+        );
+    } else if ph == Phase::Forward {
         let r = &a.recompute;
         let why = r.why.get(&v).cloned().unwrap_or_default();
+        // Backward readers in the planned graph (recompute ops included).
         let bwd: Vec<String> = a
-            .roles
+            .roles2
             .users(v)
             .iter()
-            .filter(|u| !a.roles.is_forward(**u))
+            .filter(|u| !a.roles2.is_forward(**u))
             .map(|u| num(a, *u))
             .collect();
         match r.decision(v) {
             Decision::Kept => {
+                let choice =
+                    if why.contains("can recompute") || why.contains("may keep or recompute") {
+                        "; keeping it costs fewer bytes than keeping what recomputing it needs"
+                    } else {
+                        ""
+                    };
                 let _ = writeln!(
                     s,
-                    "  kept for backward ({} bytes per device): {why}",
+                    "  kept for backward ({} bytes per device): {why}{choice}",
                     r.kept[&v]
                 );
                 if !bwd.is_empty() {
-                    let _ = writeln!(s, "  read by backward {}", bwd.join(", "));
-                }
-                let users_recomputed: Vec<String> = a
-                    .roles
-                    .users(v)
-                    .iter()
-                    .filter(|u| a.rewritten.clones.contains_key(u))
-                    .map(|u| num(a, *u))
-                    .collect();
-                if !users_recomputed.is_empty() {
-                    let _ = writeln!(
-                        s,
-                        "  recomputing {} starts from it",
-                        users_recomputed.join(", ")
-                    );
+                    let _ = writeln!(s, "  read in the backward pass by {}", bwd.join(", "));
                 }
             }
             Decision::Recomputed => {

@@ -526,7 +526,7 @@ pub fn plan_recompute(
             // A function of the weights alone (a transposed or broadcast weight) is not an
             // activation: any pass can rebuild it from the weights.
             allowed = true;
-            reason = "computed from weights alone: rebuilt from them when backward needs it".into();
+            reason = "computed from weights and constants alone: rebuilt from them when backward needs it".into();
         } else if fused && !allowed && cheap && !roles.is_layer_boundary(*v) {
             allowed = true;
             reason = format!(

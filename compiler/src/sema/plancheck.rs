@@ -54,9 +54,11 @@ pub const PLAN_KEYS: &[&str] =
     &["data", "tensor", "pipeline", "sequence", "zero", "microbatch", "batch", "seq", "recompute", "device", "precision"];
 pub const KEEP_KINDS: &[&str] = &["matmul", "attention", "norm", "elementwise", "softmax"];
 
+/// Reads and checks a plan; a well-formed plan is then planned (`plan::analysis::check_named`) so
+/// that a layout that cannot fit its device is an error at the plan.
 pub fn check_plan(ws: &Workspace, file: FileId, plan: &ast::PlanDef) -> Vec<SemaDiagnostic> {
     match read_plan(ws, file, plan) {
-        Ok(_) => Vec::new(),
+        Ok(p) => crate::plan::analysis::check_named(ws, &p),
         Err(ds) => ds,
     }
 }
