@@ -53,6 +53,7 @@ use super::recompute::{apply, plan_recompute, RecomputePlan, Rewritten};
 use super::roles::{Phase, Roles};
 use super::schedule::{BufKey, Schedule, Step};
 use super::shard::{self, seq_axes, ShardInput, Sharding};
+use super::stages;
 use crate::ir::ops::flops as op_flops;
 use crate::ir::{Bindings, DType, Graph, Op, ValueId};
 use crate::sema::diag::Label;
@@ -447,6 +448,28 @@ pub fn setup(ws: &Workspace, o: &PlanOptions) -> Result<Setup, Vec<SemaDiagnosti
         .and_then(|(_, v)| int_of(v))
         .map(|c| c as u64);
     let seq = o.seq.or(plan.seq).or(ctx).unwrap_or(512);
+    if seq == 0 {
+        return Err(vec![plain_diag("plan::seq", "the sequence length must be at least 1".into(), None)]);
+    }
+    // Degrees given on the command line get the checks a plan item gets in sema.
+    let hp = |k: &str| hparams.iter().find(|(n, _)| n == k).and_then(|(_, v)| int_of(v));
+    for (key, what, value, degree) in [
+        ("tensor", "heads", hp("heads"), plan.tensor),
+        ("pipeline", "layers", hp("layers"), plan.pipeline),
+    ] {
+        if let Some(v) = value {
+            if degree > 1 && v % degree as i64 != 0 {
+                return Err(vec![at_plan(
+                    ws,
+                    &plan,
+                    Some(key),
+                    "plan::not_divisible",
+                    format!("{what} ({v}) is not divisible by the {key} degree ({degree})"),
+                    Some(format!("`{config}` has {what} = {v}")),
+                )]);
+            }
+        }
+    }
     let device_name = o
         .device
         .clone()
@@ -686,7 +709,7 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
     // fewer layers and one micro-batch, so it gets the matching share.
     let layers_full: u64 = repeats.values().map(|(_, f)| *f).sum();
     let layers_built: u64 = repeats.values().map(|(b, _)| *b).sum();
-    let in_flight = s.plan.pipeline.min(s.micro_batches()).max(1);
+    let in_flight = stages::in_flight(&stages::one_f_one_b(s.plan.pipeline.max(1), 0, s.micro_batches())).max(1);
     let budget = match &s.plan.recompute {
         RecomputePolicy::Budget(bb) if layers_full > 0 => {
             let per_stage_layers = (layers_full as f64 / s.plan.pipeline as f64).max(1.0);
@@ -1124,13 +1147,12 @@ fn tally_and_report(
         }
         st
     };
-    let stages: Vec<(Tally, u64)> = if p == 1 {
-        vec![(stage_of(true, true), m.min(1).max(1))]
+    // Micro-batches whose activations a stage holds at once under 1F1B.
+    let flight = |st: u64| stages::in_flight(&stages::one_f_one_b(p, st, m)).max(1);
+    let stage_list: Vec<(Tally, u64)> = if p == 1 {
+        vec![(stage_of(true, true), 1)]
     } else {
-        vec![
-            (stage_of(true, false), p.min(m)),
-            (stage_of(false, true), 1),
-        ]
+        vec![(stage_of(true, false), flight(0)), (stage_of(false, true), flight(p - 1))]
     };
     // The optimizer: per parameter, state in f32 (+ an f32 master copy under mixed precision).
     let (opt_per_param, grad_per_param, param_bytes) = {
@@ -1170,7 +1192,7 @@ fn tally_and_report(
     // Per-device memory of each stage; report the fullest.
     let zero = s.plan.zero;
     let mut best: Option<(PerDeviceBytes, usize)> = None;
-    for (i, (st, flight)) in stages.iter().enumerate() {
+    for (i, (st, flight)) in stage_list.iter().enumerate() {
         let params = st.local_params * param_bytes / if zero >= 3 { d } else { 1 };
         let grads = st.local_params * grad_per_param / if zero >= 2 { d } else { 1 };
         let optimizer = st.local_params * opt_per_param / if zero >= 1 { d } else { 1 };
@@ -1190,7 +1212,7 @@ fn tally_and_report(
     }
     let (per_device, worst) = best.unwrap_or_default();
     // Communication per device per step.
-    let worst_stage = &stages[worst].0;
+    let worst_stage = &stage_list[worst].0;
     let tp_comm = worst_stage.tp_wire * m;
     let grad_bytes_local = worst_stage.local_params * grad_per_param;
     let param_bytes_local = worst_stage.local_params * param_bytes;
@@ -1225,7 +1247,7 @@ fn tally_and_report(
     } else {
         dev.inter_node_bandwidth
     };
-    let mb_time = stages
+    let mb_time = stage_list
         .iter()
         .map(|(st, _)| {
             st.time
@@ -1308,11 +1330,7 @@ fn tally_and_report(
         } else {
             0.0
         },
-        pipeline_bubble: if slots > 0 {
-            (p - 1) as f64 / slots as f64
-        } else {
-            0.0
-        },
+        pipeline_bubble: stages::bubble(p, m),
         arena_bytes: memory.arena.total,
         built_layers,
     };

@@ -8,6 +8,7 @@
 //! - `recompute`: the policies (`none`, `full`, `selective`, `keep`, `budget`) as minimum cuts and
 //!   an exact/Lagrangian budget search, and the rewrite;
 //! - `shard`: tensor/sequence-parallel layouts and the collectives they need, with byte counts;
+//! - `stages`: pipeline parallelism's 1F1B schedule, its bubble and micro-batches in flight;
 //! - `device`: device presets for time and capacity;
 //! - `analysis`: the whole pipeline for one config and layout, data and pipeline parallelism, the
 //!   `kiln plan` report and the impossible-plan diagnostics;
@@ -24,6 +25,7 @@ pub mod recompute;
 pub mod roles;
 pub mod schedule;
 pub mod shard;
+pub mod stages;
 
 pub use analysis::{analyze, check, setup, Analysis, PlanOptions, PlanReport, Precision, Setup};
 pub use memory::{plan_memory, validate, ArenaPlan, Category, MemoryInput, MemoryPlan, Slot};

@@ -11,6 +11,7 @@ use super::analysis::{gib, policy_name, Analysis};
 use super::memory::Category;
 use super::roles::Phase;
 use super::schedule::BufKey;
+use super::stages;
 use crate::ir::print::{print_graph, value_numbers};
 use crate::ir::{Op, ValueId};
 
@@ -209,6 +210,20 @@ pub fn print_rank(a: &Analysis, stage: u64) -> String {
         "rank stage={stage}/{p} tensor={} sequence={} data={} zero={} {{",
         sh.degree, sh.sequence, a.setup.plan.data, a.setup.plan.zero
     );
+    let m = a.setup.micro_batches();
+    if p > 1 {
+        let order = stages::one_f_one_b(p, stage, m);
+        let shown: Vec<String> = order.iter().take(24).map(|x| x.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "  ; 1F1B over {m} micro-batches: {}{} (at most {} in flight; bubble {:.1}%)",
+            shown.join(" "),
+            if order.len() > 24 { " ..." } else { "" },
+            stages::in_flight(&order),
+            100.0 * stages::bubble(p, m)
+        );
+    }
+    let _ = writeln!(s, "  ; one micro-batch, forward then backward, then the optimizer once per step:");
     let mut done = std::collections::HashSet::new();
     for v in &a.rewritten.order {
         let n = g.node(*v);
@@ -270,6 +285,16 @@ pub fn print_rank(a: &Analysis, stage: u64) -> String {
                 sh.local_numel(*v) * g.dtype(*v).size_bytes() as u64
             );
         }
+    }
+    let d = a.setup.plan.data;
+    let data = a.report.comm_bytes_by_group.data;
+    if d > 1 {
+        let what = match a.setup.plan.zero {
+            0 => "all-reduce of the gradients",
+            1 | 2 => "reduce-scatter of the gradients, all-gather of the updated parameters",
+            _ => "reduce-scatter of the gradients; all-gather of the parameters before forward and backward",
+        };
+        let _ = writeln!(s, "  ; data group ({d}-way), once per step: {what} ({data} bytes sent per rank)");
     }
     let _ = writeln!(s, "}}");
     let _ = writeln!(
