@@ -189,7 +189,7 @@ pub fn plan(a: &PlanArgs, json: bool, emit_what: Option<&str>) -> miette::Result
     let configs: Vec<Option<String>> = if a.model.is_some() || a.plan.is_some() {
         vec![a.model.clone()]
     } else {
-        let (ws, ids) = load(&[a.spec.clone()])?;
+        let (ws, ids) = load(std::slice::from_ref(&a.spec))?;
         if emit(&ws.load_diagnostics) > 0 {
             return Ok(ExitCode::from(1));
         }

@@ -291,10 +291,8 @@ fn repeats_of(def: &ast::BlockDef) -> Option<Vec<(String, String)>> {
                     then_body,
                     else_body,
                     ..
-                } => {
-                    if !walk(then_body, out) || !else_body.as_ref().is_none_or(|e| walk(e, out)) {
-                        return false;
-                    }
+                } if !walk(then_body, out) || !else_body.as_ref().is_none_or(|e| walk(e, out)) => {
+                    return false;
                 }
                 _ => {}
             }
@@ -428,7 +426,7 @@ pub fn setup(ws: &Workspace, o: &PlanOptions) -> Result<Setup, Vec<SemaDiagnosti
     } else {
         (global_batch / plan.data).max(1)
     };
-    if global_batch == 0 || global_batch % (plan.data * microbatch) != 0 {
+    if global_batch == 0 || !global_batch.is_multiple_of(plan.data * microbatch) {
         return Err(vec![at_plan(
             ws,
             &plan,
@@ -449,10 +447,19 @@ pub fn setup(ws: &Workspace, o: &PlanOptions) -> Result<Setup, Vec<SemaDiagnosti
         .map(|c| c as u64);
     let seq = o.seq.or(plan.seq).or(ctx).unwrap_or(512);
     if seq == 0 {
-        return Err(vec![plain_diag("plan::seq", "the sequence length must be at least 1".into(), None)]);
+        return Err(vec![plain_diag(
+            "plan::seq",
+            "the sequence length must be at least 1".into(),
+            None,
+        )]);
     }
     // Degrees given on the command line get the checks a plan item gets in sema.
-    let hp = |k: &str| hparams.iter().find(|(n, _)| n == k).and_then(|(_, v)| int_of(v));
+    let hp = |k: &str| {
+        hparams
+            .iter()
+            .find(|(n, _)| n == k)
+            .and_then(|(_, v)| int_of(v))
+    };
     for (key, what, value, degree) in [
         ("tensor", "heads", hp("heads"), plan.tensor),
         ("pipeline", "layers", hp("layers"), plan.pipeline),
@@ -709,7 +716,12 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
     // fewer layers and one micro-batch, so it gets the matching share.
     let layers_full: u64 = repeats.values().map(|(_, f)| *f).sum();
     let layers_built: u64 = repeats.values().map(|(b, _)| *b).sum();
-    let in_flight = stages::in_flight(&stages::one_f_one_b(s.plan.pipeline.max(1), 0, s.micro_batches())).max(1);
+    let in_flight = stages::in_flight(&stages::one_f_one_b(
+        s.plan.pipeline.max(1),
+        0,
+        s.micro_batches(),
+    ))
+    .max(1);
     let budget = match &s.plan.recompute {
         RecomputePolicy::Budget(bb) if layers_full > 0 => {
             let per_stage_layers = (layers_full as f64 / s.plan.pipeline as f64).max(1.0);
@@ -1152,7 +1164,10 @@ fn tally_and_report(
     let stage_list: Vec<(Tally, u64)> = if p == 1 {
         vec![(stage_of(true, true), 1)]
     } else {
-        vec![(stage_of(true, false), flight(0)), (stage_of(false, true), flight(p - 1))]
+        vec![
+            (stage_of(true, false), flight(0)),
+            (stage_of(false, true), flight(p - 1)),
+        ]
     };
     // The optimizer: per parameter, state in f32 (+ an f32 master copy under mixed precision).
     let (opt_per_param, grad_per_param, param_bytes) = {
@@ -1275,11 +1290,7 @@ fn tally_and_report(
         0.0
     };
     let tokens = s.global_batch as f64 * s.seq as f64;
-    let per_layer = if full_layers > 0 {
-        layers_total.kept / full_layers
-    } else {
-        0
-    };
+    let per_layer = layers_total.kept.checked_div(full_layers).unwrap_or(0);
     let fwd_bwd_local = whole.fwd_flops + whole.bwd_flops;
     let fits = per_device.total <= dev.memory_bytes;
     let report = PlanReport {

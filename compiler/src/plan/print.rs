@@ -223,7 +223,10 @@ pub fn print_rank(a: &Analysis, stage: u64) -> String {
             100.0 * stages::bubble(p, m)
         );
     }
-    let _ = writeln!(s, "  ; one micro-batch, forward then backward, then the optimizer once per step:");
+    let _ = writeln!(
+        s,
+        "  ; one micro-batch, forward then backward, then the optimizer once per step:"
+    );
     let mut done = std::collections::HashSet::new();
     for v in &a.rewritten.order {
         let n = g.node(*v);
@@ -294,7 +297,10 @@ pub fn print_rank(a: &Analysis, stage: u64) -> String {
             1 | 2 => "reduce-scatter of the gradients, all-gather of the updated parameters",
             _ => "reduce-scatter of the gradients; all-gather of the parameters before forward and backward",
         };
-        let _ = writeln!(s, "  ; data group ({d}-way), once per step: {what} ({data} bytes sent per rank)");
+        let _ = writeln!(
+            s,
+            "  ; data group ({d}-way), once per step: {what} ({data} bytes sent per rank)"
+        );
     }
     let _ = writeln!(s, "}}");
     let _ = writeln!(

@@ -408,16 +408,14 @@ fn mark_norms(g: &Graph, r: &Roles, kind: &mut HashMap<ValueId, OpKind>) {
                     stats.insert(*v);
                 }
             }
+            // Still row-sized (the statistic's shape), not yet broadcast back.
             Op::Unary(_) | Op::Binary(_) | Op::PowConst { .. } | Op::Reshape { .. }
-                if n.inputs().iter().any(|u| stats.contains(u)) =>
+                if n.inputs().iter().any(|u| stats.contains(u))
+                    && n.inputs()
+                        .iter()
+                        .all(|u| stats.contains(u) || g.shape(*u).len() <= g.shape(*v).len()) =>
             {
-                // Still row-sized (the statistic's shape), not yet broadcast back.
-                if n.inputs()
-                    .iter()
-                    .all(|u| stats.contains(u) || g.shape(*u).len() <= g.shape(*v).len())
-                {
-                    stats.insert(*v);
-                }
+                stats.insert(*v);
             }
             Op::Broadcast { .. } if stats.contains(&n.inputs()[0]) => {
                 stats.insert(*v);

@@ -169,7 +169,7 @@ impl Ctx<'_> {
         if self.sp && kind == Reduce::Sum {
             if let Some(&a) = self.inp.seq_axis.get(&v) {
                 let d = dims(self.g(), v);
-                if d.len() == 3 && a == 1 && d[2] > 1 && d[a] as u64 % self.t == 0 {
+                if d.len() == 3 && a == 1 && d[2] > 1 && (d[a] as u64).is_multiple_of(self.t) {
                     return Layout::Split(a);
                 }
             }
@@ -472,7 +472,7 @@ pub fn map_reshape_axis(input: &[usize], output: &[usize], a: usize, t: u64) -> 
             if *d == da {
                 return Some(b);
             }
-            if da as u64 % t == 0 && *d as u64 % t == 0 {
+            if (da as u64).is_multiple_of(t) && (*d as u64).is_multiple_of(t) {
                 return Some(b);
             }
         }

@@ -88,7 +88,14 @@ mod tests {
                 }
             }
         }
-        assert_eq!(one_f_one_b(4, 0, 6).iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" "), "F0 F1 F2 F3 B0 F4 B1 F5 B2 B3 B4 B5");
+        assert_eq!(
+            one_f_one_b(4, 0, 6)
+                .iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            "F0 F1 F2 F3 B0 F4 B1 F5 B2 B3 B4 B5"
+        );
         assert!((bubble(8, 64) - 7.0 / 71.0).abs() < 1e-12);
     }
 }
