@@ -37,10 +37,12 @@
 //!   (`2(t-1)/t` of the tensor for an all-reduce, `(t-1)/t` for all-gather/reduce-scatter), the
 //!   gradient all-reduce (or reduce-scatter + all-gather) over the data group, parameter
 //!   all-gathers under ZeRO-3, and pipeline sends of boundary activations and their gradients;
-//! - time is a roofline per op plus communication at link bandwidth (tensor group inside a node,
-//!   data and pipeline groups across nodes), `(m + p - 1)` micro-batch slots for 1F1B, then the
-//!   gradient sync and the optimizer step; MFU is forward + backward FLOPs over time × devices ×
-//!   peak.
+//! - time is a roofline per op (`max(FLOPs / peak, bytes / bandwidth)`, matmuls at the device's
+//!   GEMM efficiency; with fused accounting a chain of elementwise/layout/reduction ops counts the
+//!   bytes of one kernel: what it loads from non-fusible producers and what it must store), plus
+//!   communication at link bandwidth, not overlapped (tensor group inside a node, data and
+//!   pipeline groups across nodes), `(m + p - 1)` micro-batch slots for 1F1B, then the gradient
+//!   sync and the optimizer step; MFU is forward + backward FLOPs over time × devices × peak.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -49,7 +51,7 @@ use miette::Severity;
 
 use super::device::{self, Device};
 use super::memory::{plan_memory, Category, MemoryInput, MemoryPlan};
-use super::recompute::{apply, plan_recompute, RecomputePlan, Rewritten};
+use super::recompute::{apply, is_cheap, plan_recompute, RecomputePlan, Rewritten};
 use super::roles::{Phase, Roles};
 use super::schedule::{BufKey, Schedule, Step};
 use super::shard::{self, seq_axes, ShardInput, Sharding};
@@ -1040,6 +1042,7 @@ fn tally_and_report(
         }
         param_buckets.insert(v, bs);
     }
+    let outputs: HashSet<ValueId> = g2.outputs().iter().map(|o| o.value).collect();
     let mut tallies: BTreeMap<Bucket, Tally> = BTreeMap::new();
     let local_bytes = |v: ValueId| sh.local_numel(v) * elem(v);
     for v in &roles2.order {
@@ -1082,8 +1085,30 @@ fn tally_and_report(
             _ => {}
         }
         if ph != Phase::Optimizer {
-            let moved: u64 =
-                n.inputs().iter().map(|u| local_bytes(*u)).sum::<u64>() + local_bytes(*v);
+            // With fused accounting a chain of elementwise, layout and reduction ops is one
+            // kernel: it loads what non-fusible ops (and sources) made and stores what they, the
+            // backward pass or the step's end read. Otherwise every op loads and stores.
+            let fusible = |u: ValueId| {
+                let op = g2.node(u).op();
+                s.fused
+                    && (is_cheap(op) || matches!(op, Op::ReduceSum { .. } | Op::ReduceMax { .. }))
+            };
+            let moved: u64 = if fusible(*v) {
+                let loads: u64 = n
+                    .inputs()
+                    .iter()
+                    .filter(|u| !fusible(**u))
+                    .map(|u| local_bytes(*u))
+                    .sum();
+                let stored = roles2
+                    .users(*v)
+                    .iter()
+                    .any(|u| !fusible(*u) || roles2.phase(*u) != ph)
+                    || outputs.contains(v);
+                loads + if stored { local_bytes(*v) } else { 0 }
+            } else {
+                n.inputs().iter().map(|u| local_bytes(*u)).sum::<u64>() + local_bytes(*v)
+            };
             let is_mm = matches!(n.op(), Op::MatMul { .. });
             let fl = if is_mm {
                 f as f64 / (peak * dev.gemm_efficiency)
