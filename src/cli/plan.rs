@@ -202,13 +202,11 @@ pub fn plan(a: &PlanArgs, json: bool, emit_what: Option<&str>) -> miette::Result
             Err(code) => return Ok(code),
         };
         failed |= errors > 0;
-        match emit_what {
-            Some("ir") => print!("{}", plan::print::print_plan(&analysis)),
-            Some("ranks") => {
-                for stage in 0..analysis.setup.plan.pipeline.max(1) {
-                    print!("{}", plan::print::print_rank(&analysis, stage));
-                }
-            }
+        let text = match emit_what {
+            Some("ir") => plan::print::print_plan(&analysis),
+            Some("ranks") => (0..analysis.setup.plan.pipeline.max(1))
+                .map(|stage| plan::print::print_rank(&analysis, stage))
+                .collect(),
             Some(o) => {
                 return Err(miette!(
                     code = "cli::emit",
@@ -216,11 +214,14 @@ pub fn plan(a: &PlanArgs, json: bool, emit_what: Option<&str>) -> miette::Result
                     "unknown --emit `{o}`"
                 ))
             }
-            None if json => println!(
-                "{}",
+            None if json => format!(
+                "{}\n",
                 serde_json::to_string(&analysis.report).map_err(|e| miette!("{e}"))?
             ),
-            None => print!("{}", human(&analysis)),
+            None => human(&analysis),
+        };
+        if !write_out(&text) {
+            return Ok(ExitCode::SUCCESS);
         }
     }
     Ok(if failed {
@@ -237,7 +238,7 @@ pub fn explain(a: &PlanArgs, query: &str) -> miette::Result<ExitCode> {
     };
     match plan::explain::explain(&analysis, query) {
         Some(text) => {
-            print!("{text}");
+            write_out(&text);
             Ok(ExitCode::SUCCESS)
         }
         None => {
@@ -254,6 +255,15 @@ pub fn explain(a: &PlanArgs, query: &str) -> miette::Result<ExitCode> {
             ))
         }
     }
+}
+
+/// Writes to stdout; `false` when the reader went away (`kiln plan | head`), which is not an error.
+fn write_out(text: &str) -> bool {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())
+        .and_then(|_| out.flush())
+        .is_ok()
 }
 
 fn sci(x: f64) -> String {
@@ -275,11 +285,12 @@ fn human(a: &Analysis) -> String {
         r.config, r.model, r.device, r.precision
     );
     s += &format!(
-        "layout: data {} x tensor {} x pipeline {} = {} devices{}{}\n",
+        "layout: data {} x tensor {} x pipeline {} = {} device{}{}{}\n",
         r.data,
         r.tensor,
         r.pipeline,
         r.devices,
+        if r.devices == 1 { "" } else { "s" },
         if r.sequence_parallel {
             ", sequence parallel"
         } else {

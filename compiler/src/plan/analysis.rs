@@ -209,6 +209,8 @@ pub struct Analysis {
     pub memory: MemoryPlan,
     /// `repeat` label → (built, real) layer counts.
     pub repeats: BTreeMap<String, (u64, u64)>,
+    /// Values outside the layers that come before them (`pre_layers`).
+    pub pre: HashSet<ValueId>,
     pub report: PlanReport,
 }
 
@@ -783,6 +785,7 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
         &repeats,
         &e2,
     )?;
+    let pre_set = pre_layers(&rw.graph, &roles2);
     Ok(Analysis {
         setup: s.clone(),
         model: inst.model,
@@ -795,6 +798,7 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
         schedule,
         memory_input: minput,
         memory,
+        pre: pre_set,
         repeats,
         report: report_and_more,
     })
@@ -972,48 +976,7 @@ fn tally_and_report(
         dev.inter_node_bandwidth
     };
     // Buckets: layers by name; the rest before or after the layers by dataflow.
-    let layer_vals: Vec<ValueId> = roles2
-        .order
-        .iter()
-        .copied()
-        .filter(|v| roles2.layer_of(*v).is_some())
-        .collect();
-    let mut pre: HashSet<ValueId> = HashSet::new();
-    {
-        // Forward ancestors of layer values, and non-forward descendants of layer backward values.
-        let mut stack: Vec<ValueId> = layer_vals
-            .iter()
-            .copied()
-            .filter(|v| roles2.is_forward(*v))
-            .collect();
-        let mut seen = HashSet::new();
-        while let Some(v) = stack.pop() {
-            for u in g2.node(v).inputs() {
-                if seen.insert(*u) {
-                    if roles2.layer_of(*u).is_none() {
-                        pre.insert(*u);
-                    }
-                    stack.push(*u);
-                }
-            }
-        }
-        let mut stack: Vec<ValueId> = layer_vals
-            .iter()
-            .copied()
-            .filter(|v| !roles2.is_forward(*v) && !roles2.phase(*v).is_persistent())
-            .collect();
-        let mut seen = HashSet::new();
-        while let Some(v) = stack.pop() {
-            for u in roles2.users(v) {
-                if seen.insert(*u) {
-                    if roles2.layer_of(*u).is_none() {
-                        pre.insert(*u);
-                    }
-                    stack.push(*u);
-                }
-            }
-        }
-    }
+    let pre = pre_layers(g2, roles2);
     let bucket = |v: ValueId| -> Bucket {
         match roles2.layer_of(v) {
             Some(i) => Bucket::Layer(i),
@@ -1372,6 +1335,55 @@ fn tally_and_report(
     };
     let _ = (g, roles, schedule, ws);
     Ok(report)
+}
+
+/// Values outside the layers that belong before them: forward ancestors of layer values (the
+/// embeddings) and backward descendants of layer backward values (the embeddings' gradients).
+/// The rest of what lies outside the layers (final norm, head, loss) comes after them.
+pub fn pre_layers(g2: &Graph, roles2: &Roles) -> HashSet<ValueId> {
+    let layer_vals: Vec<ValueId> = roles2
+        .order
+        .iter()
+        .copied()
+        .filter(|v| roles2.layer_of(*v).is_some())
+        .collect();
+    let mut pre: HashSet<ValueId> = HashSet::new();
+    {
+        // Forward ancestors of layer values, and non-forward descendants of layer backward values.
+        let mut stack: Vec<ValueId> = layer_vals
+            .iter()
+            .copied()
+            .filter(|v| roles2.is_forward(*v))
+            .collect();
+        let mut seen = HashSet::new();
+        while let Some(v) = stack.pop() {
+            for u in g2.node(v).inputs() {
+                if seen.insert(*u) {
+                    if roles2.layer_of(*u).is_none() {
+                        pre.insert(*u);
+                    }
+                    stack.push(*u);
+                }
+            }
+        }
+        let mut stack: Vec<ValueId> = layer_vals
+            .iter()
+            .copied()
+            .filter(|v| !roles2.is_forward(*v) && !roles2.phase(*v).is_persistent())
+            .collect();
+        let mut seen = HashSet::new();
+        while let Some(v) = stack.pop() {
+            for u in roles2.users(v) {
+                if seen.insert(*u) {
+                    if roles2.layer_of(*u).is_none() {
+                        pre.insert(*u);
+                    }
+                    stack.push(*u);
+                }
+            }
+        }
+    }
+    pre
 }
 
 /// Bytes one device sends per micro-batch across a pipeline boundary: the largest value made

@@ -189,19 +189,8 @@ pub fn print_rank(a: &Analysis, stage: u64) -> String {
     let stage_of = |v: ValueId| -> u64 {
         match a.roles2.layer_of(v) {
             Some(i) => stage_of_layer(i),
-            None => {
-                // Outside the layers: with the embeddings (first) if it feeds a layer, else last.
-                let feeds = a
-                    .roles2
-                    .users(v)
-                    .iter()
-                    .any(|u| a.roles2.layer_of(*u).is_some() && a.roles2.is_forward(*u));
-                if feeds || g.node(v).inputs().is_empty() {
-                    0
-                } else {
-                    p - 1
-                }
-            }
+            None if a.pre.contains(&v) => 0,
+            None => p - 1,
         }
     };
     let mut s = String::new();
