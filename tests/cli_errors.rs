@@ -172,9 +172,22 @@ fn a_typo_in_a_spec_name_points_at_the_yaml() {
     let tmp = tempfile::tempdir().unwrap();
     write_run(tmp.path(), "set:\n  dropuot: 0.1\n");
     let o = kiln(tmp.path(), &["train", "run.yaml"]);
-    assert_fails(&o, &["no hyperparameter `dropuot`", "did you mean `dropout`?", "run.yaml:"]);
+    assert_fails(
+        &o,
+        &[
+            "no hyperparameter `dropuot`",
+            "did you mean `dropout`?",
+            "run.yaml:",
+        ],
+    );
     write_run(tmp.path(), "");
-    let o = kiln(tmp.path(), &["train", "run.yaml", "--set", "model=gpt2_tnyi"]);
-    assert_fails(&o, &["`gpt2_tnyi` is not a config", "did you mean `gpt2_tiny`?"]);
+    let o = kiln(
+        tmp.path(),
+        &["train", "run.yaml", "--set", "model=gpt2_tnyi"],
+    );
+    assert_fails(
+        &o,
+        &["`gpt2_tnyi` is not a config", "did you mean `gpt2_tiny`?"],
+    );
     assert!(!tmp.path().join("out").exists());
 }

@@ -1,6 +1,7 @@
 //! Subcommand definitions (clap) and their dispatch.
 
 mod compile;
+mod plan;
 mod run;
 mod spec;
 
@@ -118,6 +119,26 @@ pub enum Command {
         #[arg(long)]
         executor: Option<String>,
     },
+    /// Plan memory, recomputation and parallelism: per-device memory by category, FLOPs,
+    /// communication, recompute overhead, estimated step time and MFU.
+    Plan {
+        #[command(flatten)]
+        args: plan::PlanArgs,
+        /// One JSON object per config.
+        #[arg(long)]
+        json: bool,
+        /// Print the planned IR with its plan sections (`ir`) or each rank's program (`ranks`).
+        #[arg(long)]
+        emit: Option<String>,
+    },
+    /// Why a value is kept or recomputed, and how a parameter is sharded and communicated.
+    Explain {
+        #[command(flatten)]
+        args: plan::PlanArgs,
+        /// A parameter name, a value's name path, or a printed value number (`%12`).
+        #[arg(value_name = "VALUE_OR_PARAM")]
+        query: String,
+    },
     /// Data preparation.
     Data {
         #[command(subcommand)]
@@ -212,5 +233,7 @@ pub fn run(cli: Cli) -> miette::Result<ExitCode> {
                     val_fraction,
                 },
         } => run::data_prepare(&input, &out, &tokenizer, val_fraction),
+        Command::Plan { args, json, emit } => plan::plan(&args, json, emit.as_deref()),
+        Command::Explain { args, query } => plan::explain(&args, &query),
     }
 }

@@ -10,6 +10,7 @@ use super::diag::{did_you_mean, FileId, Loc, SemaDiagnostic};
 use super::eval::{Env, Eval};
 use super::value::Value;
 use super::Workspace;
+use crate::ir::DType;
 
 /// Which activations the backward pass recomputes instead of keeping.
 #[derive(Clone, Debug, PartialEq)]
@@ -41,6 +42,12 @@ pub struct ParallelPlan {
     pub seq: Option<u64>,
     pub recompute: RecomputePolicy,
     pub device: Option<String>,
+    /// Training precision: `bf16`/`f16` means 16-bit activations, parameters and gradients with
+    /// f32 optimizer state and master weights (mixed precision); `f32` or unset means as declared.
+    pub precision: Option<DType>,
+    /// Where the plan is (its name) and each setting's line, for the planners' diagnostics.
+    pub loc: Option<Loc>,
+    pub entry_locs: Vec<(String, Loc)>,
 }
 
 pub const PLAN_KEYS: &[&str] = &[
@@ -54,12 +61,15 @@ pub const PLAN_KEYS: &[&str] = &[
     "seq",
     "recompute",
     "device",
+    "precision",
 ];
 pub const KEEP_KINDS: &[&str] = &["matmul", "attention", "norm", "elementwise", "softmax"];
 
+/// Reads and checks a plan; a well-formed plan is then planned (`plan::analysis::check_named`) so
+/// that a layout that cannot fit its device is an error at the plan.
 pub fn check_plan(ws: &Workspace, file: FileId, plan: &ast::PlanDef) -> Vec<SemaDiagnostic> {
     match read_plan(ws, file, plan) {
-        Ok(_) => Vec::new(),
+        Ok(p) => crate::plan::analysis::check_named(ws, &p),
         Err(ds) => ds,
     }
 }
@@ -86,6 +96,13 @@ pub fn read_plan(
         seq: None,
         recompute: RecomputePolicy::None,
         device: None,
+        precision: None,
+        loc: Some(loc(plan.name.span)),
+        entry_locs: plan
+            .entries
+            .iter()
+            .map(|e| (e.key.name.clone(), loc(e.span)))
+            .collect(),
     };
     let mut errs = Vec::new();
     let mut ev = Eval::new(ws, false);
@@ -148,6 +165,18 @@ pub fn read_plan(
                     vloc,
                     format!("`device` is a string, found {}", o.kind()),
                 )),
+            },
+            "precision" => match v {
+                Value::DType(d @ (DType::F32 | DType::BF16 | DType::F16)) => p.precision = Some(d),
+                o => {
+                    let mut d = ws.simple_diag(
+                        "plan::type",
+                        vloc,
+                        format!("`precision` is f32, bf16 or f16, found {o}"),
+                    );
+                    d.help = Some("bf16/f16 plan mixed precision: 16-bit activations, weights and gradients, f32 optimizer state".into());
+                    errs.push(d);
+                }
             },
             _ => {
                 let n = match &v {
