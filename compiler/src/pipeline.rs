@@ -173,28 +173,9 @@ pub fn optimize_with_log(
     Ok((graph, log))
 }
 
-/// `ir::verify`, minus one known disagreement: `train::training_step` keeps optimizer state in
-/// frozen (`trainable: false`) params named `opt.*` and updates them, which the verifier reports as
-/// "update of frozen param". Until the two agree, exactly those errors are ignored here; any other
-/// update of a frozen param is still an error.
+/// The IR verifier, as every pass boundary runs it.
 pub fn verify_graph(g: &Graph) -> Result<(), Vec<VerifyError>> {
-    match verify(g) {
-        Ok(()) => Ok(()),
-        Err(errors) => {
-            let real: Vec<VerifyError> = errors
-                .into_iter()
-                .filter(|e| {
-                    !(e.message.starts_with("update of frozen param `opt.")
-                        && e.message.ends_with('`'))
-                })
-                .collect();
-            if real.is_empty() {
-                Ok(())
-            } else {
-                Err(real)
-            }
-        }
-    }
+    verify(g)
 }
 
 /// Runs one pass and, with `verify`, the verifier after it (errors name the pass and the round).

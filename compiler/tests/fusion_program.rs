@@ -27,9 +27,9 @@ fn step_graph(mut fwd: Graph, fused_attention: bool) -> Graph {
         ..Default::default()
     };
     verify(&fwd).unwrap();
-    // Not verified: `train::training_step` updates optimizer state held in frozen params, which
-    // the verifier currently rejects (a mismatch between those two modules, not fusion's).
-    training_step(&fwd, &opts).unwrap()
+    let step = training_step(&fwd, &opts).unwrap();
+    verify(&step).unwrap();
+    step
 }
 
 fn host_inputs(ins: &HashMap<String, kiln_compiler::interp::Tensor>) -> HashMap<String, HostInput> {

@@ -353,3 +353,57 @@ fn training_step_lowers_the_loss() {
     }
     assert!(losses.windows(2).all(|w| w[1] < w[0]), "{losses:?}");
 }
+
+/// `train::training_step` on a graph with a frozen weight: the frozen weight gets no update and
+/// no optimizer state, the trainable one gets both, and the verifier accepts the step (it allows
+/// updates of frozen params because optimizer state is held in them).
+#[test]
+fn training_step_leaves_frozen_weights_alone() {
+    use kiln_compiler::train::{training_step, StepOptions};
+    let mut b = Builder::new();
+    let bs = vec![Dim::sym("batch"), Dim::sym("seq")];
+    let tokens = b.input("tokens", bs.clone(), DType::I32).unwrap();
+    let targets = b.input("targets", bs, DType::I32).unwrap();
+    let wte = b
+        .param_with(
+            "wte",
+            vec![Dim::c(8), Dim::c(4)],
+            DType::F32,
+            Init::Normal { std: 0.02 },
+            false,
+        )
+        .unwrap();
+    let head = b
+        .param(
+            "head",
+            vec![Dim::c(8), Dim::c(4)],
+            DType::F32,
+            Init::Normal { std: 0.02 },
+        )
+        .unwrap();
+    let x = b.gather(wte, tokens).unwrap();
+    let logits = b.matmul(x, head, false, true).unwrap();
+    let loss = cross_entropy(&mut b, logits, targets).unwrap();
+    b.output("loss", loss).unwrap();
+    let step = training_step(b.graph(), &StepOptions::default()).unwrap();
+    verify(&step).unwrap();
+    let targets: Vec<&str> = step.updates().iter().map(|u| u.target.as_str()).collect();
+    assert!(targets.contains(&"head"), "{targets:?}");
+    assert!(
+        targets.iter().all(|t| !t.ends_with("wte")),
+        "a frozen weight or its state is updated: {targets:?}"
+    );
+    let params: Vec<String> = step
+        .params()
+        .into_iter()
+        .filter_map(|p| match step.node(p).op() {
+            Op::Param { name, .. } => Some(name.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(params.iter().any(|n| n == "opt.m.head"), "{params:?}");
+    assert!(
+        !params.iter().any(|n| n.starts_with("opt.") && n.ends_with("wte")),
+        "optimizer state for a frozen weight: {params:?}"
+    );
+}
