@@ -1,6 +1,6 @@
 //! Compile time of LLaMA-65B's training step (AdamW, clipping) at 8, 16, 32, 64 and 80 layers:
-//! the whole `compile::compile` call, and its parts (sema + bind, the training step, the pass
-//! pipeline on the training graph). Prints a table; it asserts nothing (timings are not tests).
+//! the whole `compile::compile` call with fusion, and its parts (sema + bind + attention
+//! recognition, the training step, the pass pipeline on the training graph, fusion into kernels). Prints a table; it asserts nothing (timings are not tests).
 //!
 //! Run: `cargo bench -p kiln-compiler --bench compile_time` (release profile);
 //! `KILN_BENCH_LAYERS=80` runs one size (for profiling). Each size is compiled `REPEATS` times and
@@ -14,6 +14,8 @@ use std::time::Instant;
 
 use kiln_compiler::compile::{bindings, compile, CompileOptions};
 use kiln_compiler::ir::Dim;
+use kiln_compiler::passes::attention::{recognize, stop_shift_gradients};
+use kiln_compiler::passes::fusion::fuse;
 use kiln_compiler::pipeline::{optimize_with_log, PipelineOptions};
 use kiln_compiler::sema::{render, Request, Value, Workspace};
 use kiln_compiler::train::{training_step, StepOptions};
@@ -62,6 +64,7 @@ fn main() {
         train: Some(step.clone()),
         batch: 1,
         seq: 2048,
+        fuse: true,
         ..CompileOptions::default()
     };
     let sizes: Vec<i64> = match std::env::var("KILN_BENCH_LAYERS") {
@@ -73,8 +76,19 @@ fn main() {
         "LLaMA-65B training step (AdamW, clip 1.0, batch 1, seq 2048), best of {REPEATS}, {clock} ms"
     );
     println!(
-        "{:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8}",
-        "layers", "nodes", "after", "sema", "step", "passes", "compile", "/ layer", "wall", "TFLOP"
+        "{:>6} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>8}",
+        "layers",
+        "nodes",
+        "after",
+        "kernels",
+        "sema",
+        "step",
+        "passes",
+        "fuse",
+        "compile",
+        "/ layer",
+        "wall",
+        "TFLOP"
     );
     for layers in sizes {
         let req = Request {
@@ -83,8 +97,8 @@ fn main() {
             objective: Some(("causal_lm".into(), vec![])),
             training: true,
         };
-        let mut best = [f64::INFINITY; 5];
-        let (mut before, mut after, mut flops) = (0, 0, 0u64);
+        let mut best = [f64::INFINITY; 6];
+        let (mut before, mut after, mut kernels, mut flops) = (0, 0, 0, 0u64);
         let mut per_pass: BTreeMap<&str, f64> = BTreeMap::new();
         for _ in 0..REPEATS {
             // The parts, as `compile` runs them.
@@ -92,7 +106,9 @@ fn main() {
             let inst = ws.instantiate(&req).unwrap_or_else(|ds| {
                 panic!("{}", ds.iter().map(|d| render(d)).collect::<String>())
             });
-            let fwd = inst.graph.bind(&bindings(&opts).unwrap()).unwrap();
+            let mut fwd = inst.graph.bind(&bindings(&opts).unwrap()).unwrap();
+            recognize(&mut fwd).unwrap();
+            stop_shift_gradients(&mut fwd).unwrap();
             let sema = t.ms().0;
             let t = Clock::start();
             let train = training_step(&fwd, &step).unwrap();
@@ -102,6 +118,11 @@ fn main() {
             let (opt, log) = optimize_with_log(train, &PipelineOptions::default()).unwrap();
             let passes = t.ms().0;
             after = opt.len();
+            let t = Clock::start();
+            let program = fuse(&opt).unwrap();
+            let fuse_ms = t.ms().0;
+            kernels = program.steps.len();
+            drop(program);
             per_pass.clear();
             for r in &log.runs {
                 *per_pass.entry(r.pass).or_insert(0.0) += r.micros as f64 / 1e3;
@@ -114,21 +135,26 @@ fn main() {
             });
             let (total, wall) = t.ms();
             flops = c.stats.flops_forward + c.stats.flops_backward + c.stats.flops_optimizer;
-            for (b, x) in best.iter_mut().zip([sema, step_ms, passes, total, wall]) {
+            for (b, x) in best
+                .iter_mut()
+                .zip([sema, step_ms, passes, fuse_ms, total, wall])
+            {
                 *b = b.min(x);
             }
         }
         println!(
-            "{:>6} {:>8} {:>8} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.2} {:>9.1} {:>8.1}",
+            "{:>6} {:>8} {:>8} {:>8} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>9.1} {:>9.2} {:>9.1} {:>8.1}",
             layers,
             before,
             after,
+            kernels,
             best[0],
             best[1],
             best[2],
             best[3],
-            best[3] / layers as f64,
             best[4],
+            best[4] / layers as f64,
+            best[5],
             flops as f64 / 1e12
         );
         let parts: Vec<String> = per_pass

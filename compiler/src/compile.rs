@@ -1,9 +1,12 @@
 //! Compile a spec: the one entry point from "config name + run sizes" to bound, optimized graphs
 //! and their statistics (`kiln compile`, the snapshots and the benchmarks all come through here).
 //!
-//! Steps: instantiate the config (and objective) with sema → bind the run dims → (with `train`)
-//! build the training step (autodiff, clipping, optimizer update) from the bound forward graph →
-//! optimize both graphs with `pipeline::optimize` → count.
+//! Steps: instantiate the config (and objective) with sema → bind the run dims → (with
+//! `optimize`) recognise attention (`passes::attention`: each `sdpa` composition becomes one
+//! `attention` node, and softmax maxima get a stop-gradient so autodiff builds no gradient path
+//! through them) → (with `train`) build the training step (autodiff, clipping, optimizer update)
+//! from the bound forward graph → optimize both graphs with `pipeline::optimize` → (with `fuse`)
+//! fuse the graph to run into a kernel `Program` → count.
 //!
 //! Dims. `batch` binds the symbol `batch`; `seq` binds `seq`, and also `src` and `tgt` (the
 //! encoder and decoder lengths of encoder-decoder models) unless `dims` gives them. Objectives
@@ -42,7 +45,10 @@ use serde::Serialize;
 
 use crate::ir::ops::flops;
 use crate::ir::{bind_shape, Bindings, Graph, IrError};
+use crate::passes::attention;
+use crate::passes::fusion::fuse;
 use crate::pipeline::{self, PipelineLog, PipelineOptions};
+use crate::program::Program;
 use crate::sema::{DataTransform, Request, SemaDiagnostic, Value, Workspace};
 use crate::train::{self, StepOptions};
 
@@ -56,9 +62,12 @@ pub struct CompileOptions {
     pub seq: i64,
     /// Other symbol bindings (`src`, `tgt`, ...); they override the defaults from `seq`.
     pub dims: Vec<(String, i64)>,
-    /// Run the pass pipeline (off: the graphs as sema and autodiff produce them).
+    /// Recognise attention and run the pass pipeline (off: the graphs as sema and autodiff
+    /// produce them).
     pub optimize: bool,
     pub pipeline: PipelineOptions,
+    /// Fuse the graph to run into kernels (`Compiled::program`, `CompileStats::kernels`).
+    pub fuse: bool,
 }
 
 impl Default for CompileOptions {
@@ -70,6 +79,7 @@ impl Default for CompileOptions {
             dims: Vec::new(),
             optimize: true,
             pipeline: PipelineOptions::default(),
+            fuse: false,
         }
     }
 }
@@ -79,7 +89,7 @@ impl Default for CompileOptions {
 pub struct CompileStats {
     /// Nodes of the compiled graph (the training step with `train`) by op kind.
     pub ops: BTreeMap<String, u64>,
-    /// Kernels by kind; empty until fusion forms kernels.
+    /// Kernels by kind (with `fuse`; empty otherwise).
     pub kernels: BTreeMap<String, u64>,
     pub flops_forward: u64,
     pub flops_backward: u64,
@@ -113,6 +123,8 @@ pub struct Compiled {
     pub data: Option<DataTransform>,
     pub forward_log: Option<PipelineLog>,
     pub training_log: Option<PipelineLog>,
+    /// The fused kernel program of `graph` (with `fuse`).
+    pub program: Option<Program>,
     pub stats: CompileStats,
 }
 
@@ -136,10 +148,15 @@ pub fn compile(
     }
     let inst = ws.instantiate(&req)?;
     let bindings = bindings(opts)?;
-    let forward = inst
+    let mut forward = inst
         .graph
         .bind(&bindings)
         .map_err(|e| vec![bind_diag(&e, &bindings)])?;
+    if opts.optimize {
+        let internal = |e: IrError| vec![diag("compile::attention", e.to_string(), None)];
+        attention::recognize(&mut forward).map_err(internal)?;
+        attention::stop_shift_gradients(&mut forward).map_err(internal)?;
+    }
     let training = match &opts.train {
         Some(step) => Some(
             train::training_step(&forward, step)
@@ -197,6 +214,17 @@ pub fn compile(
             .or_insert(0) += 1;
     }
     let graph = training.unwrap_or_else(|| forward.clone());
+    let program = if opts.fuse {
+        let p = fuse(&graph).map_err(|e| vec![diag("compile::fusion", e.to_string(), None)])?;
+        stats.kernels = p
+            .kind_counts()
+            .into_iter()
+            .map(|(k, n)| (k.to_string(), n as u64))
+            .collect();
+        Some(p)
+    } else {
+        None
+    };
     stats.compile_ms = t0.elapsed().as_secs_f64() * 1e3;
     Ok(Compiled {
         config: inst.config,
@@ -209,6 +237,7 @@ pub fn compile(
         data: inst.data,
         forward_log,
         training_log,
+        program,
         stats,
     })
 }

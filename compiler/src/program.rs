@@ -132,6 +132,9 @@ pub struct Step {
     pub launch: Launch,
     /// The spec name path of the IR values it computes (`h.0.attn`, `bwd.h.0.mlp.fc`).
     pub origin: String,
+    /// Every distinct name path of the IR nodes the step computes (outputs and interior values),
+    /// in graph order: which norms, attentions, ... a kernel covers.
+    pub scopes: Vec<String>,
 }
 
 impl Step {

@@ -403,7 +403,9 @@ fn training_step_leaves_frozen_weights_alone() {
         .collect();
     assert!(params.iter().any(|n| n == "opt.m.head"), "{params:?}");
     assert!(
-        !params.iter().any(|n| n.starts_with("opt.") && n.ends_with("wte")),
+        !params
+            .iter()
+            .any(|n| n.starts_with("opt.") && n.ends_with("wte")),
         "optimizer state for a frozen weight: {params:?}"
     );
 }

@@ -72,7 +72,7 @@ pub struct CompileArgs {
 pub enum EmitKind {
     /// The printed graph.
     Ir,
-    /// The fused kernel list (needs fusion).
+    /// The fused kernel program: buffers, then one line per kernel launch in execution order.
     Kernels,
     /// Graphviz, one node per op labelled `op / type / name`.
     Dot,
@@ -155,6 +155,7 @@ pub fn run(args: &CompileArgs) -> miette::Result<ExitCode> {
             verify_each: args.verify,
             ..PipelineOptions::default()
         },
+        fuse: matches!(args.emit, EmitKind::Kernels | EmitKind::Json),
     };
     let compiled = match compile(&ws, &request, &opts) {
         Ok(c) => c,
@@ -181,13 +182,15 @@ pub fn run(args: &CompileArgs) -> miette::Result<ExitCode> {
             s.push('\n');
             s
         }
-        EmitKind::Kernels => {
-            return Err(miette!(
-                code = "cli::no_kernels",
-                help = "use --emit ir, dot or json",
-                "--emit kernels needs the fusion pass, which this build does not have yet"
-            ))
-        }
+        EmitKind::Kernels => match &compiled.program {
+            Some(p) => p.to_string(),
+            None => {
+                return Err(miette!(
+                    code = "cli::internal",
+                    "fusion produced no program"
+                ))
+            }
+        },
     };
     // A closed pipe (`kiln compile ... | head`) is not an error worth a panic.
     let mut out = std::io::stdout().lock();

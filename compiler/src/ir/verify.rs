@@ -8,7 +8,7 @@
 use std::fmt;
 
 use super::graph::{duplicate_source_names, Graph, ValueId};
-use super::ops::{facts, infer, Op};
+use super::ops::{facts, infer};
 use super::shape::TensorType;
 
 /// One broken invariant, at a value when it has one.

@@ -281,12 +281,25 @@ impl Lowerer<'_, '_> {
         origin: String,
         key: usize,
     ) {
+        let mut scopes: Vec<String> = Vec::new();
+        if let Some(s) = self.plan.home[key] {
+            for n in &self.plan.steps[s].nodes {
+                let o = self.info.origin(*n);
+                if !scopes.contains(&o) {
+                    scopes.push(o);
+                }
+            }
+        }
+        if scopes.is_empty() {
+            scopes.push(origin.clone());
+        }
         self.p.steps.push(Step {
             kernel,
             inputs,
             outputs,
             launch,
             origin,
+            scopes,
         });
         self.keys.push(key);
     }

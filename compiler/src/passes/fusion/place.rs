@@ -298,6 +298,8 @@ struct Placer<'a, 'g> {
     info: &'a Info<'g>,
     plan: Plan,
     attn_bwd: HashMap<String, usize>,
+    /// Per data-owning node: the groups that read it (sibling candidates, see `row`).
+    readers: HashMap<usize, Vec<usize>>,
 }
 
 pub(super) fn place(info: &Info) -> Result<Plan, FusionError> {
@@ -317,6 +319,7 @@ pub(super) fn place(info: &Info) -> Result<Plan, FusionError> {
             parent: Vec::new(),
         },
         attn_bwd: HashMap::new(),
+        readers: HashMap::new(),
     };
     for i in 0..n {
         match info.cat[i] {
@@ -360,6 +363,14 @@ impl Placer<'_, '_> {
     fn add_to(&mut self, s: usize, i: usize) {
         self.plan.home[i] = Some(s);
         self.plan.steps[s].nodes.push(i);
+        if self.plan.is_group(s) {
+            for u in &self.info.ins[i] {
+                let r = self.readers.entry(src_view(self.info, *u)).or_default();
+                if !r.contains(&s) {
+                    r.push(s);
+                }
+            }
+        }
         for u in self.info.ins[i].clone() {
             if let Some(p) = self.plan.producer(self.info, u) {
                 if p != s {
@@ -415,6 +426,33 @@ impl Placer<'_, '_> {
             if let Some((c, oc)) = self.try_place(i, g) {
                 self.assign(i, g, c, oc);
                 return Ok(());
+            }
+        }
+        // Horizontal fusion: a group of the space this node would start that already reads one
+        // of its operands (a norm's weight-gradient column sums join the kernel computing the
+        // input gradient from the same incoming gradient), so the operand is read once and no
+        // launch is added. `try_place` refuses a group that an operand's producer depends on.
+        if !scalar {
+            if let Some(space) = fresh_space(info, i) {
+                let mut sibs: Vec<usize> = info.ins[i]
+                    .iter()
+                    .filter_map(|u| self.readers.get(&src_view(info, *u)))
+                    .flatten()
+                    .map(|g| self.plan.find(*g))
+                    .filter(|g| {
+                        self.plan.steps[*g].alive
+                            && self.plan.space(*g) == Some(space)
+                            && !self.plan.is_scalar_group(*g)
+                    })
+                    .collect();
+                sibs.sort_unstable();
+                sibs.dedup();
+                for g in sibs.into_iter().rev() {
+                    if let Some((c, oc)) = self.try_place(i, g) {
+                        self.assign(i, g, c, oc);
+                        return Ok(());
+                    }
+                }
             }
         }
         if let Some((rows, cols)) = fresh_space(info, i) {
