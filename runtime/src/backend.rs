@@ -77,4 +77,12 @@ pub trait Backend {
         inputs: &BTreeMap<String, InputTensor>,
         rng: StepRng,
     ) -> Result<BTreeMap<String, HostTensor>, BackendError>;
+    /// Start (or stop) timing each kernel launch, for [`Backend::profile_report`]. Executors
+    /// without kernels ignore it.
+    fn set_profiling(&mut self, _on: bool) {}
+    /// Where a step's time went since profiling started (per kernel kind, slowest kernels), if
+    /// the executor can tell.
+    fn profile_report(&self) -> Option<String> {
+        None
+    }
 }

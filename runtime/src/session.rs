@@ -10,9 +10,9 @@
 //! - `logits`: the model alone at batch 1 over a window of `seq_len` tokens (generation and task
 //!   scoring; shorter contexts are right-padded, which a causal mask makes invisible).
 //!
-//! Two choices live here and nowhere else, so each is a one-line change: [`compile_step`] (today
-//! `train::training_step` on the unoptimized graph; the pass pipeline slots in there) and
-//! [`make_backend`] (which executor runs a program).
+//! Two choices live here and nowhere else: [`prepare`] + [`compile_step`] (attention recognition,
+//! then `train::training_step`, then the pass pipeline) and [`make_backend`] (which executor runs
+//! a program).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use kiln_compiler::ir::{Bindings, Graph, IrError};
+use kiln_compiler::passes::attention::{recognize, stop_shift_gradients};
+use kiln_compiler::pipeline::{optimize, PipelineOptions};
 use kiln_compiler::sema::{self, Request, SemaDiagnostic, Value, Workspace};
 use kiln_compiler::train::{self as ctrain, DecayRule, StepOptions};
 use miette::Diagnostic;
@@ -150,9 +152,8 @@ pub enum Executor {
 }
 
 impl Executor {
-    /// The executor used when none is named. `cpu` (the fused program) matches it on the smoke run;
-    /// it becomes the default once the CLI resume tests have run against it.
-    pub const DEFAULT: Executor = Executor::Interp;
+    /// The executor used when none is named: the fused CPU program.
+    pub const DEFAULT: Executor = Executor::Cpu;
 
     pub fn name(self) -> &'static str {
         match self {
@@ -210,10 +211,24 @@ pub fn make_backend(
     }
 }
 
-/// The training step from a forward graph with a `loss` output. The pass pipeline
-/// (`compile::compile` / `pipeline::optimize`) belongs here once it lands.
+/// What every program's forward graph goes through before it is differentiated or run: each
+/// `sdpa` composition becomes one `attention` node (the executors' attention kernels), and
+/// softmax maxima get a stop-gradient (no gradient path through them: they cancel exactly).
+pub fn prepare(mut forward: Graph) -> Result<Graph, IrError> {
+    recognize(&mut forward)?;
+    stop_shift_gradients(&mut forward)?;
+    Ok(forward)
+}
+
+/// The training step from a prepared forward graph with a `loss` output, through the pass
+/// pipeline (folding, simplification, CSE, DCE, layout).
 pub fn compile_step(forward: &Graph, opts: &StepOptions) -> Result<Graph, IrError> {
-    ctrain::training_step(forward, opts)
+    let step = ctrain::training_step(forward, opts)?;
+    optimize(step, &PipelineOptions::default()).map_err(|e| IrError::BadAttribute {
+        op: "pass pipeline".into(),
+        input: None,
+        detail: e.to_string(),
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -483,10 +498,15 @@ impl LoadedSpec {
             objective: objective.map(|o| (o.to_string(), vec![])),
             training,
         };
-        self.workspace
+        let graph = self
+            .workspace
             .instantiate(&req)
             .map(|i| i.graph)
-            .map_err(|ds| spec_error(&self.path, ds))
+            .map_err(|ds| spec_error(&self.path, ds))?;
+        prepare(graph).map_err(|source| RunError::Compile {
+            program: if training { "train" } else { "eval" },
+            source: Box::new(source),
+        })
     }
 }
 

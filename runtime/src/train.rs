@@ -94,6 +94,8 @@ pub struct TrainOptions {
     pub stop: Option<Arc<AtomicBool>>,
     pub progress: ProgressOutput,
     pub crash: Option<CrashPoint>,
+    /// Time each phase of the loop and each kernel; print the breakdown at the end.
+    pub profile: bool,
 }
 
 impl Default for TrainOptions {
@@ -104,6 +106,7 @@ impl Default for TrainOptions {
             stop: None,
             progress: ProgressOutput::Auto,
             crash: None,
+            profile: false,
         }
     }
 }
@@ -630,6 +633,10 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
         last_record = Some(record);
     }
 
+    if opts.profile {
+        backend.set_profiling(true);
+    }
+    let mut phases = PhaseTimes::default();
     let segment_start = Instant::now();
     let mut step = start;
     let mut outcome = TrainOutcome::Finished;
@@ -641,10 +648,15 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
         let mut inputs = batch_inputs(&batch);
         inputs.insert("lr".to_string(), InputTensor::scalar(lr as f32));
         inputs.insert("step".to_string(), InputTensor::scalar((it + 1) as f32));
+        let t_run = Instant::now();
+        phases.data += (t_run - t0).as_secs_f64();
         let out = backend
             .run(&inputs, StepRng { seed, step: it + 1 })
             .map_err(RunError::backend("train"))?;
         let step_secs = t0.elapsed().as_secs_f64();
+        phases.step += t_run.elapsed().as_secs_f64();
+        phases.steps += 1;
+        let t_rest = Instant::now();
         step = it + 1;
         let mut record = MetricRecord {
             step,
@@ -657,8 +669,11 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
         let last = step == config.steps;
         let eval_due = last || (config.eval.every > 0 && step.is_multiple_of(config.eval.every));
         if eval_due {
+            let t = Instant::now();
             evaluate(eval.as_mut(), backend.as_ref(), &mut batchers, &mut record)?;
+            phases.eval += t.elapsed().as_secs_f64();
         }
+        let t_full = Instant::now();
         if last && config.eval.full && has_val {
             if compiled.objective == ObjectiveKind::CausalLm {
                 copy_params(backend.as_ref(), eval.as_mut())?;
@@ -676,6 +691,7 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
                 progress.message("full validation loss is computed for causal_lm only; skipped");
             }
         }
+        phases.eval += t_full.elapsed().as_secs_f64();
         let log_due = eval_due || step.is_multiple_of(config.log_every);
         if log_due {
             metrics.write(&record)?;
@@ -718,9 +734,12 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
                     (SPEC_TEXT_KEY.to_string(), spec.text.clone()),
                 ]),
             };
+            let t = Instant::now();
             let ckpt = snapshot(backend.as_ref(), meta)?;
             last_ckpt = Some(save(&ckpt_dir, &ckpt, opts.crash)?);
+            phases.checkpoint += t.elapsed().as_secs_f64();
         }
+        phases.other += t_rest.elapsed().as_secs_f64();
         if stop && !last {
             outcome = TrainOutcome::Interrupted;
             break;
@@ -741,6 +760,22 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
         TrainOutcome::Finished => {}
     }
     progress.finish();
+    if opts.profile {
+        phases.other -= phases.eval + phases.checkpoint;
+        let total = segment_start.elapsed().as_secs_f64();
+        let mut report = phases.report(total);
+        match backend.profile_report() {
+            Some(k) => {
+                report.push_str("\ntraining step, by kernel kind:\n");
+                report.push_str(&k);
+            }
+            None => report.push_str(&format!(
+                "\n(the `{}` executor has no per-kernel profile)\n",
+                opts.executor
+            )),
+        }
+        eprint!("{report}");
+    }
     Ok(TrainSummary {
         outcome,
         step,
@@ -749,6 +784,50 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
         checkpoint: last_ckpt,
         last: last_record,
     })
+}
+
+/// Wall time of each phase of the loop (`kiln train --profile`).
+#[derive(Default)]
+struct PhaseTimes {
+    steps: u64,
+    /// Batches: sampling, objective transforms, input tensors.
+    data: f64,
+    /// The training program.
+    step: f64,
+    /// Loss estimates (and the final full-validation pass).
+    eval: f64,
+    checkpoint: f64,
+    /// Metrics, progress output and the rest of the loop body.
+    other: f64,
+}
+
+impl PhaseTimes {
+    fn report(&self, total: f64) -> String {
+        let mut s = format!(
+            "profile: {} steps in {:.2} s ({:.2} ms/step of training program)\n",
+            self.steps,
+            total,
+            self.step * 1e3 / self.steps.max(1) as f64
+        );
+        let rows = [
+            ("training step", self.step),
+            ("data", self.data),
+            ("evaluation", self.eval),
+            ("checkpoints", self.checkpoint),
+            ("metrics, logging", self.other.max(0.0)),
+        ];
+        let accounted: f64 = rows.iter().map(|r| r.1).sum();
+        for (name, t) in rows
+            .into_iter()
+            .chain([("unaccounted", (total - accounted).max(0.0))])
+        {
+            s.push_str(&format!(
+                "  {name:<18} {t:>9.3} s {:>6.1}%\n",
+                100.0 * t / total.max(1e-12)
+            ));
+        }
+        s
+    }
 }
 
 fn data_name(config: &RunConfig) -> String {

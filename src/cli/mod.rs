@@ -64,9 +64,15 @@ pub enum Command {
         /// Continue from the latest checkpoint in the output folder.
         #[arg(long)]
         resume: bool,
-        /// What executes the programs: `interp` (reference interpreter) or `cpu`.
+        /// What executes the programs: `cpu` (fused kernels, the default) or `interp` (the
+        /// reference interpreter).
         #[arg(long)]
         executor: Option<String>,
+        /// Print where the time went at the end: loop phases (training step, data, evaluation,
+        /// checkpoints) and, with the cpu executor, time and GFLOP/s per kernel kind and the
+        /// slowest kernels.
+        #[arg(long)]
+        profile: bool,
     },
     /// Validation loss and perplexity of a checkpoint, or its scores on evaluation tasks.
     Eval {
@@ -181,7 +187,15 @@ pub fn run(cli: Cli) -> miette::Result<ExitCode> {
             out,
             resume,
             executor,
-        } => run::train(&config, &set, out.as_deref(), resume, executor.as_deref()),
+            profile,
+        } => run::train(
+            &config,
+            &set,
+            out.as_deref(),
+            resume,
+            executor.as_deref(),
+            profile,
+        ),
         Command::Eval {
             config,
             checkpoint,

@@ -51,6 +51,7 @@ pub fn train(
     out: Option<&Path>,
     resume: bool,
     exec: Option<&str>,
+    profile: bool,
 ) -> miette::Result<ExitCode> {
     let executor = executor(exec)?;
     let cfg = load_config(config, set, out)?;
@@ -73,6 +74,7 @@ pub fn train(
         stop: Some(stop),
         progress: ProgressOutput::Auto,
         crash,
+        profile,
     };
     let summary = run_train(&cfg, opts)?;
     if let Some(r) = &summary.last {

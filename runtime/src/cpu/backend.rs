@@ -89,7 +89,46 @@ impl CpuBackend {
     }
 }
 
+impl CpuBackend {
+    /// Per kernel kind, then the `top` program steps whose fastest launch took longest.
+    pub fn profile_text(&self, top: usize) -> String {
+        use std::fmt::Write as _;
+        let mut s = self.profile().to_string();
+        let _ = writeln!(s, "slowest kernels (fastest launch of each, ms):");
+        for (i, t) in self.exec.slowest_steps(top) {
+            let st = &self.exec.program().steps[i];
+            let size = match st.launch {
+                kiln_compiler::program::Launch::Grid { rows, cols } => format!("{rows}x{cols}"),
+                kiln_compiler::program::Launch::Once => match &st.kernel {
+                    kiln_compiler::kernel::Kernel::Gemm(g) => {
+                        format!("b{} m{} n{} k{}", g.batch, g.m, g.n, g.k)
+                    }
+                    _ => String::new(),
+                },
+            };
+            let _ = writeln!(
+                s,
+                "  {:>8.3}  s{:<4} {:<16} {:<20} {}",
+                t.as_secs_f64() * 1e3,
+                i,
+                st.kind(),
+                size,
+                st.origin
+            );
+        }
+        s
+    }
+}
+
 impl Backend for CpuBackend {
+    fn set_profiling(&mut self, on: bool) {
+        self.exec.set_profiling(on);
+    }
+
+    fn profile_report(&self) -> Option<String> {
+        Some(self.profile_text(15))
+    }
+
     fn state_shapes(&self) -> Vec<(String, Vec<usize>)> {
         let p = self.exec.program();
         let mut v: Vec<(String, Vec<usize>)> = p
