@@ -1,12 +1,13 @@
-//! How each model family's Kiln parameters are laid out in a Hugging Face checkpoint, as data.
+//! How a spec model's parameters are laid out in a Hugging Face checkpoint, as data.
 //!
-//! One [`Family`] per spec model (`gpt2`, `llama`, `t5`) says which `config.json` keys set which
-//! hyperparameters, which keys must hold the values the spec assumes (GPT-2's `gelu_new`, T5's
-//! ReLU feed-forward and tied head), and one [`TensorRule`] per Hugging Face tensor: its name
-//! pattern, the Kiln parameters it is made of (concatenated along Kiln's output axis: GPT-2's
-//! fused `c_attn` is q, k, v) and whether it is stored transposed (`nn.Linear` is `[out, in]`,
-//! Kiln and GPT-2's `Conv1D` are `[in, out]`). Import ([`Family::from_hf`]) and export
-//! ([`Family::to_hf`]) are both generated from that table; nothing here is written per family.
+//! The spec declares it in an `hf` item (checked by `compiler::sema::hf`); [`Family`] is that
+//! declaration made ready for use: which `config.json` keys set which hyperparameters, which keys
+//! must hold the values the spec assumes (GPT-2's `gelu_new`, T5's ReLU feed-forward and tied
+//! head), and one [`TensorRule`] per Hugging Face tensor: its name pattern, the Kiln parameters it
+//! is made of (concatenated along Kiln's output axis: GPT-2's fused `c_attn` is q, k, v) and
+//! whether it is stored transposed (`nn.Linear` is `[out, in]`, Kiln and GPT-2's `Conv1D` are
+//! `[in, out]`). Import ([`Family::from_hf`]) and export ([`Family::to_hf`]) are both generated
+//! from it; nothing here is written per family.
 //!
 //! What needs no rule is stated here so a reader need not wonder: RoPE in Kiln's stdlib is the
 //! half-split (`rotate_half`) convention that Hugging Face LLaMA files use, so q/k rows are not
@@ -21,10 +22,13 @@ use std::fmt;
 use miette::Diagnostic;
 use serde_json::{Map, Value};
 
+use kiln_compiler::sema::hf::{match_pattern, HfLayout, HfLiteral};
+use kiln_compiler::sema::Value as SemaValue;
+
 use super::HfConfig;
 use crate::checkpoint::{HostTensor, Shape, TensorMap};
 
-/// How a hyperparameter is spelled in JSON.
+/// How a hyperparameter is spelled in JSON: as the spec's own bound value is typed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConfigKind {
     Int,
@@ -36,368 +40,101 @@ pub enum ConfigKind {
 /// (`rope_parameters.rope_theta`). On import the first present key of `keys` wins; export writes
 /// `keys[0]`. An absent key leaves the spec's own value (the spec's defaults follow
 /// `transformers`' defaults).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConfigKey {
-    pub hparam: &'static str,
-    pub keys: &'static [&'static str],
+    pub hparam: String,
+    pub keys: Vec<String>,
     pub kind: ConfigKind,
 }
 
-/// A `config.json` key whose value the spec assumes. `allowed` are JSON texts; export writes the
-/// first. `absent_ok`: an absent key means the assumed value (the `transformers` default).
-#[derive(Debug, Clone, Copy)]
+/// A `config.json` key whose value the spec assumes; export writes the first allowed value.
+/// `absent_ok`: an absent (or null) key means the assumed value (the `transformers` default).
+#[derive(Debug, Clone)]
 pub struct FixedKey {
-    pub key: &'static str,
-    pub allowed: &'static [&'static str],
+    pub key: String,
+    pub allowed: Vec<Value>,
     pub absent_ok: bool,
 }
 
 /// One Hugging Face tensor. `{i}` in the patterns stands for a layer index.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TensorRule {
-    pub hf: &'static str,
+    pub hf: String,
     /// Kiln parameters concatenated along their last axis (in Kiln's layout) make the tensor.
-    pub kiln: &'static [&'static str],
+    pub kiln: Vec<String>,
     /// The file stores the transpose of Kiln's `[in, out]` layout.
     pub transpose: bool,
 }
 
 /// Which loss `transformers` computes from `labels`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LossKind {
-    /// Decoder-only: logits over `input_ids`, loss of `logits[:, :-1]` against `labels[:, 1:]`.
-    CausalShifted,
-    /// Encoder-decoder: logits over `decoder_input_ids`, loss against `labels`, no shift.
-    Seq2Seq,
-}
+pub use kiln_compiler::sema::hf::HfLoss as LossKind;
 
-/// The Hugging Face layout of one spec model.
-#[derive(Debug, Clone, Copy)]
+/// The Hugging Face layout of one spec model, from its `hf` item.
+#[derive(Debug, Clone)]
 pub struct Family {
     /// The spec's `model` block.
-    pub model: &'static str,
-    pub model_type: &'static str,
-    pub architecture: &'static str,
-    pub config: &'static [ConfigKey],
-    pub fixed: &'static [FixedKey],
-    pub tensors: &'static [TensorRule],
+    pub model: String,
+    pub model_type: String,
+    pub architecture: String,
+    pub config: Vec<ConfigKey>,
+    pub fixed: Vec<FixedKey>,
+    pub tensors: Vec<TensorRule>,
     /// Names `transformers` ties to another tensor (never in the file).
-    pub tied: &'static [&'static str],
+    pub tied: Vec<String>,
     pub loss: LossKind,
 }
 
-const fn key(hparam: &'static str, keys: &'static [&'static str], kind: ConfigKind) -> ConfigKey {
-    ConfigKey { hparam, keys, kind }
-}
-const fn fixed(key: &'static str, allowed: &'static [&'static str], absent_ok: bool) -> FixedKey {
-    FixedKey {
-        key,
-        allowed,
-        absent_ok,
+impl Family {
+    /// The layout a spec declares, with each hyperparameter's JSON kind taken from the model's
+    /// bound value (`hparams`, as `sema::Instance::hparams`).
+    pub fn from_layout(layout: &HfLayout, hparams: &[(String, SemaValue)]) -> Family {
+        let kind = |h: &str| match hparams.iter().find(|(k, _)| k == h).map(|(_, v)| v) {
+            Some(SemaValue::Float(_)) => ConfigKind::Float,
+            Some(SemaValue::Int(_)) => ConfigKind::Int,
+            _ => ConfigKind::Str,
+        };
+        let literal = |l: &HfLiteral| match l {
+            HfLiteral::Str(s) => Value::String(s.clone()),
+            HfLiteral::Int(n) => serde_json::json!(n),
+            HfLiteral::Float(x) => serde_json::json!(x),
+            HfLiteral::Bool(b) => Value::Bool(*b),
+            HfLiteral::None => Value::Null,
+        };
+        Family {
+            model: layout.model.clone(),
+            model_type: layout.model_type.clone(),
+            architecture: layout.architecture.clone(),
+            config: layout
+                .config
+                .iter()
+                .map(|c| ConfigKey {
+                    hparam: c.hparam.clone(),
+                    keys: c.keys.clone(),
+                    kind: kind(&c.hparam),
+                })
+                .collect(),
+            fixed: layout
+                .require
+                .iter()
+                .map(|r| FixedKey {
+                    key: r.key.clone(),
+                    allowed: r.allowed.iter().map(literal).collect(),
+                    absent_ok: r.allowed.contains(&HfLiteral::None),
+                })
+                .collect(),
+            tensors: layout
+                .tensors
+                .iter()
+                .map(|t| TensorRule {
+                    hf: t.hf.clone(),
+                    kiln: t.parts.clone(),
+                    transpose: t.transpose,
+                })
+                .collect(),
+            tied: layout.tied.clone(),
+            loss: layout.loss,
+        }
     }
-}
-const fn same(hf: &'static str, kiln: &'static [&'static str]) -> TensorRule {
-    TensorRule {
-        hf,
-        kiln,
-        transpose: false,
-    }
-}
-const fn tr(hf: &'static str, kiln: &'static [&'static str]) -> TensorRule {
-    TensorRule {
-        hf,
-        kiln,
-        transpose: true,
-    }
-}
-
-use ConfigKind::{Float, Int};
-
-/// GPT-2 (`GPT2LMHeadModel`): `Conv1D` weights are `[in, out]` like Kiln's.
-pub const GPT2: Family = Family {
-    model: "gpt2",
-    model_type: "gpt2",
-    architecture: "GPT2LMHeadModel",
-    config: &[
-        key("vocab", &["vocab_size"], Int),
-        key("ctx", &["n_positions"], Int),
-        key("d", &["n_embd"], Int),
-        key("layers", &["n_layer"], Int),
-        key("heads", &["n_head"], Int),
-        key("eps", &["layer_norm_epsilon"], Float),
-        key("dropout", &["resid_pdrop"], Float),
-        key("dropout", &["embd_pdrop"], Float),
-        key("dropout", &["attn_pdrop"], Float),
-    ],
-    fixed: &[
-        fixed(
-            "activation_function",
-            &["\"gelu_new\"", "\"gelu_pytorch_tanh\""],
-            true,
-        ),
-        fixed("n_inner", &["null"], true),
-        fixed("scale_attn_weights", &["true"], true),
-        fixed("scale_attn_by_inverse_layer_idx", &["false"], true),
-        fixed("add_cross_attention", &["false"], true),
-        fixed("tie_word_embeddings", &["true"], true),
-    ],
-    tensors: &[
-        same("transformer.wte.weight", &["wte"]),
-        same("transformer.wpe.weight", &["wpe"]),
-        same("transformer.h.{i}.ln_1.weight", &["h.{i}.ln_1.weight"]),
-        same("transformer.h.{i}.ln_1.bias", &["h.{i}.ln_1.bias"]),
-        same(
-            "transformer.h.{i}.attn.c_attn.weight",
-            &[
-                "h.{i}.attn.q.weight",
-                "h.{i}.attn.k.weight",
-                "h.{i}.attn.v.weight",
-            ],
-        ),
-        same(
-            "transformer.h.{i}.attn.c_attn.bias",
-            &[
-                "h.{i}.attn.q.bias",
-                "h.{i}.attn.k.bias",
-                "h.{i}.attn.v.bias",
-            ],
-        ),
-        same(
-            "transformer.h.{i}.attn.c_proj.weight",
-            &["h.{i}.attn.o.weight"],
-        ),
-        same("transformer.h.{i}.attn.c_proj.bias", &["h.{i}.attn.o.bias"]),
-        same("transformer.h.{i}.ln_2.weight", &["h.{i}.ln_2.weight"]),
-        same("transformer.h.{i}.ln_2.bias", &["h.{i}.ln_2.bias"]),
-        same(
-            "transformer.h.{i}.mlp.c_fc.weight",
-            &["h.{i}.mlp.fc.weight"],
-        ),
-        same("transformer.h.{i}.mlp.c_fc.bias", &["h.{i}.mlp.fc.bias"]),
-        same(
-            "transformer.h.{i}.mlp.c_proj.weight",
-            &["h.{i}.mlp.proj.weight"],
-        ),
-        same(
-            "transformer.h.{i}.mlp.c_proj.bias",
-            &["h.{i}.mlp.proj.bias"],
-        ),
-        same("transformer.ln_f.weight", &["ln_f.weight"]),
-        same("transformer.ln_f.bias", &["ln_f.bias"]),
-    ],
-    tied: &["lm_head.weight"],
-    loss: LossKind::CausalShifted,
-};
-
-/// LLaMA (`LlamaForCausalLM`): `nn.Linear` weights, stored `[out, in]`.
-pub const LLAMA: Family = Family {
-    model: "llama",
-    model_type: "llama",
-    architecture: "LlamaForCausalLM",
-    config: &[
-        key("vocab", &["vocab_size"], Int),
-        key("ctx", &["max_position_embeddings"], Int),
-        key("d", &["hidden_size"], Int),
-        key("layers", &["num_hidden_layers"], Int),
-        key("heads", &["num_attention_heads"], Int),
-        key("kv_heads", &["num_key_value_heads"], Int),
-        key("ffn", &["intermediate_size"], Int),
-        key("eps", &["rms_norm_eps"], Float),
-        key(
-            "theta",
-            &["rope_parameters.rope_theta", "rope_theta"],
-            Float,
-        ),
-    ],
-    fixed: &[
-        fixed("hidden_act", &["\"silu\""], true),
-        fixed("attention_bias", &["false"], true),
-        fixed("mlp_bias", &["false"], true),
-        fixed("tie_word_embeddings", &["false"], false),
-        fixed("rope_parameters.rope_type", &["\"default\""], true),
-    ],
-    tensors: &[
-        same("model.embed_tokens.weight", &["embed_tokens"]),
-        same(
-            "model.layers.{i}.input_layernorm.weight",
-            &["layers.{i}.input_layernorm.weight"],
-        ),
-        tr(
-            "model.layers.{i}.self_attn.q_proj.weight",
-            &["layers.{i}.self_attn.q.weight"],
-        ),
-        tr(
-            "model.layers.{i}.self_attn.k_proj.weight",
-            &["layers.{i}.self_attn.k.weight"],
-        ),
-        tr(
-            "model.layers.{i}.self_attn.v_proj.weight",
-            &["layers.{i}.self_attn.v.weight"],
-        ),
-        tr(
-            "model.layers.{i}.self_attn.o_proj.weight",
-            &["layers.{i}.self_attn.o.weight"],
-        ),
-        same(
-            "model.layers.{i}.post_attention_layernorm.weight",
-            &["layers.{i}.post_attention_layernorm.weight"],
-        ),
-        tr(
-            "model.layers.{i}.mlp.gate_proj.weight",
-            &["layers.{i}.mlp.gate.weight"],
-        ),
-        tr(
-            "model.layers.{i}.mlp.up_proj.weight",
-            &["layers.{i}.mlp.up.weight"],
-        ),
-        tr(
-            "model.layers.{i}.mlp.down_proj.weight",
-            &["layers.{i}.mlp.down.weight"],
-        ),
-        same("model.norm.weight", &["norm.weight"]),
-        tr("lm_head.weight", &["lm_head.weight"]),
-    ],
-    tied: &[],
-    loss: LossKind::CausalShifted,
-};
-
-/// T5 1.0 (`T5ForConditionalGeneration`): `nn.Linear` without biases; the relative position
-/// bias of each stack lives in its block 0; `shared` is both embeddings and the output head.
-pub const T5: Family = Family {
-    model: "t5",
-    model_type: "t5",
-    architecture: "T5ForConditionalGeneration",
-    config: &[
-        key("vocab", &["vocab_size"], Int),
-        key("d", &["d_model"], Int),
-        key("ffn", &["d_ff"], Int),
-        key("heads", &["num_heads"], Int),
-        key("head_dim", &["d_kv"], Int),
-        key("layers", &["num_layers"], Int),
-        key("dec_layers", &["num_decoder_layers"], Int),
-        key("buckets", &["relative_attention_num_buckets"], Int),
-        key("max_distance", &["relative_attention_max_distance"], Int),
-        key("eps", &["layer_norm_epsilon"], Float),
-        key("dropout", &["dropout_rate"], Float),
-    ],
-    fixed: &[
-        fixed("feed_forward_proj", &["\"relu\""], true),
-        fixed("tie_word_embeddings", &["true"], true),
-        fixed("scale_decoder_outputs", &["true"], true),
-        fixed("is_encoder_decoder", &["true"], true),
-        fixed("decoder_start_token_id", &["0"], true),
-    ],
-    tensors: &[
-        same("shared.weight", &["shared"]),
-        same(
-            "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-            &["encoder_relative_bias.weight"],
-        ),
-        same(
-            "encoder.block.{i}.layer.0.layer_norm.weight",
-            &["encoder.{i}.ln_self.weight"],
-        ),
-        tr(
-            "encoder.block.{i}.layer.0.SelfAttention.q.weight",
-            &["encoder.{i}.self_attn.q.weight"],
-        ),
-        tr(
-            "encoder.block.{i}.layer.0.SelfAttention.k.weight",
-            &["encoder.{i}.self_attn.k.weight"],
-        ),
-        tr(
-            "encoder.block.{i}.layer.0.SelfAttention.v.weight",
-            &["encoder.{i}.self_attn.v.weight"],
-        ),
-        tr(
-            "encoder.block.{i}.layer.0.SelfAttention.o.weight",
-            &["encoder.{i}.self_attn.o.weight"],
-        ),
-        same(
-            "encoder.block.{i}.layer.1.layer_norm.weight",
-            &["encoder.{i}.ln_ff.weight"],
-        ),
-        tr(
-            "encoder.block.{i}.layer.1.DenseReluDense.wi.weight",
-            &["encoder.{i}.ff.fc.weight"],
-        ),
-        tr(
-            "encoder.block.{i}.layer.1.DenseReluDense.wo.weight",
-            &["encoder.{i}.ff.proj.weight"],
-        ),
-        same("encoder.final_layer_norm.weight", &["encoder_norm.weight"]),
-        same(
-            "decoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight",
-            &["decoder_relative_bias.weight"],
-        ),
-        same(
-            "decoder.block.{i}.layer.0.layer_norm.weight",
-            &["decoder.{i}.ln_self.weight"],
-        ),
-        tr(
-            "decoder.block.{i}.layer.0.SelfAttention.q.weight",
-            &["decoder.{i}.self_attn.q.weight"],
-        ),
-        tr(
-            "decoder.block.{i}.layer.0.SelfAttention.k.weight",
-            &["decoder.{i}.self_attn.k.weight"],
-        ),
-        tr(
-            "decoder.block.{i}.layer.0.SelfAttention.v.weight",
-            &["decoder.{i}.self_attn.v.weight"],
-        ),
-        tr(
-            "decoder.block.{i}.layer.0.SelfAttention.o.weight",
-            &["decoder.{i}.self_attn.o.weight"],
-        ),
-        same(
-            "decoder.block.{i}.layer.1.layer_norm.weight",
-            &["decoder.{i}.ln_cross.weight"],
-        ),
-        tr(
-            "decoder.block.{i}.layer.1.EncDecAttention.q.weight",
-            &["decoder.{i}.cross_attn.q.weight"],
-        ),
-        tr(
-            "decoder.block.{i}.layer.1.EncDecAttention.k.weight",
-            &["decoder.{i}.cross_attn.k.weight"],
-        ),
-        tr(
-            "decoder.block.{i}.layer.1.EncDecAttention.v.weight",
-            &["decoder.{i}.cross_attn.v.weight"],
-        ),
-        tr(
-            "decoder.block.{i}.layer.1.EncDecAttention.o.weight",
-            &["decoder.{i}.cross_attn.o.weight"],
-        ),
-        same(
-            "decoder.block.{i}.layer.2.layer_norm.weight",
-            &["decoder.{i}.ln_ff.weight"],
-        ),
-        tr(
-            "decoder.block.{i}.layer.2.DenseReluDense.wi.weight",
-            &["decoder.{i}.ff.fc.weight"],
-        ),
-        tr(
-            "decoder.block.{i}.layer.2.DenseReluDense.wo.weight",
-            &["decoder.{i}.ff.proj.weight"],
-        ),
-        same("decoder.final_layer_norm.weight", &["decoder_norm.weight"]),
-    ],
-    tied: &[
-        "lm_head.weight",
-        "encoder.embed_tokens.weight",
-        "decoder.embed_tokens.weight",
-    ],
-    loss: LossKind::Seq2Seq,
-};
-
-/// Every family with a Hugging Face layout.
-pub const FAMILIES: &[Family] = &[GPT2, LLAMA, T5];
-
-/// The family of a spec model block, if it has a Hugging Face layout.
-pub fn family_of_model(model: &str) -> Option<&'static Family> {
-    FAMILIES.iter().find(|f| f.model == model)
 }
 
 /// Why a checkpoint does not fit a family's layout.
@@ -514,21 +251,6 @@ fn insert_path(obj: &mut Map<String, Value>, path: &str, value: Value) {
     }
 }
 
-/// Matches `name` against a pattern with at most one `{i}`; returns the index (or `None` for a
-/// pattern without one) on a match.
-fn match_pattern(pattern: &str, name: &str) -> Option<Option<usize>> {
-    match pattern.split_once("{i}") {
-        None => (pattern == name).then_some(None),
-        Some((pre, post)) => {
-            let mid = name.strip_prefix(pre)?.strip_suffix(post)?;
-            if mid.is_empty() || !mid.bytes().all(|b| b.is_ascii_digit()) || mid.len() > 9 {
-                return None;
-            }
-            mid.parse().ok().map(Some)
-        }
-    }
-}
-
 fn fill(pattern: &str, i: Option<usize>) -> String {
     match i {
         Some(i) => pattern.replace("{i}", &i.to_string()),
@@ -634,14 +356,14 @@ impl Family {
                 }
                 None => errors.push(MappingError::Unmapped {
                     param: p.clone(),
-                    family: self.model.to_string(),
+                    family: self.model.clone(),
                 }),
             }
         }
         let mut out = Vec::new();
         for (r, i) in found.keys() {
             let rule = &self.tensors[*r];
-            let hf = fill(rule.hf, *i);
+            let hf = fill(&rule.hf, *i);
             let parts: Vec<String> = rule.kiln.iter().map(|k| fill(k, *i)).collect();
             for part in &parts {
                 if !params.contains(part) {
@@ -666,7 +388,7 @@ impl Family {
 
     fn incompatible(&self, problems: Vec<MappingError>) -> MappingError {
         MappingError::Incompatible {
-            family: self.model.to_string(),
+            family: self.model.clone(),
             count: problems.len(),
             problems,
         }
@@ -766,7 +488,7 @@ impl Family {
             }
         }
         for (name, t) in hf {
-            if !used.contains(&name.as_str()) && !self.tied.contains(&name.as_str()) {
+            if !used.contains(&name.as_str()) && !self.tied.contains(name) {
                 problems.push(MappingError::Extra {
                     tensor: name.clone(),
                     shape: Shape(t.shape.clone()),
@@ -790,39 +512,46 @@ impl Family {
             Some(t) if t == self.model_type => {}
             found => problems.push(MappingError::ModelType {
                 found: found.unwrap_or("(absent)").to_string(),
-                expected: self.model_type.to_string(),
-                model: self.model.to_string(),
+                expected: self.model_type.clone(),
+                model: self.model.clone(),
             }),
         }
-        for f in self.fixed {
-            match lookup(&config.value, f.key) {
+        for f in &self.fixed {
+            match lookup(&config.value, &f.key) {
                 None if f.absent_ok => {}
                 found => {
-                    let ok = found.is_some_and(|v| {
-                        f.allowed
-                            .iter()
-                            .any(|a| serde_json::from_str::<Value>(a).ok().as_ref() == Some(v))
-                    });
+                    let ok = found.is_some_and(|v| f.allowed.contains(v));
                     if !ok {
                         problems.push(MappingError::Fixed {
-                            key: f.key.to_string(),
+                            key: f.key.clone(),
                             found: found.map_or("absent".to_string(), |v| v.to_string()),
-                            expected: f.allowed.join(" or "),
-                            family: self.model.to_string(),
+                            expected: f
+                                .allowed
+                                .iter()
+                                .map(|v| {
+                                    if v.is_null() {
+                                        "absent".to_string()
+                                    } else {
+                                        v.to_string()
+                                    }
+                                })
+                                .collect::<Vec<_>>()
+                                .join(" or "),
+                            family: self.model.clone(),
                         });
                     }
                 }
             }
         }
         let mut out: Vec<(String, HfHyper)> = Vec::new();
-        for k in self.config {
-            if out.iter().any(|(h, _)| h == k.hparam) {
+        for k in &self.config {
+            if out.iter().any(|(h, _)| *h == k.hparam) {
                 continue;
             }
             let Some((key, v)) = k
                 .keys
                 .iter()
-                .find_map(|key| lookup(&config.value, key).map(|v| (*key, v)))
+                .find_map(|key| lookup(&config.value, key).map(|v| (key.as_str(), v)))
             else {
                 continue;
             };
@@ -865,8 +594,8 @@ impl Family {
             "model_type".to_string(),
             Value::String(self.model_type.to_string()),
         );
-        for k in self.config {
-            let Some((_, v)) = hparams.iter().find(|(h, _)| h == k.hparam) else {
+        for k in &self.config {
+            let Some((_, v)) = hparams.iter().find(|(h, _)| *h == k.hparam) else {
                 continue;
             };
             let json = match (k.kind, v) {
@@ -875,11 +604,13 @@ impl Family {
                 (_, HfHyper::Float(x)) => serde_json::json!(x),
                 (_, HfHyper::Str(s)) => serde_json::json!(s),
             };
-            insert_path(&mut obj, k.keys[0], json);
+            if let Some(key) = k.keys.first() {
+                insert_path(&mut obj, key, json);
+            }
         }
-        for f in self.fixed {
-            if let Ok(v) = serde_json::from_str::<Value>(f.allowed[0]) {
-                insert_path(&mut obj, f.key, v);
+        for f in &self.fixed {
+            if let Some(v) = f.allowed.first() {
+                insert_path(&mut obj, &f.key, v.clone());
             }
         }
         obj.insert("torch_dtype".to_string(), Value::String("float32".into()));

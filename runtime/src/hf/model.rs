@@ -1,7 +1,7 @@
 //! `kiln import`, `kiln export` and `kiln logits`: a spec model meets a Hugging Face folder.
 //!
 //! The spec (its text, model name and hyperparameter overrides) says which parameters exist and
-//! their shapes; the family's [`Family`] table says where each lives in the file. An imported
+//! their shapes; the spec's `hf` item (as a [`Family`]) says where each lives in the file. An imported
 //! checkpoint is an ordinary Kiln checkpoint that also carries the spec text, the overrides read
 //! from `config.json` and `config.json` itself, so that an export writes back exactly what was
 //! read. A checkpoint written by `kiln train` exports too: its run config names the spec and
@@ -18,7 +18,7 @@ use kiln_compiler::autodiff;
 use kiln_compiler::ir::{bind_shape, Bindings, Dim, Op};
 use kiln_compiler::sema::{self, Instance, Request, Value, Workspace};
 
-use super::mapping::{family_of_model, Family, HfHyper, LossKind, MappingError};
+use super::mapping::{Family, HfHyper, LossKind, MappingError};
 use super::{read_checkpoint, HfConfig, HfError, IntTensor, TensorFile};
 use crate::backend::InputTensor;
 use crate::checkpoint::{load_checkpoint, spec_hash, Checkpoint, CheckpointMeta, TensorMap};
@@ -142,16 +142,31 @@ impl SpecModel {
         })
     }
 
-    /// The family of the instantiated model block.
-    pub fn family(instance: &Instance) -> Result<&'static Family, RunError> {
-        family_of_model(&instance.model).ok_or_else(|| {
-            usage(
-                format!("model `{}` has no Hugging Face layout", instance.model),
-                Some(
-                    "Hugging Face layouts exist for the `gpt2`, `llama` and `t5` models of specs/",
+    /// The model (without objective) and the Hugging Face layout its spec declares for it
+    /// (the `hf` item whose target is the model block).
+    pub fn family(&self) -> Result<(Instance, Family), RunError> {
+        let inst = self.instantiate(None)?;
+        let ws = self.workspace(false)?;
+        match ws.hf_layout(&inst.model) {
+            None => Err(usage(
+                format!(
+                    "model `{}` of `{}` declares no Hugging Face layout",
+                    inst.model, self.spec_path
                 ),
-            )
-        })
+                Some(
+                    "add an `hf NAME for MODEL { ... }` item to the spec (see docs/language.md, \"Hugging Face layouts\")",
+                ),
+            )),
+            Some(Err(ds)) => Err(RunError::Spec {
+                path: PathBuf::from(&self.spec_path),
+                count: ds.len().max(1),
+                diagnostics: ds,
+            }),
+            Some(Ok(layout)) => {
+                let family = Family::from_layout(&layout, &inst.hparams);
+                Ok((inst, family))
+            }
+        }
     }
 
     /// The model's parameters and their shapes.
@@ -252,7 +267,7 @@ fn parse_set(text: &str) -> Result<Vec<(String, HfHyper)>, String> {
 }
 
 /// Reads a Hugging Face folder as `model` of the spec at `spec_path`: `config.json` sets the
-/// hyperparameters, the family's table places the tensors. Every missing, extra or mis-shaped
+/// hyperparameters, the spec's `hf` layout places the tensors. Every missing, extra or mis-shaped
 /// tensor is reported.
 pub fn import(spec_path: &Path, model: &str, hf_dir: &Path) -> Result<Checkpoint, HfRunError> {
     let spec_text = std::fs::read_to_string(spec_path).map_err(|e| RunError::Io {
@@ -267,7 +282,7 @@ pub fn import(spec_path: &Path, model: &str, hf_dir: &Path) -> Result<Checkpoint
         model: model.to_string(),
         overrides: vec![],
     };
-    let family = SpecModel::family(&plain.instantiate(None)?)?;
+    let (_, family) = plain.family()?;
     let overrides = family.hyperparameters(&hf.config)?;
     let spec = SpecModel { overrides, ..plain };
     let inst = spec.instantiate(None)?;
@@ -321,8 +336,7 @@ pub fn export(
     ckpt: &Checkpoint,
 ) -> Result<(serde_json::Value, TensorMap), HfRunError> {
     let spec = SpecModel::of_checkpoint(path, ckpt)?;
-    let inst = spec.instantiate(None)?;
-    let family = SpecModel::family(&inst)?;
+    let (inst, family) = spec.family()?;
     let tensors = family.to_hf(&ckpt.params)?;
     let config = match ckpt.meta.extra.get(HF_CONFIG_KEY) {
         Some(text) => serde_json::from_str(text).map_err(|e| {
@@ -378,8 +392,7 @@ pub fn reference_outputs(
     grads: bool,
     executor: Executor,
 ) -> Result<ReferenceOutputs, HfRunError> {
-    let plain = spec.instantiate(None)?;
-    let family = SpecModel::family(&plain)?;
+    let (_, family) = spec.family()?;
     let input_ids = ints(io, "input_ids")
         .ok_or_else(|| usage("the input file has no integer tensor `input_ids`", None))?;
     if input_ids.shape.len() != 2 {
