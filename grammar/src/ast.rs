@@ -67,6 +67,8 @@ pub enum Item {
     Config(ConfigDef),
     /// `plan gpt3_175b_megatron for gpt3_175b { tensor = 8 ... }`
     Plan(PlanDef),
+    /// `hf gpt2_hf for gpt2 { tensor "transformer.wte.weight" = "wte" ... }`
+    Hf(HfDef),
 }
 
 impl Item {
@@ -76,6 +78,7 @@ impl Item {
             Item::Block(b) => &b.name,
             Item::Config(c) => &c.name,
             Item::Plan(p) => &p.name,
+            Item::Hf(h) => &h.name,
         }
     }
     pub fn span(&self) -> Span {
@@ -84,6 +87,7 @@ impl Item {
             Item::Block(b) => b.span,
             Item::Config(c) => c.span,
             Item::Plan(p) => p.span,
+            Item::Hf(h) => h.span,
         }
     }
 }
@@ -163,6 +167,33 @@ pub struct PlanDef {
     pub target: Ident,
     pub entries: Vec<PlanEntry>,
     pub span: Span,
+}
+
+/// How a model's parameters sit in a Hugging Face checkpoint (see `compiler::sema::hf`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HfDef {
+    pub name: Ident,
+    /// The model block the layout is for.
+    pub target: Ident,
+    pub entries: Vec<HfEntry>,
+    pub span: Span,
+}
+
+/// `key [subject] = value, value, ...`: `config d = "n_embd"`, `tensor "x.weight" = "x"`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HfEntry {
+    pub key: Ident,
+    pub subject: Option<HfSubject>,
+    pub values: Vec<Expr>,
+    pub span: Span,
+}
+
+/// What an entry is about: a hyperparameter name or a quoted key or tensor name.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HfSubject {
+    Name(Ident),
+    /// The string's contents (no escapes are allowed in it) and the span of the literal.
+    Str(String, Span),
 }
 
 #[derive(Clone, Debug, PartialEq)]

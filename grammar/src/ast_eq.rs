@@ -85,6 +85,32 @@ fn clear_item(item: &mut Item) {
             }
             z(span);
         }
+        Item::Hf(HfDef {
+            name,
+            target,
+            entries,
+            span,
+        }) => {
+            z(&mut name.span);
+            z(&mut target.span);
+            for HfEntry {
+                key,
+                subject,
+                values,
+                span,
+            } in entries
+            {
+                z(&mut key.span);
+                match subject {
+                    None => {}
+                    Some(HfSubject::Name(n)) => z(&mut n.span),
+                    Some(HfSubject::Str(_, s)) => z(s),
+                }
+                values.iter_mut().for_each(clear_expr);
+                z(span);
+            }
+            z(span);
+        }
     }
 }
 

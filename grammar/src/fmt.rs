@@ -79,7 +79,7 @@ fn item_kind(item: &Item) -> ItemKind {
     match item {
         Item::Fn(_) => ItemKind::Fn,
         Item::Config(_) => ItemKind::Config,
-        Item::Block(_) | Item::Plan(_) => ItemKind::Other,
+        Item::Block(_) | Item::Plan(_) | Item::Hf(_) => ItemKind::Other,
     }
 }
 
@@ -390,6 +390,52 @@ impl<'a> Printer<'a> {
                         self.expr(&e.value),
                     ]);
                     self.simple_line(&line, e.span, 1);
+                }
+                self.own_line_comments(close, 1, &mut first);
+                self.out.push('}');
+                self.end_line(close + 1);
+            }
+            Item::Hf(h) => {
+                let (open, close) = self.braces(h.target.span.end, h.span.end);
+                self.hoist_comments(open, 0);
+                let header = format!("hf {} for {}", h.name.name, h.target.name);
+                if h.entries.is_empty() && self.next_comment_before(close).is_none() {
+                    self.out.push_str(&header);
+                    self.out.push_str(" {}");
+                    self.end_line(close + 1);
+                    return;
+                }
+                self.out.push_str(&header);
+                self.out.push_str(" {");
+                self.end_line(open + 1);
+                let mut first = true;
+                for e in &h.entries {
+                    self.own_line_comments(e.span.start, 1, &mut first);
+                    if !first && self.has_blank_line(self.last_end, e.span.start) {
+                        self.out.push('\n');
+                    }
+                    first = false;
+                    let mut head = e.key.name.clone();
+                    match &e.subject {
+                        None => {}
+                        Some(HfSubject::Name(n)) => {
+                            head.push(' ');
+                            head.push_str(&n.name);
+                        }
+                        Some(HfSubject::Str(text, _)) => {
+                            head.push(' ');
+                            write_string(text, &mut head);
+                        }
+                    }
+                    head.push_str(" = ");
+                    let mut parts = vec![Doc::text(head)];
+                    for (n, v) in e.values.iter().enumerate() {
+                        if n > 0 {
+                            parts.push(Doc::text(", "));
+                        }
+                        parts.push(self.expr(v));
+                    }
+                    self.simple_line(&Doc::Concat(parts), e.span, 1);
                 }
                 self.own_line_comments(close, 1, &mut first);
                 self.out.push('}');

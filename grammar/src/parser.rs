@@ -225,6 +225,8 @@ fn rule_display(rule: Rule) -> &'static str {
         | Rule::block_def
         | Rule::config_def
         | Rule::plan_def
+        | Rule::hf_def
+        | Rule::kw_hf
         | Rule::block_kw
         | Rule::kw_fn
         | Rule::kw_block
@@ -240,6 +242,8 @@ fn rule_display(rule: Rule) -> &'static str {
         Rule::ident_start | Rule::ident_char => "a name",
         Rule::plan_entry => "a plan entry",
         Rule::plan_key => "a plan key",
+        Rule::hf_entry => "a Hugging Face layout entry",
+        Rule::hf_subject => "a name or a quoted name",
         Rule::param_list => "`(`",
         Rule::param_decl => "a parameter",
         Rule::tensor_type => "a tensor type",
@@ -338,6 +342,7 @@ fn is_syntax_only(rule: Rule) -> bool {
         | Rule::kw_fn
         | Rule::kw_config
         | Rule::kw_plan
+        | Rule::kw_hf
         | Rule::kw_for
         | Rule::kw_input
         | Rule::kw_param
@@ -367,6 +372,9 @@ fn is_syntax_only(rule: Rule) -> bool {
         | Rule::plan_def
         | Rule::plan_entry
         | Rule::plan_key
+        | Rule::hf_def
+        | Rule::hf_entry
+        | Rule::hf_subject
         | Rule::param_list
         | Rule::param_decl
         | Rule::tensor_type
@@ -511,7 +519,7 @@ fn from_pest_error(src: &str, e: &pest::error::Error<Rule>) -> SyntaxError {
         && !is_keyword(found_text)
     {
         err = err.with_help(
-            "a file holds only `fn`, `block`, `model`, `objective`, `config` and `plan` items; \
+            "a file holds only `fn`, `block`, `model`, `objective`, `config`, `plan` and `hf` items; \
              statements go inside a body `{ ... }`",
         );
     } else if found_text.starts_with(|c: char| c.is_ascii_digit())
@@ -605,6 +613,7 @@ impl Builder {
                 Rule::block_def => Item::Block(self.block_def(c)?),
                 Rule::config_def => Item::Config(self.config_def(c)?),
                 Rule::plan_def => Item::Plan(self.plan_def(c)?),
+                Rule::hf_def => Item::Hf(self.hf_def(c)?),
                 _ => return Err(unexpected_child(&c, "file")),
             };
             items.push(item);
@@ -695,6 +704,56 @@ impl Builder {
             });
         }
         Ok(PlanDef {
+            name: self.ident(name)?,
+            target: self.ident(target)?,
+            entries: out,
+            span: self.span(&p),
+        })
+    }
+
+    fn hf_def<'s>(&mut self, p: Pair<'s, Rule>) -> R<HfDef> {
+        expect(&p, Rule::hf_def)?;
+        let k = kids(&p);
+        let [name, target, entries @ ..] = k.as_slice() else {
+            return Err(missing(&p, "name and target"));
+        };
+        let mut out = Vec::new();
+        for e in entries {
+            expect(e, Rule::hf_entry)?;
+            let ek = kids(e);
+            let [key, rest @ ..] = ek.as_slice() else {
+                return Err(missing(e, "key"));
+            };
+            let (subject, values) = match rest {
+                [s, values @ ..] if s.as_rule() == Rule::hf_subject => {
+                    let inner = kids(s);
+                    let [word] = inner.as_slice() else {
+                        return Err(missing(s, "a name or a string"));
+                    };
+                    let subject = if word.as_rule() == Rule::string {
+                        HfSubject::Str(self.string(word)?, self.span(word))
+                    } else {
+                        HfSubject::Name(self.ident(word)?)
+                    };
+                    (Some(subject), values)
+                }
+                values => (None, values),
+            };
+            if values.is_empty() {
+                return Err(missing(e, "a value"));
+            }
+            let values = values
+                .iter()
+                .map(|v| Ok(self.expr(v.clone())?.0))
+                .collect::<R<Vec<Expr>>>()?;
+            out.push(HfEntry {
+                key: self.ident(key)?,
+                subject,
+                values,
+                span: self.span(e),
+            });
+        }
+        Ok(HfDef {
             name: self.ident(name)?,
             target: self.ident(target)?,
             entries: out,

@@ -1,6 +1,7 @@
 //! Subcommand definitions (clap) and their dispatch.
 
 mod compile;
+mod hf;
 mod plan;
 mod run;
 mod spec;
@@ -145,6 +146,45 @@ pub enum Command {
         #[arg(value_name = "VALUE_OR_PARAM")]
         query: String,
     },
+    /// Read a Hugging Face folder (`config.json` + safetensors) as a model of a spec.
+    Import {
+        /// The spec whose model the folder holds.
+        #[arg(long)]
+        spec: PathBuf,
+        /// A named config or model of the spec; `config.json` sets its hyperparameters.
+        #[arg(long)]
+        model: String,
+        /// The folder `save_pretrained` wrote.
+        hf_dir: PathBuf,
+        /// The Kiln checkpoint to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Write a checkpoint as a Hugging Face folder that `from_pretrained` loads.
+    Export {
+        /// A checkpoint from `kiln import` or `kiln train`.
+        checkpoint: PathBuf,
+        /// The folder to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Logits (and with labels the loss, with --grads every gradient) of a checkpoint on a batch,
+    /// as `transformers` computes them: for comparison with a reference.
+    Logits {
+        checkpoint: PathBuf,
+        /// safetensors with `input_ids` (and `decoder_input_ids`, `labels`) as integers.
+        #[arg(long)]
+        input: PathBuf,
+        /// safetensors to write: `logits`, `loss`, `grad.<Hugging Face name>`.
+        #[arg(long)]
+        out: PathBuf,
+        /// Also write the gradient of the loss for every parameter.
+        #[arg(long)]
+        grads: bool,
+        /// `cpu` (default) or `interp`.
+        #[arg(long)]
+        executor: Option<String>,
+    },
     /// Data preparation.
     Data {
         #[command(subcommand)]
@@ -247,6 +287,20 @@ pub fn run(cli: Cli) -> miette::Result<ExitCode> {
                     val_fraction,
                 },
         } => run::data_prepare(&input, &out, &tokenizer, val_fraction),
+        Command::Import {
+            spec,
+            model,
+            hf_dir,
+            out,
+        } => hf::import(&spec, &model, &hf_dir, &out),
+        Command::Export { checkpoint, out } => hf::export(&checkpoint, &out),
+        Command::Logits {
+            checkpoint,
+            input,
+            out,
+            grads,
+            executor,
+        } => hf::logits(&checkpoint, &input, &out, grads, executor.as_deref()),
         Command::Plan { args, json, emit } => plan::plan(&args, json, emit.as_deref()),
         Command::Explain { args, query } => plan::explain(&args, &query),
     }

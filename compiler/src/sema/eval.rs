@@ -1915,6 +1915,11 @@ impl<'w> Eval<'w> {
                 loc,
                 format!("`{}` is a plan, not a function", p.name.name),
             )),
+            Item::Hf(h) => Err(self.err(
+                "sema::not_callable",
+                loc,
+                format!("`{}` is a Hugging Face layout, not a function", h.name.name),
+            )),
         }
     }
 

@@ -14,6 +14,7 @@
 pub mod builtins;
 pub mod diag;
 pub mod eval;
+pub mod hf;
 pub mod lower;
 pub mod plancheck;
 pub mod resolve;
@@ -677,6 +678,7 @@ impl Workspace {
                         }
                     }
                     Item::Plan(p) => out.extend(plancheck::check_plan(self, f, p)),
+                    Item::Hf(h) => out.extend(hf::check_hf(self, f, h)),
                     _ => {}
                 }
             }

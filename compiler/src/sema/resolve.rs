@@ -127,7 +127,7 @@ pub fn resolve_file(ws: &Workspace, file: FileId) -> Vec<SemaDiagnostic> {
                     r.expr(&a.value, &mut sc);
                 }
             }
-            Item::Plan(_) => {}
+            Item::Plan(_) | Item::Hf(_) => {}
         }
         graph.insert(item.name().name.clone(), r.calls.clone());
     }

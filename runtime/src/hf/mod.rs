@@ -11,6 +11,8 @@
 //! `save_pretrained` has written safetensors by default for years.
 
 mod config;
+pub mod mapping;
+pub mod model;
 mod read;
 mod write;
 
