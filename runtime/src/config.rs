@@ -42,6 +42,10 @@ pub struct RunConfig {
     /// Name of the spec's objective to minimise. Default: `causal_lm`.
     #[serde(default = "default_objective")]
     pub objective: String,
+    /// Arguments of the objective (`{z_loss: 1.0e-4, label_smoothing: 0.1}`), passed to the
+    /// spec's objective as named arguments. Default: none (the objective's own defaults).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub objective_args: BTreeMap<String, HyperValue>,
     /// Training and validation data. Required.
     pub data: DataConfig,
     /// Sequences per micro-batch (nanoGPT's `batch_size`). Default: 12.
@@ -1282,6 +1286,27 @@ impl RunConfig {
                     bad(
                         &["set", key],
                         format!("`set.{key}` is not a finite number"),
+                        "not finite",
+                        None,
+                    );
+                }
+            }
+        }
+
+        for (key, value) in &self.objective_args {
+            if key.trim().is_empty() {
+                bad(
+                    &["objective_args"],
+                    "`objective_args` has an empty name".to_string(),
+                    "here",
+                    None,
+                );
+            }
+            if let HyperValue::Float(v) = value {
+                if !v.is_finite() {
+                    bad(
+                        &["objective_args", key],
+                        format!("`objective_args.{key}` is not a finite number"),
                         "not finite",
                         None,
                     );

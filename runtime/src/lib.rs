@@ -24,4 +24,5 @@ pub mod schedule;
 pub mod session;
 pub mod tokenizer;
 pub mod train;
+pub mod unigram;
 pub mod yaml;

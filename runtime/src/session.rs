@@ -480,7 +480,14 @@ impl LoadedSpec {
         let req = Request {
             config: config.model.clone(),
             overrides: self.overrides.clone(),
-            objective: objective.map(|o| (o.to_string(), vec![])),
+            objective: objective.map(|o| {
+                let args = config
+                    .objective_args
+                    .iter()
+                    .map(|(k, v)| (k.clone(), hyper_value(v)))
+                    .collect();
+                (o.to_string(), args)
+            }),
             training,
         };
         self.workspace

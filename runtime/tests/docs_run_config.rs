@@ -222,8 +222,9 @@ fn walk(prefix: &str, v: &yaml::Value, out: &mut BTreeMap<String, yaml::Value>) 
                 format!("{prefix}.{key}")
             };
             out.insert(path.clone(), child.clone());
-            // `set:` holds the spec's hyperparameters, not fields of the run config.
-            if path != "set" {
+            // `set:` and `objective_args:` hold the spec's hyperparameters and objective
+            // arguments, not fields of the run config.
+            if path != "set" && path != "objective_args" {
                 walk(&path, child, out);
             }
         }
