@@ -8,9 +8,10 @@ use kiln_runtime::metrics::read_metrics;
 use kiln_runtime::session::Executor;
 use kiln_runtime::train::{train, ProgressOutput, TrainOptions};
 
-/// The decoder-only family examples and their model-size overrides (layers 2, d 64 keep every
-/// family's structure: PaLM's MQA and parallel block, LLaMA's SwiGLU, GPT-3's banded layer).
-const FAMILIES: [(&str, &[&str]); 4] = [
+/// The family examples and their model-size overrides (fewer layers and d 64 keep every family's
+/// structure: PaLM's MQA and parallel block, LLaMA's SwiGLU, GPT-3's banded layer, T5's
+/// encoder-decoder with span corruption).
+const FAMILIES: [(&str, &[&str]); 5] = [
     ("gpt2_shakespeare", &["set.layers=2", "set.d=64"]),
     (
         "gpt3_shakespeare",
@@ -23,6 +24,11 @@ const FAMILIES: [(&str, &[&str]); 4] = [
     (
         "llama_shakespeare",
         &["set.layers=2", "set.d=64", "set.ffn=172"],
+    ),
+    // T5: one encoder and one decoder layer, span corruption.
+    (
+        "t5_shakespeare",
+        &["set.layers=1", "set.d=64", "set.ffn=128", "set.head_dim=16"],
     ),
 ];
 
