@@ -78,6 +78,10 @@ pub struct RunConfig {
     /// When to write checkpoints and how many to keep. Default: every 500 steps, keep 2.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// Fine-tuning (`kiln finetune`): the base checkpoint, frozen parameters, LoRA. Default:
+    /// absent (train every parameter from its init).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneConfig>,
     /// Write a `metrics.jsonl` line (and a progress line) every this many steps. Default: 1.
     #[serde(default = "one_u64")]
     pub log_every: u64,
@@ -340,6 +344,53 @@ impl Default for EvalConfig {
             every: default_eval_every(),
             batches: default_eval_batches(),
             full: false,
+        }
+    }
+}
+
+/// Fine-tuning: start from a checkpoint's parameters, freeze some, adapt others with LoRA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// The base checkpoint (written by `kiln train` for the same spec and model), relative to
+    /// this YAML file; a fresh run loads its parameters (LoRA weights keep their init). Default:
+    /// absent (start from the init).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<PathBuf>,
+    /// Name patterns (`*` matches any run of characters) of parameters to freeze: no gradient, no
+    /// update, no optimizer state. `["*"]` with LoRA trains the LoRA weights only. Default: none.
+    #[serde(default)]
+    pub freeze: Vec<String>,
+    /// Name patterns of 2-D weights (`x @ W`) to adapt with LoRA; each is frozen and gets
+    /// `W.lora_a`, `W.lora_b`. Default: none (no LoRA).
+    #[serde(default)]
+    pub lora_targets: Vec<String>,
+    /// LoRA rank. Default: 8.
+    #[serde(default = "default_lora_rank")]
+    pub lora_rank: usize,
+    /// LoRA scale numerator: the update is `x·A·B·(alpha/rank)`. Default: 16.
+    #[serde(default = "default_lora_alpha")]
+    pub lora_alpha: f64,
+}
+
+fn default_lora_rank() -> usize {
+    8
+}
+
+fn default_lora_alpha() -> f64 {
+    16.0
+}
+
+impl FinetuneConfig {
+    /// The compiler's transform.
+    pub fn spec(&self) -> kiln_compiler::finetune::FinetuneSpec {
+        kiln_compiler::finetune::FinetuneSpec {
+            freeze: self.freeze.clone(),
+            lora: (!self.lora_targets.is_empty()).then(|| kiln_compiler::finetune::LoraSpec {
+                targets: self.lora_targets.clone(),
+                rank: self.lora_rank,
+                alpha: self.lora_alpha,
+            }),
         }
     }
 }
@@ -1150,6 +1201,9 @@ impl RunConfig {
         if let Some(TokenizerConfig::TokenizerJson(p)) = &mut self.data.tokenizer {
             join(p);
         }
+        if let Some(p) = self.finetune.as_mut().and_then(|f| f.from.as_mut()) {
+            join(p);
+        }
     }
 
     /// Checks that the files this config reads exist (spec, data, tokenizer).
@@ -1163,6 +1217,9 @@ impl RunConfig {
         }
         if let Some(TokenizerConfig::TokenizerJson(p)) = &self.data.tokenizer {
             files.push((&["data", "tokenizer", "tokenizer_json"], p));
+        }
+        if let Some(p) = self.finetune.as_ref().and_then(|f| f.from.as_ref()) {
+            files.push((&["finetune", "from"], p));
         }
         let problems: Vec<ConfigError> = files
             .into_iter()
@@ -1311,6 +1368,25 @@ impl RunConfig {
                         None,
                     );
                 }
+            }
+        }
+
+        if let Some(f) = &self.finetune {
+            if !f.lora_targets.is_empty() && f.lora_rank == 0 {
+                bad(
+                    &["finetune", "lora_rank"],
+                    "`lora_rank` must be at least 1".to_string(),
+                    "out of range",
+                    None,
+                );
+            }
+            if !(f.lora_alpha.is_finite() && f.lora_alpha > 0.0) {
+                bad(
+                    &["finetune", "lora_alpha"],
+                    format!("`lora_alpha` must be > 0, got {}", f.lora_alpha),
+                    "out of range",
+                    None,
+                );
             }
         }
 

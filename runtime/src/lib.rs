@@ -12,6 +12,7 @@ pub mod cuda;
 pub mod data;
 pub mod eval;
 pub mod evaltasks;
+pub mod finetune;
 pub mod generate;
 pub mod hf;
 pub mod interp_backend;

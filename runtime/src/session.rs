@@ -494,10 +494,15 @@ impl LoadedSpec {
             }),
             training,
         };
-        self.workspace
+        let mut graph = self
+            .workspace
             .instantiate(&req)
             .map(|i| i.graph)
-            .map_err(|ds| spec_error(&self.path, ds))
+            .map_err(|ds| spec_error(&self.path, ds))?;
+        if let Some(f) = &config.finetune {
+            crate::finetune::transform(config, f, &mut graph)?;
+        }
+        Ok(graph)
     }
 }
 

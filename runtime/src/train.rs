@@ -458,7 +458,11 @@ pub fn load_compatible(
         model: config.model.clone(),
         params,
     };
-    ckpt.check_compatible(path, &signature)?;
+    if config.finetune.is_some() {
+        crate::finetune::check_params_compatible(&ckpt, path, &signature)?;
+    } else {
+        ckpt.check_compatible(path, &signature)?;
+    }
     Ok(ckpt)
 }
 
@@ -573,7 +577,12 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
             let batchers = Batchers::restore(config, objective, path, &ckpt.meta)?;
             (ckpt.meta.step, batchers)
         }
-        None => (0, Batchers::new(config, objective)?),
+        None => {
+            if let Some(from) = config.finetune.as_ref().and_then(|f| f.from.as_ref()) {
+                crate::finetune::load_base(backend.as_mut(), from, &data.tokenizer)?;
+            }
+            (0, Batchers::new(config, objective)?)
+        }
     };
     let metrics_path = out_dir.join(METRICS_FILE);
     let timings_path = out_dir.join(TIMINGS_FILE);
