@@ -8,6 +8,12 @@
 //! trainable parameters `W.lora_a [k, rank]` (uniform ±1/√k, PEFT's Kaiming-uniform bound) and
 //! `W.lora_b [rank, n]` (zeros, so the adapted model starts equal to the base), and freezes `W`.
 //!
+//! Adapters (Houlsby et al. 2019, as the T5 paper uses them) insert a residual bottleneck after a
+//! chosen weight's product: `y + relu(y @ D) @ U` with `W.adapter_down` `D [n, dim]` (normal 0.02)
+//! and `W.adapter_up` `U [dim, n]` (zeros: the adapted model starts equal to the base). Targeting
+//! each block's feed-forward output weight (`*.ff.wo.weight`-style names) puts one after each
+//! feed-forward block; with a bias, the adapter reads the product before the bias is added.
+//!
 //! What this module does not do: it does not pick targets (the run config names them), touch
 //! weights used other than as the right operand of a plain `x @ W` (such a target is an error,
 //! not silently skipped), or know about checkpoints (the runtime saves `*.lora_*` separately).
@@ -18,9 +24,23 @@ use crate::ir::{BinaryOp, Dim, Graph, Init, IrError, Op, ValueId};
 pub const LORA_A: &str = "lora_a";
 pub const LORA_B: &str = "lora_b";
 
-/// Is `name` a parameter LoRA added?
+/// Suffixes of the parameters an adapter adds after a weight `W`.
+pub const ADAPTER_DOWN: &str = "adapter_down";
+pub const ADAPTER_UP: &str = "adapter_up";
+
+/// Is `name` a parameter LoRA or an adapter added (saved apart from the base checkpoint)?
 pub fn is_lora_param(name: &str) -> bool {
-    name.ends_with(&format!(".{LORA_A}")) || name.ends_with(&format!(".{LORA_B}"))
+    [LORA_A, LORA_B, ADAPTER_DOWN, ADAPTER_UP]
+        .iter()
+        .any(|s| name.strip_suffix(s).is_some_and(|rest| rest.ends_with('.')))
+}
+
+/// Bottleneck adapters after the products of the weights matching `targets`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterSpec {
+    pub targets: Vec<String>,
+    /// Bottleneck width.
+    pub dim: usize,
 }
 
 /// LoRA on the weights whose names match `targets`.
@@ -38,6 +58,7 @@ pub struct FinetuneSpec {
     /// Name patterns of base parameters to freeze (`*` freezes everything but LoRA weights).
     pub freeze: Vec<String>,
     pub lora: Option<LoraSpec>,
+    pub adapters: Option<AdapterSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +71,8 @@ pub enum FinetuneError {
     UnsupportedUse { name: String, op: String },
     #[error("LoRA rank must be at least 1")]
     Rank,
+    #[error("the adapter dimension must be at least 1")]
+    AdapterDim,
     #[error("LoRA alpha must be finite and positive, got {alpha}")]
     Alpha { alpha: f64 },
     #[error(transparent)]
@@ -166,23 +189,7 @@ pub fn apply_lora(g: &mut Graph, spec: &LoraSpec) -> Result<Vec<String>, Finetun
             });
         };
         let (k, n) = (k.clone(), n.clone());
-        let users = g.users(w);
-        for &u in &users {
-            let plain = matches!(
-                g.node(u).op(),
-                Op::MatMul {
-                    transpose_a: false,
-                    transpose_b: false
-                }
-            ) && g.node(u).inputs().get(1) == Some(&w)
-                && g.node(u).inputs().first() != Some(&w);
-            if !plain {
-                return Err(FinetuneError::UnsupportedUse {
-                    name,
-                    op: g.node(u).op().name().to_string(),
-                });
-            }
-        }
+        let users = plain_products(g, w, &name)?;
         let r = Dim::c(spec.rank as i64);
         let bound = k
             .as_const()
@@ -253,11 +260,124 @@ pub fn apply_lora(g: &mut Graph, spec: &LoraSpec) -> Result<Vec<String>, Finetun
     Ok(adapted)
 }
 
-/// Applies a fine-tuning spec: LoRA first (its weights are never frozen by `freeze`), then
-/// freezing.
+/// The plain products `x @ W` of weight `w` (an error if `w` is used any other way).
+fn plain_products(g: &Graph, w: ValueId, name: &str) -> Result<Vec<ValueId>, FinetuneError> {
+    let users = g.users(w);
+    for &u in &users {
+        let plain = matches!(
+            g.node(u).op(),
+            Op::MatMul {
+                transpose_a: false,
+                transpose_b: false
+            }
+        ) && g.node(u).inputs().get(1) == Some(&w)
+            && g.node(u).inputs().first() != Some(&w);
+        if !plain {
+            return Err(FinetuneError::UnsupportedUse {
+                name: name.to_string(),
+                op: g.node(u).op().name().to_string(),
+            });
+        }
+    }
+    Ok(users)
+}
+
+/// A scalar constant broadcast to the shape of `like`.
+fn spread_const(
+    g: &mut Graph,
+    value: f64,
+    like: ValueId,
+    label: &Option<String>,
+) -> Result<ValueId, IrError> {
+    let dtype = g.dtype(like);
+    let shape = g.shape(like).clone();
+    let c = g.add(Op::Constant { value, dtype }, &[], label.clone())?;
+    g.add(
+        Op::Broadcast {
+            axes: (0..shape.len()).collect(),
+            shape,
+        },
+        &[c],
+        label.clone(),
+    )
+}
+
+/// Adds a bottleneck adapter after every product of each weight matching `spec.targets`;
+/// returns the targeted weights' names. The weights themselves are left as they are (freeze them
+/// with [`freeze`]).
+pub fn apply_adapters(g: &mut Graph, spec: &AdapterSpec) -> Result<Vec<String>, FinetuneError> {
+    if spec.dim == 0 {
+        return Err(FinetuneError::AdapterDim);
+    }
+    let targets = select(g, &spec.targets, is_lora_param)?;
+    let mut adapted = Vec::new();
+    for w in targets {
+        let name = param_name(g, w).unwrap_or_default().to_string();
+        let shape = g.shape(w).clone();
+        let dtype = g.dtype(w);
+        let [_, n] = shape.as_slice() else {
+            return Err(FinetuneError::NotMatrix {
+                name,
+                shape: format!("{shape:?}"),
+            });
+        };
+        let n = n.clone();
+        let users = plain_products(g, w, &name)?;
+        let m = Dim::c(spec.dim as i64);
+        let down_name = format!("{name}.{ADAPTER_DOWN}");
+        let up_name = format!("{name}.{ADAPTER_UP}");
+        let label = Some(format!("{name}.adapter"));
+        let down = g.add(
+            Op::Param {
+                name: down_name.clone(),
+                shape: vec![n.clone(), m.clone()],
+                dtype,
+                init: Init::Normal { std: 0.02 },
+                trainable: true,
+            },
+            &[],
+            Some(down_name),
+        )?;
+        let up = g.add(
+            Op::Param {
+                name: up_name.clone(),
+                shape: vec![m, n],
+                dtype,
+                init: Init::Zeros,
+                trainable: true,
+            },
+            &[],
+            Some(up_name),
+        )?;
+        for y in users {
+            let mm = Op::MatMul {
+                transpose_a: false,
+                transpose_b: false,
+            };
+            let down_y = g.add(mm.clone(), &[y, down], label.clone())?;
+            let zero = spread_const(g, 0.0, down_y, &label)?;
+            let h = g.add(Op::Binary(BinaryOp::Max), &[down_y, zero], label.clone())?;
+            let delta = g.add(mm, &[h, up], label.clone())?;
+            let name_y = g.node(y).name().map(str::to_string);
+            let sum = g.add(Op::Binary(BinaryOp::Add), &[y, delta], name_y)?;
+            g.replace_all_uses(y, sum);
+            // The adapter and the sum read the product itself, not the sum.
+            g.set_inputs(down_y, &[y, down]);
+            g.set_inputs(sum, &[y, delta]);
+        }
+        adapted.push(name);
+    }
+    Ok(adapted)
+}
+
+/// Applies a fine-tuning spec: LoRA and adapters first (their weights are never frozen by
+/// `freeze`), then freezing.
 pub fn apply(g: &mut Graph, spec: &FinetuneSpec) -> Result<(), FinetuneError> {
     if let Some(lora) = &spec.lora {
         apply_lora(g, lora)?;
+    }
+    if let Some(adapters) = &spec.adapters {
+        apply_adapters(g, adapters)?;
     }
     if !spec.freeze.is_empty() {
         freeze(g, &spec.freeze)?;

@@ -123,6 +123,7 @@ fn frozen_weights_get_no_gradient_update_or_optimizer_state() {
         &FinetuneSpec {
             freeze: vec!["*".into()],
             lora: Some(lora_spec()),
+            adapters: None,
         },
     )
     .unwrap();
@@ -175,4 +176,47 @@ fn bad_targets_are_errors() {
         apply_lora(&mut g, &spec).unwrap_err(),
         FinetuneError::NotMatrix { .. }
     ));
+}
+
+#[test]
+fn adapters_start_as_the_base_model_and_train_alone() {
+    use kiln_compiler::finetune::{apply_adapters, AdapterSpec};
+    let base = forward();
+    let mut adapted = base.clone();
+    let spec = AdapterSpec {
+        targets: vec!["*.mlp.proj.weight".into()],
+        dim: 4,
+    };
+    assert_eq!(apply_adapters(&mut adapted, &spec).unwrap().len(), 2);
+    let mut params = init_params(&adapted, &bindings(), 3).unwrap();
+    let base_params: HashMap<String, Tensor> = params
+        .iter()
+        .filter(|(n, _)| !n.contains(".adapter_"))
+        .map(|(n, t)| (n.clone(), t.clone()))
+        .collect();
+    let base_loss = loss(&base, &base_params);
+    assert_eq!(loss(&adapted, &params), base_loss);
+    // A non-zero up-projection changes the model.
+    let up = params["h.1.mlp.proj.weight.adapter_up"].clone();
+    let data: Vec<f64> = (0..floats(&up).len())
+        .map(|i| (i % 7) as f64 * 20.0)
+        .collect();
+    params.insert(
+        "h.1.mlp.proj.weight.adapter_up".into(),
+        Tensor::float(up.dtype, up.shape.clone(), data),
+    );
+    assert!((loss(&adapted, &params) - base_loss).abs() > 1e-4);
+
+    apply(
+        &mut adapted,
+        &FinetuneSpec {
+            freeze: vec!["*".into()],
+            ..FinetuneSpec::default()
+        },
+    )
+    .unwrap();
+    let step = training_step(&adapted, &StepOptions::default()).unwrap();
+    let updated: Vec<&str> = step.updates().iter().map(|u| u.target.as_str()).collect();
+    assert_eq!(updated.len(), 3 * 4, "{updated:?}");
+    assert!(updated.iter().all(|t| t.contains(".adapter_")));
 }

@@ -371,6 +371,17 @@ pub struct FinetuneConfig {
     /// LoRA scale numerator: the update is `x·A·B·(alpha/rank)`. Default: 16.
     #[serde(default = "default_lora_alpha")]
     pub lora_alpha: f64,
+    /// Name patterns of 2-D weights after whose product a bottleneck adapter goes (T5's adapter
+    /// layers: the feed-forward output weight of each block). Default: none (no adapters).
+    #[serde(default)]
+    pub adapter_targets: Vec<String>,
+    /// Adapter bottleneck width. Default: 32.
+    #[serde(default = "default_adapter_dim")]
+    pub adapter_dim: usize,
+}
+
+fn default_adapter_dim() -> usize {
+    32
 }
 
 fn default_lora_rank() -> usize {
@@ -390,6 +401,12 @@ impl FinetuneConfig {
                 targets: self.lora_targets.clone(),
                 rank: self.lora_rank,
                 alpha: self.lora_alpha,
+            }),
+            adapters: (!self.adapter_targets.is_empty()).then(|| {
+                kiln_compiler::finetune::AdapterSpec {
+                    targets: self.adapter_targets.clone(),
+                    dim: self.adapter_dim,
+                }
             }),
         }
     }
@@ -1376,6 +1393,14 @@ impl RunConfig {
                 bad(
                     &["finetune", "lora_rank"],
                     "`lora_rank` must be at least 1".to_string(),
+                    "out of range",
+                    None,
+                );
+            }
+            if !f.adapter_targets.is_empty() && f.adapter_dim == 0 {
+                bad(
+                    &["finetune", "adapter_dim"],
+                    "`adapter_dim` must be at least 1".to_string(),
                     "out of range",
                     None,
                 );

@@ -20,7 +20,7 @@ use crate::config::{ConfigErrorKind, FinetuneConfig, RunConfig};
 use crate::session::{RunError, StateName};
 use crate::tokenizer::Tokenizer;
 
-/// File name of the LoRA weights in a fine-tuning run's output folder.
+/// File name of the LoRA and adapter weights in a fine-tuning run's output folder.
 pub const ADAPTER_FILE: &str = "adapter.safetensors";
 
 /// Applies the run config's fine-tuning section to a forward graph.
@@ -33,6 +33,12 @@ pub fn transform(
         let field = match &e {
             cfinetune::FinetuneError::Rank => "lora_rank",
             cfinetune::FinetuneError::Alpha { .. } => "lora_alpha",
+            cfinetune::FinetuneError::AdapterDim => "adapter_dim",
+            cfinetune::FinetuneError::NoMatch { pattern }
+                if f.adapter_targets.contains(pattern) =>
+            {
+                "adapter_targets"
+            }
             cfinetune::FinetuneError::NoMatch { pattern } if f.freeze.contains(pattern) => "freeze",
             _ => "lora_targets",
         };
@@ -262,7 +268,8 @@ pub fn finetune(
         None => (0, 0),
     };
     let train = crate::train::train(config, opts)?;
-    let adapter = match (&train.checkpoint, f.lora_targets.is_empty()) {
+    let adds_weights = !(f.lora_targets.is_empty() && f.adapter_targets.is_empty());
+    let adapter = match (&train.checkpoint, !adds_weights) {
         (Some(ckpt), false) => {
             let path = train.out_dir.join(ADAPTER_FILE);
             adapter_from_checkpoint(ckpt, &path)?;
