@@ -42,6 +42,10 @@ pub struct RunConfig {
     /// Name of the spec's objective to minimise. Default: `causal_lm`.
     #[serde(default = "default_objective")]
     pub objective: String,
+    /// Arguments of the objective (`{z_loss: 1.0e-4, label_smoothing: 0.1}`), passed to the
+    /// spec's objective as named arguments. Default: none (the objective's own defaults).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub objective_args: BTreeMap<String, HyperValue>,
     /// Training and validation data. Required.
     pub data: DataConfig,
     /// Sequences per micro-batch (nanoGPT's `batch_size`). Default: 12.
@@ -74,6 +78,10 @@ pub struct RunConfig {
     /// When to write checkpoints and how many to keep. Default: every 500 steps, keep 2.
     #[serde(default)]
     pub checkpoint: CheckpointConfig,
+    /// Fine-tuning (`kiln finetune`): the base checkpoint, frozen parameters, LoRA. Default:
+    /// absent (train every parameter from its init).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<FinetuneConfig>,
     /// Write a `metrics.jsonl` line (and a progress line) every this many steps. Default: 1.
     #[serde(default = "one_u64")]
     pub log_every: u64,
@@ -336,6 +344,70 @@ impl Default for EvalConfig {
             every: default_eval_every(),
             batches: default_eval_batches(),
             full: false,
+        }
+    }
+}
+
+/// Fine-tuning: start from a checkpoint's parameters, freeze some, adapt others with LoRA.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneConfig {
+    /// The base checkpoint (written by `kiln train` for the same spec and model), relative to
+    /// this YAML file; a fresh run loads its parameters (LoRA weights keep their init). Default:
+    /// absent (start from the init).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<PathBuf>,
+    /// Name patterns (`*` matches any run of characters) of parameters to freeze: no gradient, no
+    /// update, no optimizer state. `["*"]` with LoRA trains the LoRA weights only. Default: none.
+    #[serde(default)]
+    pub freeze: Vec<String>,
+    /// Name patterns of 2-D weights (`x @ W`) to adapt with LoRA; each is frozen and gets
+    /// `W.lora_a`, `W.lora_b`. Default: none (no LoRA).
+    #[serde(default)]
+    pub lora_targets: Vec<String>,
+    /// LoRA rank. Default: 8.
+    #[serde(default = "default_lora_rank")]
+    pub lora_rank: usize,
+    /// LoRA scale numerator: the update is `x·A·B·(alpha/rank)`. Default: 16.
+    #[serde(default = "default_lora_alpha")]
+    pub lora_alpha: f64,
+    /// Name patterns of 2-D weights after whose product a bottleneck adapter goes (T5's adapter
+    /// layers: the feed-forward output weight of each block). Default: none (no adapters).
+    #[serde(default)]
+    pub adapter_targets: Vec<String>,
+    /// Adapter bottleneck width. Default: 32.
+    #[serde(default = "default_adapter_dim")]
+    pub adapter_dim: usize,
+}
+
+fn default_adapter_dim() -> usize {
+    32
+}
+
+fn default_lora_rank() -> usize {
+    8
+}
+
+fn default_lora_alpha() -> f64 {
+    16.0
+}
+
+impl FinetuneConfig {
+    /// The compiler's transform.
+    pub fn spec(&self) -> kiln_compiler::finetune::FinetuneSpec {
+        kiln_compiler::finetune::FinetuneSpec {
+            freeze: self.freeze.clone(),
+            lora: (!self.lora_targets.is_empty()).then(|| kiln_compiler::finetune::LoraSpec {
+                targets: self.lora_targets.clone(),
+                rank: self.lora_rank,
+                alpha: self.lora_alpha,
+            }),
+            adapters: (!self.adapter_targets.is_empty()).then(|| {
+                kiln_compiler::finetune::AdapterSpec {
+                    targets: self.adapter_targets.clone(),
+                    dim: self.adapter_dim,
+                }
+            }),
         }
     }
 }
@@ -1146,6 +1218,9 @@ impl RunConfig {
         if let Some(TokenizerConfig::TokenizerJson(p)) = &mut self.data.tokenizer {
             join(p);
         }
+        if let Some(p) = self.finetune.as_mut().and_then(|f| f.from.as_mut()) {
+            join(p);
+        }
     }
 
     /// Checks that the files this config reads exist (spec, data, tokenizer).
@@ -1159,6 +1234,9 @@ impl RunConfig {
         }
         if let Some(TokenizerConfig::TokenizerJson(p)) = &self.data.tokenizer {
             files.push((&["data", "tokenizer", "tokenizer_json"], p));
+        }
+        if let Some(p) = self.finetune.as_ref().and_then(|f| f.from.as_ref()) {
+            files.push((&["finetune", "from"], p));
         }
         let problems: Vec<ConfigError> = files
             .into_iter()
@@ -1286,6 +1364,54 @@ impl RunConfig {
                         None,
                     );
                 }
+            }
+        }
+
+        for (key, value) in &self.objective_args {
+            if key.trim().is_empty() {
+                bad(
+                    &["objective_args"],
+                    "`objective_args` has an empty name".to_string(),
+                    "here",
+                    None,
+                );
+            }
+            if let HyperValue::Float(v) = value {
+                if !v.is_finite() {
+                    bad(
+                        &["objective_args", key],
+                        format!("`objective_args.{key}` is not a finite number"),
+                        "not finite",
+                        None,
+                    );
+                }
+            }
+        }
+
+        if let Some(f) = &self.finetune {
+            if !f.lora_targets.is_empty() && f.lora_rank == 0 {
+                bad(
+                    &["finetune", "lora_rank"],
+                    "`lora_rank` must be at least 1".to_string(),
+                    "out of range",
+                    None,
+                );
+            }
+            if !f.adapter_targets.is_empty() && f.adapter_dim == 0 {
+                bad(
+                    &["finetune", "adapter_dim"],
+                    "`adapter_dim` must be at least 1".to_string(),
+                    "out of range",
+                    None,
+                );
+            }
+            if !(f.lora_alpha.is_finite() && f.lora_alpha > 0.0) {
+                bad(
+                    &["finetune", "lora_alpha"],
+                    format!("`lora_alpha` must be > 0, got {}", f.lora_alpha),
+                    "out of range",
+                    None,
+                );
             }
         }
 

@@ -210,6 +210,9 @@ pub fn evaluate(config: &RunConfig, opts: &EvalOptions) -> Result<EvalReport, Ru
             )
             .into());
     }
+    if compiled.objective == crate::objectives::ObjectiveKind::SpanCorruption {
+        return span_corruption_val_loss(config, &compiled, &data, eval.as_mut(), opts);
+    }
     let scored = sequential_loss(
         eval.as_mut(),
         &data.val,
@@ -229,6 +232,65 @@ pub fn evaluate(config: &RunConfig, opts: &EvalOptions) -> Result<EvalReport, Ru
             help: Some("lower `batch_size` (`--set batch_size=1`) or `seq_len`".to_string()),
         });
     };
+    Ok(EvalReport::Validation(ValReport {
+        loss,
+        perplexity: loss.exp(),
+        tokens,
+    }))
+}
+
+/// Span corruption's validation loss: the mean over target tokens of `max_batches` (default
+/// `eval.batches`) batches of windows drawn by the validation stream of the run seed, so the
+/// same checkpoint always gets the same figure. (Corruption is random, so there is no fixed
+/// tiling of the split as for causal LM.)
+fn span_corruption_val_loss(
+    config: &RunConfig,
+    compiled: &crate::session::CompiledRun,
+    data: &crate::data::Dataset,
+    eval: &mut dyn crate::backend::Backend,
+    opts: &EvalOptions,
+) -> Result<EvalReport, RunError> {
+    let objective = crate::session::span_corruption_objective(
+        config,
+        compiled.vocab,
+        data.tokenizer.vocab_size(),
+    )?;
+    let mut batcher = crate::objectives::StreamBatcher::new(
+        objective,
+        config.seed,
+        crate::data::SamplerStream::ValEval,
+        config.batch_size,
+    )?;
+    let n = opts.max_batches.unwrap_or(config.eval.batches).max(1);
+    let (mut sum, mut tokens) = (0.0f64, 0usize);
+    for _ in 0..n {
+        let batch = batcher.next_batch(&data.val, "validation")?;
+        let count = batch
+            .get("targets")
+            .map_or(0, |t| t.data().iter().filter(|&&x| x >= 0).count());
+        let out = eval
+            .run(
+                &crate::train::batch_inputs(&batch),
+                crate::backend::StepRng {
+                    seed: config.seed,
+                    step: 0,
+                },
+            )
+            .map_err(RunError::backend("eval"))?;
+        let loss = out
+            .get("loss")
+            .and_then(|t| t.data.first().copied())
+            .ok_or_else(|| RunError::Backend {
+                program: "eval",
+                source: crate::backend::BackendError::Exec(
+                    "the program has no `loss` output".to_string(),
+                ),
+            })?;
+        // The program's loss is the mean over the batch's target tokens: weight by their count.
+        sum += f64::from(loss) * count as f64;
+        tokens += count;
+    }
+    let loss = sum / tokens.max(1) as f64;
     Ok(EvalReport::Validation(ValReport {
         loss,
         perplexity: loss.exp(),

@@ -194,7 +194,11 @@ pub fn logits_model(
         model: config.model.clone(),
         params: param_shapes(backend.as_ref()),
     };
-    ckpt.check_compatible(path, &signature)?;
+    if config.finetune.is_some() {
+        crate::finetune::check_params_compatible(ckpt, path, &signature)?;
+    } else {
+        ckpt.check_compatible(path, &signature)?;
+    }
     restore(backend.as_mut(), ckpt, path, false)?;
     Ok(LogitsModel::new(
         backend,

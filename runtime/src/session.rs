@@ -382,12 +382,16 @@ fn stream_objective(config: &RunConfig) -> Result<ObjectiveKind, RunError> {
         )
     };
     match config.objective.parse::<ObjectiveKind>() {
-        Ok(k @ (ObjectiveKind::CausalLm | ObjectiveKind::PrefixLm)) => Ok(k),
-        Ok(ObjectiveKind::Seq2Seq | ObjectiveKind::SpanCorruption) => Err(unsupported(
-            "`kiln train` trains `causal_lm` and `prefix_lm` on token streams",
+        Ok(
+            k @ (ObjectiveKind::CausalLm | ObjectiveKind::PrefixLm | ObjectiveKind::SpanCorruption),
+        ) => Ok(k),
+        Ok(ObjectiveKind::Seq2Seq) => Err(unsupported(
+            "`kiln train` trains `causal_lm`, `prefix_lm` and `span_corruption` on token streams",
         )
         .into()),
-        Err(_) => Err(unsupported("known objectives: causal_lm, prefix_lm").into()),
+        Err(_) => {
+            Err(unsupported("known objectives: causal_lm, prefix_lm, span_corruption").into())
+        }
     }
 }
 
@@ -495,14 +499,24 @@ impl LoadedSpec {
         let req = Request {
             config: config.model.clone(),
             overrides: self.overrides.clone(),
-            objective: objective.map(|o| (o.to_string(), vec![])),
+            objective: objective.map(|o| {
+                let args = config
+                    .objective_args
+                    .iter()
+                    .map(|(k, v)| (k.clone(), hyper_value(v)))
+                    .collect();
+                (o.to_string(), args)
+            }),
             training,
         };
-        let graph = self
+        let mut graph = self
             .workspace
             .instantiate(&req)
             .map(|i| i.graph)
             .map_err(|ds| spec_error(&self.path, ds))?;
+        if let Some(f) = &config.finetune {
+            crate::finetune::transform(config, f, &mut graph)?;
+        }
         prepare(graph).map_err(|source| RunError::Compile {
             program: if training { "train" } else { "eval" },
             source: Box::new(source),
@@ -519,9 +533,12 @@ fn bind(
     seq: usize,
     program: &'static str,
 ) -> Result<Program, RunError> {
-    let bindings = Bindings::new()
+    let mut bindings = Bindings::new()
         .with("batch", batch as i64)
         .with("seq", seq as i64);
+    for (name, value) in objective_dims(config)? {
+        bindings = bindings.with(name, value);
+    }
     match graph.bind(&bindings) {
         Ok(_) => Ok(Program { graph, bindings }),
         Err(e) => Err(config
@@ -646,4 +663,104 @@ fn logits_width(p: &Program) -> Option<usize> {
     dim.bind(&p.bindings)
         .ok()
         .and_then(|d| usize::try_from(d).ok())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Encoder-decoder pretraining (span corruption)
+// ---------------------------------------------------------------------------------------------
+
+/// A number from `objective_args` (`default` when absent).
+fn objective_number(config: &RunConfig, name: &str, default: f64) -> Result<f64, RunError> {
+    match config.objective_args.get(name) {
+        None => Ok(default),
+        Some(HyperValue::Int(n)) => Ok(*n as f64),
+        Some(HyperValue::Float(x)) => Ok(*x),
+        Some(other) => Err(config
+            .error_at(
+                &["objective_args", name],
+                ConfigErrorKind::Invalid,
+                format!("`objective_args.{name}` must be a number, got `{other}`"),
+                "not a number",
+                None,
+            )
+            .into()),
+    }
+}
+
+/// The span-corruption setting of a run: T5's noise (`objective_args.noise_density`, default
+/// 0.15; `objective_args.mean_span`, default 3) over a model vocabulary of `model_vocab` ids whose
+/// first `tokenizer_vocab` are the tokenizer's. The ids above the tokenizer's are T5's special
+/// tokens: pad (also the decoder's start token, as T5), EOS, then sentinels counting down from
+/// the top id. `tokenizer_vocab` 0 gives the lengths only (sentinel ids then are placeholders).
+pub fn span_corruption_objective(
+    config: &RunConfig,
+    model_vocab: usize,
+    tokenizer_vocab: usize,
+) -> Result<crate::objectives::StreamObjective, RunError> {
+    use crate::objectives::{span_corruption_lengths, SpanCorruption, StreamObjective};
+    let noise_density = objective_number(config, "noise_density", 0.15)?;
+    let mean_span = objective_number(config, "mean_span", 3.0)?;
+    let pad = tokenizer_vocab as u32;
+    let eos = pad + 1;
+    let Some(num_sentinels) = model_vocab
+        .checked_sub(tokenizer_vocab + 2)
+        .filter(|n| *n > 0)
+    else {
+        return Err(config
+            .error_at(
+                &["model"],
+                ConfigErrorKind::Invalid,
+                format!(
+                    "span corruption needs ids for pad, EOS and sentinels above the tokenizer's \
+                     {tokenizer_vocab}, but the model predicts only {model_vocab}"
+                ),
+                "vocabulary too small",
+                Some(format!(
+                    "raise the model's vocabulary: `set: {{vocab: {}}}`",
+                    tokenizer_vocab + 2 + 32
+                )),
+            )
+            .into());
+    };
+    let corruption = SpanCorruption {
+        noise_density,
+        mean_noise_span_length: mean_span,
+        sentinel_start: (model_vocab - 1) as u32,
+        num_sentinels: num_sentinels as u32,
+        inputs_eos: Some(eos),
+        targets_eos: Some(eos),
+    };
+    let (_, targets_len) = span_corruption_lengths(&corruption, config.seq_len)?;
+    Ok(StreamObjective::SpanCorruption {
+        config: corruption,
+        inputs_len: config.seq_len,
+        targets_len,
+        pad_id: pad,
+        decoder_start_id: pad,
+    })
+}
+
+/// Run dims an objective adds to `batch` and `seq`: span corruption's encoder length `src`
+/// (`seq_len`) and decoder length `tgt` (what corruption of such windows produces).
+fn objective_dims(config: &RunConfig) -> Result<Vec<(&'static str, i64)>, RunError> {
+    match config.objective.parse::<ObjectiveKind>() {
+        Ok(ObjectiveKind::SpanCorruption) => {
+            // The lengths do not depend on the special ids: any vocabulary with room will do.
+            match span_corruption_objective(config, 3, 0)? {
+                crate::objectives::StreamObjective::SpanCorruption {
+                    inputs_len,
+                    targets_len,
+                    ..
+                } => Ok(vec![
+                    ("src", inputs_len as i64),
+                    ("tgt", targets_len as i64),
+                ]),
+                crate::objectives::StreamObjective::CausalLm { .. }
+                | crate::objectives::StreamObjective::PrefixLm { .. } => Ok(vec![]),
+            }
+        }
+        Ok(ObjectiveKind::CausalLm | ObjectiveKind::PrefixLm | ObjectiveKind::Seq2Seq) | Err(_) => {
+            Ok(vec![])
+        }
+    }
 }

@@ -152,13 +152,23 @@ pub fn interrupt_flag() -> std::io::Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
-/// The window objective batches are drawn for.
-fn stream_objective(kind: ObjectiveKind, seq_len: usize) -> StreamObjective {
+/// The window objective batches are drawn for (`tokenizer_vocab`: span corruption's special ids
+/// go above the tokenizer's).
+fn stream_objective(
+    config: &RunConfig,
+    kind: ObjectiveKind,
+    model_vocab: usize,
+    tokenizer_vocab: usize,
+) -> Result<StreamObjective, RunError> {
+    let seq_len = config.seq_len;
     match kind {
-        ObjectiveKind::PrefixLm => StreamObjective::PrefixLm { seq_len },
+        ObjectiveKind::PrefixLm => Ok(StreamObjective::PrefixLm { seq_len }),
+        ObjectiveKind::SpanCorruption => {
+            crate::session::span_corruption_objective(config, model_vocab, tokenizer_vocab)
+        }
         // `compile_run` admits only stream objectives; everything else is a causal LM window.
-        ObjectiveKind::CausalLm | ObjectiveKind::Seq2Seq | ObjectiveKind::SpanCorruption => {
-            StreamObjective::CausalLm { seq_len }
+        ObjectiveKind::CausalLm | ObjectiveKind::Seq2Seq => {
+            Ok(StreamObjective::CausalLm { seq_len })
         }
     }
 }
@@ -315,8 +325,7 @@ struct Batchers {
 const SAMPLERS: [&str; 3] = ["train", "train_eval", "val_eval"];
 
 impl Batchers {
-    fn new(config: &RunConfig, kind: ObjectiveKind) -> Result<Batchers, RunError> {
-        let obj = stream_objective(kind, config.seq_len);
+    fn new(config: &RunConfig, obj: StreamObjective) -> Result<Batchers, RunError> {
         let b = config.batch_size;
         Ok(Batchers {
             train: StreamBatcher::new(
@@ -346,11 +355,10 @@ impl Batchers {
 
     fn restore(
         config: &RunConfig,
-        kind: ObjectiveKind,
+        obj: StreamObjective,
         path: &Path,
         meta: &CheckpointMeta,
     ) -> Result<Batchers, RunError> {
-        let obj = stream_objective(kind, config.seq_len);
         let get = |name: &str| -> Result<StreamBatcherState, RunError> {
             let one = |part: &str| {
                 let key = format!("{name}.{part}");
@@ -453,7 +461,11 @@ pub fn load_compatible(
         model: config.model.clone(),
         params,
     };
-    ckpt.check_compatible(path, &signature)?;
+    if config.finetune.is_some() {
+        crate::finetune::check_params_compatible(&ckpt, path, &signature)?;
+    } else {
+        ckpt.check_compatible(path, &signature)?;
+    }
     Ok(ckpt)
 }
 
@@ -554,15 +566,26 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
     } else {
         None
     };
+    let objective = stream_objective(
+        config,
+        compiled.objective,
+        compiled.vocab,
+        data.tokenizer.vocab_size(),
+    )?;
     let (start, mut batchers) = match &resumed {
         Some(path) => {
             let ckpt = load_compatible(path, config, &compiled, param_shapes(backend.as_ref()))?;
             check_tokenizer(&data, &ckpt)?;
             restore(backend.as_mut(), &ckpt, path, true)?;
-            let batchers = Batchers::restore(config, compiled.objective, path, &ckpt.meta)?;
+            let batchers = Batchers::restore(config, objective, path, &ckpt.meta)?;
             (ckpt.meta.step, batchers)
         }
-        None => (0, Batchers::new(config, compiled.objective)?),
+        None => {
+            if let Some(from) = config.finetune.as_ref().and_then(|f| f.from.as_ref()) {
+                crate::finetune::load_base(backend.as_mut(), from, &data.tokenizer)?;
+            }
+            (0, Batchers::new(config, objective)?)
+        }
     };
     let metrics_path = out_dir.join(METRICS_FILE);
     let timings_path = out_dir.join(TIMINGS_FILE);

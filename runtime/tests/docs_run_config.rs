@@ -203,6 +203,11 @@ fn paths_from_source() -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (field, ty) in top {
         out.insert(field.clone());
+        // An optional section (`finetune: Option<FinetuneConfig>`) has its struct's fields too.
+        let ty = ty
+            .strip_prefix("Option<")
+            .and_then(|t| t.strip_suffix('>'))
+            .unwrap_or(ty);
         if let Some(inner) = structs.get(ty) {
             for (f, _) in inner {
                 out.insert(format!("{field}.{f}"));
@@ -222,8 +227,9 @@ fn walk(prefix: &str, v: &yaml::Value, out: &mut BTreeMap<String, yaml::Value>) 
                 format!("{prefix}.{key}")
             };
             out.insert(path.clone(), child.clone());
-            // `set:` holds the spec's hyperparameters, not fields of the run config.
-            if path != "set" {
+            // `set:` and `objective_args:` hold the spec's hyperparameters and objective
+            // arguments, not fields of the run config.
+            if path != "set" && path != "objective_args" {
                 walk(&path, child, out);
             }
         }

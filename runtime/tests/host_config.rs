@@ -449,7 +449,7 @@ fn every_config_field_documents_its_default() {
         );
         checked += 1;
     }
-    // RunConfig 20, DataConfig 4, OptimizerConfig 8, ScheduleConfig 4, EvalConfig 3,
-    // CheckpointConfig 2.
-    assert_eq!(checked, 41);
+    // RunConfig 22, DataConfig 4, OptimizerConfig 8, ScheduleConfig 4, EvalConfig 3,
+    // CheckpointConfig 2, FinetuneConfig 7.
+    assert_eq!(checked, 50);
 }

@@ -75,6 +75,22 @@ pub enum Command {
         #[arg(long)]
         profile: bool,
     },
+    /// Fine-tune a checkpoint as the run config's `finetune` section says (its base checkpoint,
+    /// frozen parameters, LoRA); writes the LoRA weights alone to `adapter.safetensors`.
+    Finetune {
+        /// The run config (YAML) with a `finetune` section.
+        config: PathBuf,
+        #[arg(long = "set", value_name = "PATH=VALUE")]
+        set: Vec<String>,
+        /// Output folder (replaces the config's `out_dir`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Continue from the latest checkpoint in the output folder.
+        #[arg(long)]
+        resume: bool,
+        #[arg(long)]
+        executor: Option<String>,
+    },
     /// Validation loss and perplexity of a checkpoint, or its scores on evaluation tasks.
     Eval {
         /// The run config the checkpoint was trained with (data, spec, model).
@@ -236,6 +252,13 @@ pub fn run(cli: Cli) -> miette::Result<ExitCode> {
             executor.as_deref(),
             profile,
         ),
+        Command::Finetune {
+            config,
+            set,
+            out,
+            resume,
+            executor,
+        } => run::finetune(&config, &set, out.as_deref(), resume, executor.as_deref()),
         Command::Eval {
             config,
             checkpoint,

@@ -1,4 +1,5 @@
-//! `kiln train`, `kiln eval`, `kiln generate`, `kiln data prepare`: the commands that run models.
+//! `kiln train`, `kiln finetune`, `kiln eval`, `kiln generate`, `kiln data prepare`: the commands
+//! that run models.
 //!
 //! Each is a thin shell over a runtime call; every failure is a miette diagnostic and exit
 //! code 1. An interrupted training run (SIGINT, SIGTERM) finishes its step, writes a checkpoint
@@ -95,6 +96,64 @@ pub fn train(
     }
     eprintln!("run folder: {}", summary.out_dir.display());
     match summary.outcome {
+        TrainOutcome::Finished => Ok(ExitCode::SUCCESS),
+        TrainOutcome::Interrupted => Ok(ExitCode::from(130)),
+    }
+}
+
+pub fn finetune(
+    config: &Path,
+    set: &[String],
+    out: Option<&Path>,
+    resume: bool,
+    exec: Option<&str>,
+) -> miette::Result<ExitCode> {
+    let executor = executor(exec)?;
+    let cfg = load_config(config, set, out)?;
+    let stop = interrupt_flag().map_err(|e| {
+        miette!(
+            code = "cli::signals",
+            "cannot install the interrupt handler: {e}"
+        )
+    })?;
+    let opts = TrainOptions {
+        executor,
+        resume,
+        stop: Some(stop),
+        progress: ProgressOutput::Auto,
+        crash: None,
+        profile: false,
+    };
+    let summary = kiln_runtime::finetune::finetune(&cfg, opts)?;
+    let pct = if summary.total > 0 {
+        100.0 * summary.trainable as f64 / summary.total as f64
+    } else {
+        0.0
+    };
+    eprintln!(
+        "trainable parameters: {} of {} ({pct:.2}%)",
+        summary.trainable, summary.total
+    );
+    if let Some(r) = &summary.train.last {
+        let mut parts = vec![format!("step {}", r.step)];
+        if let Some(l) = r.loss {
+            parts.push(format!("train loss {l:.4}"));
+        }
+        if let Some(l) = r.val_loss {
+            parts.push(format!("val loss {l:.4}"));
+        }
+        if let Some(l) = r.full_val_loss {
+            parts.push(format!("full val loss {l:.4}"));
+        }
+        eprintln!("{}", parts.join(", "));
+    }
+    if let Some(c) = &summary.train.checkpoint {
+        eprintln!("checkpoint: {}", c.display());
+    }
+    if let Some(a) = &summary.adapter {
+        eprintln!("LoRA weights: {}", a.display());
+    }
+    match summary.train.outcome {
         TrainOutcome::Finished => Ok(ExitCode::SUCCESS),
         TrainOutcome::Interrupted => Ok(ExitCode::from(130)),
     }

@@ -266,20 +266,7 @@ impl StreamObjective {
                 targets_len,
                 ..
             } => {
-                config.validate()?;
-                let (mut raw, _) = span_corruption::random_spans_helper(
-                    *inputs_len,
-                    config.noise_density,
-                    config.mean_noise_span_length,
-                    1,
-                    1,
-                )?;
-                // The helper rounds in float64 and the mask in float32 (as T5's do); at a tie
-                // the two can differ by one, so check what corruption really produces.
-                while raw > 2 && span_corruption::corrupted_lengths(config, raw).0 > *inputs_len {
-                    raw -= 1;
-                }
-                let needed = span_corruption::corrupted_lengths(config, raw).1;
+                let (raw, needed) = span_corruption_lengths(config, *inputs_len)?;
                 if needed > *targets_len {
                     return Err(ObjectiveError::TargetsLen {
                         inputs_len: *inputs_len,
@@ -291,6 +278,29 @@ impl StreamObjective {
             }
         }
     }
+}
+
+/// Span corruption of windows whose corrupted inputs fill `inputs_len`: the raw window length
+/// drawn from the stream and the targets length corruption then produces (sentinels and EOS
+/// included), T5's `random_spans_helper` checked against what [`SpanCorruption::apply`] makes.
+pub fn span_corruption_lengths(
+    config: &SpanCorruption,
+    inputs_len: usize,
+) -> Result<(usize, usize), ObjectiveError> {
+    config.validate()?;
+    let (mut raw, _) = span_corruption::random_spans_helper(
+        inputs_len,
+        config.noise_density,
+        config.mean_noise_span_length,
+        1,
+        1,
+    )?;
+    // The helper rounds in float64 and the mask in float32 (as T5's do); at a tie the two can
+    // differ by one, so check what corruption really produces.
+    while raw > 2 && span_corruption::corrupted_lengths(config, raw).0 > inputs_len {
+        raw -= 1;
+    }
+    Ok((raw, span_corruption::corrupted_lengths(config, raw).1))
 }
 
 /// Positions of both random streams of a [`StreamBatcher`], for checkpoints.
