@@ -44,13 +44,18 @@ pub fn corpus(chars: usize) -> String {
 /// A `gpt2_tiny` run config (12 steps, evaluation and checkpoints every 4) over a small corpus in
 /// `dir`; `extra` is appended to the YAML.
 pub fn write_run(dir: &Path, extra: &str) -> PathBuf {
+    write_run_with(dir, 12, 4, extra)
+}
+
+/// [`write_run`] with `steps` steps, evaluation and checkpoints every `every`.
+pub fn write_run_with(dir: &Path, steps: u64, every: u64, extra: &str) -> PathBuf {
     std::fs::write(dir.join("corpus.txt"), corpus(12_000)).expect("write corpus");
     let spec = repo().join("specs/gpt2.kiln");
     let yaml = format!(
         "spec: {}\nmodel: gpt2_tiny\ndata:\n  path: corpus.txt\n  val_fraction: 0.1\n\
-         batch_size: 2\nseq_len: 8\nsteps: 12\n\
+         batch_size: 2\nseq_len: 8\nsteps: {steps}\n\
          optimizer: {{lr: 3.0e-3, beta2: 0.99}}\nschedule: {{warmup: 1, min_lr: 1.0e-4}}\n\
-         grad_clip: 1.0\neval: {{every: 4, batches: 2}}\ncheckpoint: {{every: 4, keep: 2}}\n\
+         grad_clip: 1.0\neval: {{every: {every}, batches: 2}}\ncheckpoint: {{every: {every}, keep: 2}}\n\
          out_dir: out\n{extra}",
         spec.display()
     );
