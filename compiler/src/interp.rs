@@ -329,6 +329,35 @@ fn unravel(mut i: usize, shape: &[usize]) -> Vec<usize> {
     idx
 }
 
+/// For every element of a row-major `shape`, `sum(index[a] * step[a])`: the source offset of a
+/// strided view (a broadcast has step 0 on new axes, a permute the source stride of its axis).
+/// An odometer, so no per-element allocation: broadcasts of large constants stay cheap.
+fn strided_offsets(shape: &[usize], step: &[usize]) -> Vec<Option<usize>> {
+    let n: usize = shape.iter().product();
+    let mut out = Vec::with_capacity(n);
+    if n == 0 {
+        return out;
+    }
+    let r = shape.len();
+    let mut idx = vec![0usize; r];
+    let mut off = 0usize;
+    for _ in 0..n {
+        out.push(Some(off));
+        let mut a = r;
+        while a > 0 {
+            a -= 1;
+            idx[a] += 1;
+            off += step[a];
+            if idx[a] < shape[a] {
+                break;
+            }
+            off -= step[a] * shape[a];
+            idx[a] = 0;
+        }
+    }
+    out
+}
+
 fn ravel(idx: &[usize], strides: &[usize]) -> usize {
     idx.iter().zip(strides).map(|(i, s)| i * s).sum()
 }
@@ -616,17 +645,17 @@ fn eval_op(
         Op::Broadcast { axes, .. } => {
             let x = args[0];
             let xs = strides(&x.shape);
-            let map: Vec<Option<usize>> = (0..n)
-                .map(|i| {
-                    let idx = unravel(i, &shape);
-                    let kept: Vec<usize> = (0..shape.len())
-                        .filter(|a| !axes.contains(a))
-                        .map(|a| idx[a])
-                        .collect();
-                    Some(ravel(&kept, &xs))
+            let mut kept = xs.iter();
+            let step: Vec<usize> = (0..shape.len())
+                .map(|a| {
+                    if axes.contains(&a) {
+                        0
+                    } else {
+                        kept.next().copied().unwrap_or(0)
+                    }
                 })
                 .collect();
-            make(x.data.remap(&map))
+            make(x.data.remap(&strided_offsets(&shape, &step)))
         }
         Op::Reshape { .. } | Op::StopGradient => make(args[0].data.clone()),
         Op::DimConst { dim, .. } => {
@@ -638,16 +667,8 @@ fn eval_op(
         Op::Permute { perm } => {
             let x = args[0];
             let xs = strides(&x.shape);
-            let map: Vec<Option<usize>> = (0..n)
-                .map(|i| {
-                    let idx = unravel(i, &shape);
-                    let mut src = vec![0; idx.len()];
-                    for (o, p) in perm.iter().enumerate() {
-                        src[*p] = idx[o];
-                    }
-                    Some(ravel(&src, &xs))
-                })
-                .collect();
+            let step: Vec<usize> = perm.iter().map(|p| xs[*p]).collect();
+            let map = strided_offsets(&shape, &step);
             make(x.data.remap(&map))
         }
         Op::Slice {

@@ -269,14 +269,40 @@ pub enum Inst {
 
 impl Inst {
     /// The operands, in order.
-    pub fn operands(&self) -> Vec<ValueId> {
-        match *self {
-            Inst::Load(_) | Inst::ConstF32(_) | Inst::ConstI32(_) | Inst::Index(_) => vec![],
-            Inst::Unary(_, a) | Inst::I32ToF32(a) | Inst::Reduce(_, a) => vec![a],
-            Inst::Binary(_, a, b) | Inst::Cmp(_, a, b) => vec![a, b],
-            Inst::RandUniform { seed, step, .. } => vec![seed, step],
-            Inst::Fma(a, b, c) | Inst::Select(a, b, c) => vec![a, b, c],
-        }
+    /// The values it reads, in order (at most three; no allocation: schedulers, validators and
+    /// code generators call this for every instruction).
+    pub fn operands(&self) -> Operands {
+        let z = ValueId(0);
+        let (v, n) = match *self {
+            Inst::Load(_) | Inst::ConstF32(_) | Inst::ConstI32(_) | Inst::Index(_) => ([z; 3], 0),
+            Inst::Unary(_, a) | Inst::I32ToF32(a) | Inst::Reduce(_, a) => ([a, z, z], 1),
+            Inst::Binary(_, a, b) | Inst::Cmp(_, a, b) => ([a, b, z], 2),
+            Inst::RandUniform { seed, step, .. } => ([seed, step, z], 2),
+            Inst::Fma(a, b, c) | Inst::Select(a, b, c) => ([a, b, c], 3),
+        };
+        Operands { v, n }
+    }
+}
+
+/// The operands of an [`Inst`]: a slice of at most three values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Operands {
+    v: [ValueId; 3],
+    n: usize,
+}
+
+impl std::ops::Deref for Operands {
+    type Target = [ValueId];
+    fn deref(&self) -> &[ValueId] {
+        &self.v[..self.n]
+    }
+}
+
+impl IntoIterator for Operands {
+    type Item = ValueId;
+    type IntoIter = std::iter::Take<std::array::IntoIter<ValueId, 3>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.v.into_iter().take(self.n)
     }
 }
 

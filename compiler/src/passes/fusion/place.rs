@@ -68,6 +68,15 @@ pub(super) struct Plan {
     /// Per step: nodes of other groups it recomputes.
     pub recompute: Vec<BTreeSet<usize>>,
     parent: Vec<usize>,
+    search: std::cell::RefCell<Search>,
+}
+
+/// Scratch of [`Plan::reaches`]: visit marks (equal to `epoch` when visited in this search).
+#[derive(Default)]
+struct Search {
+    marks: Vec<u32>,
+    epoch: u32,
+    stack: Vec<usize>,
 }
 
 impl Plan {
@@ -93,19 +102,30 @@ impl Plan {
         matches!(self.steps[s].kind, StepKind::Group { scalar: true, .. })
     }
 
-    /// Does step `from` (transitively) depend on step `target`?
+    /// Does step `from` (transitively) depend on step `target`? A depth-first search; the visit
+    /// marks and the stack are reused between calls (this runs for every placement candidate).
     fn reaches(&self, from: usize, target: usize) -> bool {
         let (from, target) = (self.find(from), self.find(target));
-        let mut seen = vec![false; self.steps.len()];
-        let mut stack = vec![from];
+        let mut guard = self.search.borrow_mut();
+        let Search { marks, epoch, stack } = &mut *guard;
+        *epoch = epoch.wrapping_add(1);
+        if *epoch == 0 {
+            marks.iter_mut().for_each(|m| *m = 0);
+            *epoch = 1;
+        }
+        if marks.len() < self.steps.len() {
+            marks.resize(self.steps.len(), 0);
+        }
+        stack.clear();
+        stack.push(from);
         while let Some(s) = stack.pop() {
             for d in &self.steps[s].deps {
                 let d = self.find(*d);
                 if d == target {
                     return true;
                 }
-                if !seen[d] {
-                    seen[d] = true;
+                if marks[d] != *epoch {
+                    marks[d] = *epoch;
                     stack.push(d);
                 }
             }
@@ -317,6 +337,7 @@ pub(super) fn place(info: &Info) -> Result<Plan, FusionError> {
             inline_ok: vec![false; n],
             recompute: Vec::new(),
             parent: Vec::new(),
+            search: Default::default(),
         },
         attn_bwd: HashMap::new(),
         readers: HashMap::new(),
