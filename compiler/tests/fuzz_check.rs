@@ -902,6 +902,20 @@ const REGRESSIONS: &[(&str, &str)] = &[
         "model stack(d = 16, layers = 4) {\n input x: f32[batch, d]\n repeat layers {\n  x = x + linear(x, d) as ff\n }\n return x\n}\nconfig wide_deep = stack(layers = 8000000)\n",
     ),
     ("parameter count beyond u64", "model m() {\n input x: f32[2]\n param w: [4294967296, 4294967296, 4] = zeros\n return x\n}\nconfig c = m()\n"),
+    // Found by the long parse+check run once `kiln check` planned named plans: the planners'
+    // FLOP and byte counts overflowed u64 (now `plan::too_large` and saturating counts).
+    (
+        "a planned model with d = 2^31",
+        "model m(vocab = 32000, d = 4096, layers = 8, heads = 32) {\n input tokens: i32[batch, seq]\n param e: [vocab, d] = normal(0.02)\n x = gather(e, tokens)\n repeat layers {\n  x = x + attention(rmsnorm(x) as n, heads) as a\n }\n return linear(x, vocab, bias = false) as head\n}\nconfig big = m(d = 2147483648, heads = 64)\nplan p for big {\n data = 256\n tensor = 8\n batch = 2048\n seq = 2048\n recompute = full\n}\n",
+    ),
+    (
+        "a planned model with 2^40 layers",
+        "model m(vocab = 64, d = 32, layers = 8, heads = 4) {\n input tokens: i32[batch, seq]\n param e: [vocab, d] = normal(0.02)\n x = gather(e, tokens)\n repeat layers {\n  x = x + attention(rmsnorm(x) as n, heads) as a\n }\n return linear(x, vocab, bias = false) as head\n}\nconfig big = m(layers = 1099511627776)\nplan p for big {\n data = 4\n batch = 64\n seq = 128\n}\n",
+    ),
+    (
+        "a plan with 2^50 data-parallel ranks",
+        "model m(vocab = 64, d = 32, layers = 2, heads = 4) {\n input tokens: i32[batch, seq]\n param e: [vocab, d] = normal(0.02)\n x = gather(e, tokens)\n repeat layers {\n  x = x + attention(rmsnorm(x) as n, heads) as a\n }\n return linear(x, vocab, bias = false) as head\n}\nconfig c = m()\nplan p for c {\n data = 1125899906842624\n batch = 1125899906842624\n seq = 128\n}\n",
+    ),
 ];
 
 #[test]

@@ -1042,7 +1042,8 @@ fn check_attention(
 
 /// FLOPs of one op for bound shapes (conventions in the module doc).
 pub fn flops(op: &Op, inputs: &[&[usize]], output: &[usize]) -> u64 {
-    let n = |s: &[usize]| s.iter().map(|d| *d as u64).product::<u64>();
+    // Saturating: absurd sizes in a user's spec must not panic a count.
+    let n = |s: &[usize]| s.iter().fold(1u64, |a, d| a.saturating_mul(*d as u64));
     match op {
         Op::Input { .. }
         | Op::Param { .. }
@@ -1071,7 +1072,7 @@ pub fn flops(op: &Op, inputs: &[&[usize]], output: &[usize]) -> u64 {
             } else {
                 a[a.len() - 1]
             };
-            2 * n(output) * k as u64
+            2u64.saturating_mul(n(output)).saturating_mul(k as u64)
         }
         Op::ScatterAdd { .. } => inputs.first().map_or(0, |s| n(s)),
         Op::Gather | Op::TakeAlong | Op::PutAlong { .. } => 0,
@@ -1091,11 +1092,14 @@ pub fn attention_flops(spec: &AttnSpec, wrt: Option<AttnGrad>, inputs: &[&[usize
         (Some(q), Some(k)) if q.len() == 4 && k.len() == 4 => (*q, *k),
         _ => return 0,
     };
-    let p = (q[0] * q[1] * q[2] * k[2]) as u64;
-    let m = 2 * p * q[3] as u64;
+    let mul = |a: u64, b: u64| a.saturating_mul(b);
+    let p = [q[0], q[1], q[2], k[2]]
+        .iter()
+        .fold(1u64, |a, d| mul(a, *d as u64));
+    let m = mul(mul(2, p), q[3] as u64);
     match wrt {
-        None => 2 * m + (7 + u64::from(spec.bias)) * p,
-        Some(AttnGrad::Q) => 2 * m + 9 * p,
+        None => mul(2, m).saturating_add(mul(7 + u64::from(spec.bias), p)),
+        Some(AttnGrad::Q) => mul(2, m).saturating_add(mul(9, p)),
         Some(AttnGrad::K) | Some(AttnGrad::V) => m,
         Some(AttnGrad::Bias) => p,
     }

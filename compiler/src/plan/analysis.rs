@@ -547,18 +547,20 @@ struct Tally {
 
 impl Tally {
     fn add(&mut self, o: &Tally, w: f64) {
+        // Saturating: `check_sizes` keeps real plans far from u64's range; this keeps absurd
+        // ones from panicking.
         let s = |x: u64| (x as f64 * w).round() as u64;
-        self.kept += s(o.kept);
-        self.fwd_flops += s(o.fwd_flops);
-        self.bwd_flops += s(o.bwd_flops);
-        self.recompute_flops += s(o.recompute_flops);
-        self.opt_flops += s(o.opt_flops);
-        self.model_flops += s(o.model_flops);
-        self.tp_wire += s(o.tp_wire);
+        self.kept = self.kept.saturating_add(s(o.kept));
+        self.fwd_flops = self.fwd_flops.saturating_add(s(o.fwd_flops));
+        self.bwd_flops = self.bwd_flops.saturating_add(s(o.bwd_flops));
+        self.recompute_flops = self.recompute_flops.saturating_add(s(o.recompute_flops));
+        self.opt_flops = self.opt_flops.saturating_add(s(o.opt_flops));
+        self.model_flops = self.model_flops.saturating_add(s(o.model_flops));
+        self.tp_wire = self.tp_wire.saturating_add(s(o.tp_wire));
         self.time += o.time * w;
         self.comm_time += o.comm_time * w;
-        self.params += s(o.params);
-        self.local_params += s(o.local_params);
+        self.params = self.params.saturating_add(s(o.params));
+        self.local_params = self.local_params.saturating_add(s(o.local_params));
     }
 }
 
@@ -579,6 +581,7 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
             .err()
             .unwrap_or_default());
     };
+    check_plan_numbers(s)?;
     let mut hparams = ws.config_hparams(&s.config, None).map_err(|d| vec![d])?;
     for (k, v) in &s.overrides {
         hparams.retain(|(n, _)| n != k);
@@ -596,6 +599,9 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
                 .and_then(|(_, v)| int_of(v))
                 .unwrap_or(0)
                 .max(0) as u64;
+            if full > MAX_PLAN_DEGREE {
+                return Err(too_large(&s.config, format!("`{hp}` is {full}")));
+            }
             let built = if s.reduce_layers { full.min(2) } else { full };
             repeats.insert(label.clone(), (built, full));
             if built != full {
@@ -667,6 +673,11 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
         }
     }
     let g = step.bind(&b).map_err(|e| internal(e.to_string()))?;
+    let layer_scale = repeats
+        .values()
+        .map(|(built, full)| *full as f64 / (*built).max(1) as f64)
+        .fold(1.0, f64::max);
+    check_sizes(&g, &s.config, layer_scale)?;
     let roles = Roles::new(&g).map_err(|e| internal(e.to_string()))?;
     let mut seq_axis = seq_axes(&step);
     let prec = s.precision;
@@ -1479,6 +1490,105 @@ pub fn check(ws: &Workspace, a: &Analysis) -> Vec<SemaDiagnostic> {
         ));
     }
     out
+}
+
+/// Largest tensor (elements) and largest dim the planners accept. Real models are far below
+/// (GPT-3 175B's largest activation at batch 2048 × 2048 tokens is about 2^35.5 elements); the
+/// bound keeps every FLOP and byte count of the analysis (products of a few of these, summed over
+/// the nodes) inside u64.
+const MAX_PLAN_ELEMENTS: u64 = 1 << 36;
+const MAX_PLAN_DIM: u64 = 1 << 22;
+/// Bound on the whole step's work estimate (elements, times the contraction length of matmuls,
+/// times the layer scale-up): every count the analysis forms is a small multiple of it.
+const MAX_PLAN_WORK: f64 = (1u64 << 56) as f64;
+/// Bounds on the plan's own numbers (degrees, batch, layers).
+const MAX_PLAN_DEGREE: u64 = 1 << 20;
+
+fn too_large(config: &str, what: String) -> Vec<SemaDiagnostic> {
+    vec![plain_diag(
+        "plan::too_large",
+        format!("`{config}` is too large to plan: {what}"),
+        Some(
+            "the planners take tensors of at most 2^36 elements, dims of at most 2^22, and \
+             degrees, batches and layer counts of at most 2^20"
+                .into(),
+        ),
+    )]
+}
+
+/// Refuses plan numbers beyond [`MAX_PLAN_DEGREE`] (their products would overflow the counts).
+fn check_plan_numbers(s: &Setup) -> Result<(), Vec<SemaDiagnostic>> {
+    let p = &s.plan;
+    for (name, x) in [
+        ("data", p.data),
+        ("tensor", p.tensor),
+        ("pipeline", p.pipeline),
+        ("microbatch", p.microbatch),
+        ("micro-batch size", s.microbatch),
+        ("batch", s.global_batch),
+        ("seq", s.seq),
+        (
+            "devices",
+            p.data.saturating_mul(p.tensor).saturating_mul(p.pipeline),
+        ),
+    ] {
+        if x > MAX_PLAN_DEGREE {
+            return Err(too_large(&s.config, format!("{name} is {x}")));
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a bound step with a tensor beyond [`MAX_PLAN_ELEMENTS`], a dim beyond
+/// [`MAX_PLAN_DIM`], or total work beyond [`MAX_PLAN_WORK`] once scaled by `layer_scale` (the
+/// sizes would overflow the planners' counts).
+fn check_sizes(g: &Graph, config: &str, layer_scale: f64) -> Result<(), Vec<SemaDiagnostic>> {
+    let mut work = 0.0f64;
+    for v in g.values() {
+        let numel: f64 = g
+            .shape(v)
+            .iter()
+            .map(|d| d.as_const().unwrap_or(0).max(0) as f64)
+            .product();
+        let k = match g.node(v).op() {
+            Op::MatMul { transpose_a, .. } => {
+                let a = g.shape(g.node(v).inputs()[0]);
+                let r = a.len();
+                let axis = if *transpose_a {
+                    r.saturating_sub(2)
+                } else {
+                    r.saturating_sub(1)
+                };
+                a.get(axis).and_then(|d| d.as_const()).unwrap_or(1).max(1) as f64
+            }
+            _ => 1.0,
+        };
+        work += numel * k;
+        let mut n: u64 = 1;
+        for d in g.shape(v) {
+            let x = d.as_const().unwrap_or(0).max(0) as u64;
+            let too_big = x > MAX_PLAN_DIM;
+            n = n.saturating_mul(x);
+            if too_big || n > MAX_PLAN_ELEMENTS {
+                let name = g.node(v).name().unwrap_or("a value").to_string();
+                let shape: Vec<String> = g.shape(v).iter().map(|d| d.to_string()).collect();
+                return Err(too_large(
+                    config,
+                    format!("`{name}` has shape [{}]", shape.join(", ")),
+                ));
+            }
+        }
+    }
+    if work * layer_scale > MAX_PLAN_WORK {
+        return Err(too_large(
+            config,
+            format!(
+                "its step does about {:.1e} multiply-adds",
+                work * layer_scale
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The impossible-plan checks of a named plan, for `kiln check`: runs the planners on it and

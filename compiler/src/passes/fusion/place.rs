@@ -107,7 +107,11 @@ impl Plan {
     fn reaches(&self, from: usize, target: usize) -> bool {
         let (from, target) = (self.find(from), self.find(target));
         let mut guard = self.search.borrow_mut();
-        let Search { marks, epoch, stack } = &mut *guard;
+        let Search {
+            marks,
+            epoch,
+            stack,
+        } = &mut *guard;
         *epoch = epoch.wrapping_add(1);
         if *epoch == 0 {
             marks.iter_mut().for_each(|m| *m = 0);
