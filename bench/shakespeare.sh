@@ -21,6 +21,8 @@ cargo build --release --quiet
 KILN=target/release/kiln
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
+# KEEP=DIR keeps the small run's folder (checkpoints for `kiln generate`) in DIR.
+small_out=${KEEP:-$out/small}
 
 metric() { # file step key
   python3 - "$1" "$2" "$3" <<'PY'
@@ -37,11 +39,12 @@ PY
 
 if [[ $what == all || $what == small ]]; then
   start=$(date +%s.%N)
-  "$KILN" train examples/shakespeare_char.yaml --out "$out/small" 2> "$out/small.log"
+  rm -rf "$small_out"
+  "$KILN" train examples/shakespeare_char.yaml --out "$small_out" 2> "$out/small.log"
   end=$(date +%s.%N)
   wall=$(python3 -c "print(f'{$end - $start:.1f}')")
-  val=$(metric "$out/small/metrics.jsonl" 2000 val_loss)
-  full=$(metric "$out/small/metrics.jsonl" 2000 full_val_loss)
+  val=$(metric "$small_out/metrics.jsonl" 2000 val_loss)
+  full=$(metric "$small_out/metrics.jsonl" 2000 full_val_loss)
   ratio=$(python3 -c "print(f'{$wall / $NANOGPT_WALL_S:.3f}')")
   echo "small: kiln ${wall} s vs nanoGPT eager ${NANOGPT_WALL_S} s: ratio ${ratio} (goal <= 0.6)"
   echo "small: val loss at 2000 (20 batches) ${val} (goal <= 1.89; nanoGPT 1.8857), full validation split ${full}"
