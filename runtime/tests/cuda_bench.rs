@@ -237,6 +237,7 @@ fn benchmarks() {
             scale: 0.125,
             mask: AttentionMask::Causal,
             has_bias: false,
+            key_padding: false,
         };
         let t = 8 * 12 * 1024 * 64 * 4;
         let ptrs = AttentionPtrs {

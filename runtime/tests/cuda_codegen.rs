@@ -56,6 +56,7 @@ fn attention_modules() {
         scale: 0.125,
         mask,
         has_bias,
+        key_padding: false,
     };
     settings().bind(|| {
         for (kernel, storage) in [

@@ -277,6 +277,9 @@ fn cpu_mask(m: AttentionMask, batch: usize, prefix: &mut Vec<usize>) -> cpu_attn
             *prefix = vec![p; batch];
             cpu_attn::Mask::PrefixLm { prefix_len: prefix }
         }
+        AttentionMask::PrefixLmLengths => {
+            unreachable!("the CUDA kernel refuses per-row prefix lengths; no case uses them")
+        }
     }
 }
 

@@ -649,6 +649,9 @@ fn cpu_mask(m: AttentionMask, batch: usize, prefix: &mut Vec<usize>) -> cpu_attn
             *prefix = vec![p; batch];
             cpu_attn::Mask::PrefixLm { prefix_len: prefix }
         }
+        AttentionMask::PrefixLmLengths => {
+            unreachable!("the CUDA kernel refuses per-row prefix lengths; no case uses them")
+        }
     }
 }
 
@@ -669,6 +672,7 @@ fn attention_matches_the_cpu_kernel() {
         scale: 0.3,
         mask: AttentionMask::Causal,
         has_bias: false,
+        key_padding: false,
     };
     let cases: Vec<(AttentionKernel, Storage, usize)> = vec![
         (base, Storage::F32, 0),

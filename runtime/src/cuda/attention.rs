@@ -118,6 +118,9 @@ pub fn mask_kind(m: AttentionMask) -> MaskKind {
         AttentionMask::Causal => MaskKind::Causal,
         AttentionMask::Local { .. } => MaskKind::Local,
         AttentionMask::PrefixLm { .. } => MaskKind::PrefixLm,
+        // Per-row prefix lengths are refused by `check` (and `mask_param`) before any module is
+        // built or launched; the name would be the prefix kernel's.
+        AttentionMask::PrefixLmLengths => MaskKind::PrefixLm,
     }
 }
 
@@ -127,6 +130,15 @@ pub fn mask_param(m: AttentionMask) -> Result<i32, CudaError> {
         AttentionMask::Full | AttentionMask::Causal => 0,
         AttentionMask::Local { window } => window,
         AttentionMask::PrefixLm { prefix } => prefix,
+        AttentionMask::PrefixLmLengths => {
+            return Err(CudaError::Launch {
+                name: "attention".into(),
+                message:
+                    "per-row prefix lengths are not supported by the CUDA attention kernel yet \
+                          (the CPU executor runs them)"
+                        .into(),
+            })
+        }
     };
     i32::try_from(p).map_err(|_| CudaError::Launch {
         name: "attention".into(),
@@ -206,6 +218,13 @@ pub fn check(k: &AttentionKernel) -> Result<(), CudaError> {
         return bad("sizes too large for this kernel's grid".into());
     }
     mask_param(k.mask)?;
+    if k.key_padding {
+        return bad(
+            "key padding (per-row key lengths) is not supported by the CUDA attention kernel yet \
+             (the CPU executor runs it)"
+                .into(),
+        );
+    }
     Ok(())
 }
 
@@ -783,7 +802,17 @@ mod tests {
             scale: 0.125,
             mask,
             has_bias: false,
+            key_padding: false,
         }
+    }
+
+    #[test]
+    fn unsupported_masks_are_errors() {
+        let k = kernel(Direction::Forward, 64, AttentionMask::PrefixLmLengths);
+        assert!(check(&k).is_err());
+        let mut k = kernel(Direction::Forward, 64, AttentionMask::Causal);
+        k.key_padding = true;
+        assert!(check(&k).is_err());
     }
 
     #[test]

@@ -96,6 +96,7 @@ fn attn(
             },
             mask,
             has_bias,
+            key_padding: false,
         },
     }
 }

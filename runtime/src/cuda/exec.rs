@@ -569,6 +569,7 @@ mod tests {
             scale: 0.25,
             mask: kiln_compiler::kernel::AttentionMask::Causal,
             has_bias: true,
+            key_padding: false,
         };
         let p = AttentionPtrs {
             q: 1,
