@@ -94,6 +94,30 @@ impl CpuBackend {
     pub fn profile_text(&self, top: usize) -> String {
         use std::fmt::Write as _;
         let mut s = self.profile().to_string();
+        // By phase of the step, from each kernel's name path: `optim*` is the optimizer (global
+        // norm, clipping, update), `bwd*` the backward, the rest the forward and the loss.
+        let all = self.exec.slowest_steps(usize::MAX);
+        let mut phases = [
+            ("forward + loss", 0.0f64, 0usize),
+            ("backward", 0.0, 0),
+            ("optimizer", 0.0, 0),
+        ];
+        for (i, t) in &all {
+            let o = &self.exec.program().steps[*i].origin;
+            let k = if o.starts_with("optim") {
+                2
+            } else if o.starts_with("bwd") {
+                1
+            } else {
+                0
+            };
+            phases[k].1 += t.as_secs_f64() * 1e3;
+            phases[k].2 += 1;
+        }
+        let _ = writeln!(s, "by phase (sum of each kernel's fastest launch):");
+        for (name, ms, n) in phases {
+            let _ = writeln!(s, "  {name:<16} {n:>5} launches {ms:>9.3} ms");
+        }
         let _ = writeln!(s, "slowest kernels (fastest launch of each, ms):");
         for (i, t) in self.exec.slowest_steps(top) {
             let st = &self.exec.program().steps[i];
