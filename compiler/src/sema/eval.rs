@@ -757,6 +757,15 @@ impl<'w> Eval<'w> {
                 shape.push(self.eval_int(file, e, env)?);
             }
         }
+        // Before the node exists: the graph itself refuses a second input of a name, with a
+        // less precise error.
+        if self.lower.has_input(&name.name) {
+            return Err(self.err(
+                "sema::duplicate_input",
+                loc,
+                format!("input `{}` is declared twice", name.name),
+            ));
+        }
         let v = self
             .lower
             .node(
@@ -768,13 +777,6 @@ impl<'w> Eval<'w> {
                 &[],
             )
             .map_err(|e| self.ir_err(loc, e))?;
-        if self.lower.has_input(&name.name) > 1 {
-            return Err(self.err(
-                "sema::duplicate_input",
-                loc,
-                format!("input `{}` is declared twice", name.name),
-            ));
-        }
         env.vars.insert(name.name.clone(), Value::Tensor(v));
         Ok(())
     }

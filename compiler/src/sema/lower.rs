@@ -59,13 +59,9 @@ impl Lower {
         format!("{}{}", t.dtype.name(), shape_str(&t.shape))
     }
 
-    /// How many graph inputs carry this name (more than one is a user error).
-    pub fn has_input(&self, name: &str) -> usize {
-        self.graph
-            .inputs()
-            .into_iter()
-            .filter(|v| matches!(self.graph.node(*v).op(), Op::Input { name: n, .. } if n == name))
-            .count()
+    /// Whether a graph input already carries this name.
+    pub fn has_input(&self, name: &str) -> bool {
+        self.graph.find_input(name).is_some()
     }
 
     /// The numpy broadcast of several shapes (aligned on the right; a dim of 1 stretches).
