@@ -156,7 +156,70 @@ pub struct Executor {
     step_time: Vec<Duration>,
     /// Fastest launch of each step of the program (profiling only): robust to other load.
     step_min: Vec<Duration>,
+    /// `pair[i]`: step `i` is a GEMM that runs at the same time as GEMM `i + 1`, each on one
+    /// thread (see [`gemm_pairs`]).
+    pair: Vec<bool>,
 }
+
+/// Word range `[offset, offset + len)` overlap.
+fn overlaps(a: (usize, usize), b: (usize, usize)) -> bool {
+    a.0 < b.0 + b.1 && b.0 < a.0 + a.1
+}
+
+/// Which consecutive GEMMs may run concurrently, one thread each: neither reads or writes what
+/// the other writes (arena ranges, so reuse of freed words counts too). The backward of every
+/// linear layer is such a pair (`dX = dY·Wᵀ` and `dW = Xᵀ·dY`, both reading `dY`): two small
+/// products on one core each keep both cores busier than each product split across both.
+/// `KILN_NO_GEMM_PAIRS=1` turns pairing off (to time the difference).
+fn gemm_pairs(steps: &[Prepared]) -> Vec<bool> {
+    let mut pair = vec![false; steps.len()];
+    if rayon::current_num_threads() < 2 || std::env::var_os("KILN_NO_GEMM_PAIRS").is_some() {
+        return pair;
+    }
+    let mut i = 0;
+    while i + 1 < steps.len() {
+        if let (
+            Prepared::Gemm {
+                params: p1,
+                a: a1,
+                b: b1,
+                c: c1,
+                ..
+            },
+            Prepared::Gemm {
+                params: p2,
+                a: a2,
+                b: b2,
+                c: c2,
+                ..
+            },
+        ) = (&steps[i], &steps[i + 1])
+        {
+            let independent = !overlaps(*c1, *a2)
+                && !overlaps(*c1, *b2)
+                && !overlaps(*c1, *c2)
+                && !overlaps(*c2, *a1)
+                && !overlaps(*c2, *b1);
+            // Similar sizes only: a lopsided pair would leave one core idle.
+            let f = |p: &GemmParams| (p.batch * p.m * p.n * p.k) as f64;
+            let ratio = f(p1).max(f(p2)) / f(p1).min(f(p2)).max(1.0);
+            if independent && ratio <= 2.0 {
+                pair[i] = true;
+                i += 2;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    pair
+}
+
+/// The arena base pointer, sent to the two threads of a GEMM pair.
+#[derive(Clone, Copy)]
+struct Base(*mut u32);
+// SAFETY: a pair's two GEMMs touch disjoint words of the arena (`gemm_pairs`).
+unsafe impl Send for Base {}
+unsafe impl Sync for Base {}
 
 // SAFETY: the raw pointers held by prepared steps point into `arena`, which the executor owns
 // and never reallocates; moving the executor to another thread moves the arena's ownership with
@@ -260,7 +323,9 @@ impl Executor {
             prof_steps: 0,
             step_time: Vec::new(),
             step_min: Vec::new(),
+            pair: Vec::new(),
         };
+        ex.pair = gemm_pairs(&ex.steps);
         ex.load_constants();
         Ok(ex)
     }
@@ -377,10 +442,22 @@ impl Executor {
     /// in their buffers.
     pub fn run_steps(&mut self, seed: u64, step: u64) -> Result<(), ExecError> {
         let base = self.arena.as_mut_ptr() as *mut u32;
+        let mut paired_second = false;
         for si in 0..self.steps.len() {
+            if paired_second {
+                // Ran with the previous step; its time was recorded there.
+                paired_second = false;
+                continue;
+            }
             let t0 = self.profiling.then(Instant::now);
-            // SAFETY: see the module doc; `base` is the arena this executor owns.
-            unsafe { self.run_one(si, base, seed, step) }?;
+            if self.pair[si] {
+                // SAFETY: the pair's views are disjoint (`gemm_pairs`), inside the arena.
+                unsafe { self.run_gemm_pair(si, Base(base)) }?;
+                paired_second = true;
+            } else {
+                // SAFETY: see the module doc; `base` is the arena this executor owns.
+                unsafe { self.run_one(si, base, seed, step) }?;
+            }
             if let Some(t0) = t0 {
                 let kind = self.program.steps[si].kind();
                 let e = self.prof.entry(kind).or_insert_with(|| KindProfile {
@@ -388,15 +465,22 @@ impl Executor {
                     ..Default::default()
                 });
                 let dt = t0.elapsed();
-                e.launches += 1;
+                // A GEMM pair is one launch of two products: each gets half the time.
+                let members: &[usize] = if paired_second { &[si, si + 1] } else { &[si] };
+                let share = dt / members.len() as u32;
                 e.time += dt;
-                e.flops += self.step_flops[si];
+                for &i in members {
+                    e.launches += 1;
+                    e.flops += self.step_flops[i];
+                }
                 if self.step_time.len() < self.steps.len() {
                     self.step_time.resize(self.steps.len(), Duration::ZERO);
                     self.step_min.resize(self.steps.len(), Duration::MAX);
                 }
-                self.step_time[si] += dt;
-                self.step_min[si] = self.step_min[si].min(dt);
+                for &i in members {
+                    self.step_time[i] += share;
+                    self.step_min[i] = self.step_min[i].min(share);
+                }
             }
         }
         let t0 = self.profiling.then(Instant::now);
@@ -426,6 +510,71 @@ impl Executor {
             e.launches += 1;
             e.time += t0.elapsed();
             self.prof_steps += 1;
+        }
+        Ok(())
+    }
+
+    /// Runs GEMMs `si` and `si + 1` at once, each on one thread.
+    ///
+    /// # Safety
+    /// `base` must be this executor's arena and `pair[si]` set (disjoint views).
+    unsafe fn run_gemm_pair(&self, si: usize, base: Base) -> Result<(), ExecError> {
+        type Job = (
+            GemmParams,
+            (usize, usize),
+            (usize, usize),
+            (usize, usize),
+            [MatView; 3],
+        );
+        let job = |i: usize| -> Option<Job> {
+            match &self.steps[i] {
+                Prepared::Gemm {
+                    params,
+                    a,
+                    b,
+                    c,
+                    views,
+                } => Some((
+                    GemmParams {
+                        threads: GemmThreads::Single,
+                        ..*params
+                    },
+                    *a,
+                    *b,
+                    *c,
+                    *views,
+                )),
+                _ => None,
+            }
+        };
+        let run = |j: Option<Job>| -> Result<(), String> {
+            let Some((p, a, b, c, views)) = j else {
+                return Ok(());
+            };
+            let base = base;
+            // SAFETY: validated views inside the arena; `c` is disjoint from everything the
+            // other GEMM of the pair reads or writes.
+            let (sa, sb, sc) = unsafe {
+                (
+                    std::slice::from_raw_parts(base.0.add(a.0) as *const f32, a.1),
+                    std::slice::from_raw_parts(base.0.add(b.0) as *const f32, b.1),
+                    std::slice::from_raw_parts_mut(base.0.add(c.0) as *mut f32, c.1),
+                )
+            };
+            gemm(&p, sa, views[0], sb, views[1], sc, views[2]).map_err(|e| e.to_string())
+        };
+        let (j1, j2) = (job(si), job(si + 1));
+        let (r1, r2) = rayon::join(|| run(j1), || run(j2));
+        for (i, r) in [(si, r1), (si + 1, r2)] {
+            if let Err(detail) = r {
+                let st = &self.program.steps[i];
+                return Err(ExecError::Step {
+                    step: i,
+                    kind: st.kind(),
+                    origin: st.origin.clone(),
+                    detail,
+                });
+            }
         }
         Ok(())
     }
