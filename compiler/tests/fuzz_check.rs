@@ -913,6 +913,10 @@ const REGRESSIONS: &[(&str, &str)] = &[
         "model m(vocab = 64, d = 32, layers = 8, heads = 4) {\n input tokens: i32[batch, seq]\n param e: [vocab, d] = normal(0.02)\n x = gather(e, tokens)\n repeat layers {\n  x = x + attention(rmsnorm(x) as n, heads) as a\n }\n return linear(x, vocab, bias = false) as head\n}\nconfig big = m(layers = 1099511627776)\nplan p for big {\n data = 4\n batch = 64\n seq = 128\n}\n",
     ),
     (
+        "a strided slice of an axis of length i64::MAX",
+        "model m(d = 9223372036854775807) {\n input x: f32[batch, seq, d]\n even = x[:, :, ::2]\n return even\n}\nconfig c = m()\n",
+    ),
+    (
         "a plan with 2^50 data-parallel ranks",
         "model m(vocab = 64, d = 32, layers = 2, heads = 4) {\n input tokens: i32[batch, seq]\n param e: [vocab, d] = normal(0.02)\n x = gather(e, tokens)\n repeat layers {\n  x = x + attention(rmsnorm(x) as n, heads) as a\n }\n return linear(x, vocab, bias = false) as head\n}\nconfig c = m()\nplan p for c {\n data = 1125899906842624\n batch = 1125899906842624\n seq = 128\n}\n",
     ),

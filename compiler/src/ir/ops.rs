@@ -770,7 +770,8 @@ pub fn infer(op: &Op, inputs: &[&TensorType]) -> Result<TensorType, IrError> {
             let n = if *step == 1 {
                 len
             } else if let Some(l) = len.as_const() {
-                Dim::c((l + step - 1) / step)
+                // Ceiling division without `l + step - 1` (which overflows near i64::MAX).
+                Dim::c(l / step + i64::from(l % step != 0))
             } else if let Some(q) = len.div_exact(*step) {
                 q
             } else {
