@@ -8,6 +8,7 @@
 
 pub mod autodiff;
 pub mod compile;
+pub mod decode;
 pub mod finetune;
 pub mod interp;
 pub mod ir;

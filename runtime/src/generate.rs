@@ -5,9 +5,15 @@
 //! nothing else (the spec file may since have moved or changed): the logits program is compiled
 //! from the stored spec and model name, and the parameters are loaded by name.
 //!
-//! There is no KV cache yet: each new token recomputes the logits of the whole window (the last
-//! `seq_len` tokens), right-padded to the program's fixed shape. Padding after the last real
-//! token changes nothing under a causal mask, which is what the stream objectives train.
+//! Without a cache each new token recomputes the logits of the whole window (the last `seq_len`
+//! tokens), right-padded to the program's fixed shape; padding after the last real token changes
+//! nothing under a causal mask, which is what the stream objectives train. With the key/value
+//! cache ([`LogitsModel::enable_cache`], `kiln_compiler::decode`), a context that fits the window
+//! is fed one token at a time through a decode step that keeps every attention's keys and values,
+//! so a new token costs one position instead of the window; a context that extends the cached one
+//! feeds only the new tokens. Once the context outgrows the window, the window slides and every
+//! position changes, so those tokens take the full-window path: the cache never changes what
+//! is generated, only how fast.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -32,6 +38,52 @@ pub struct LogitsModel {
     /// Width of a logits row (the model's vocabulary).
     vocab: usize,
     seed: u64,
+    decoder: Option<Decoder>,
+}
+
+/// The decode step and the tokens whose keys and values its caches hold (positions `0..len`).
+struct Decoder {
+    backend: Box<dyn Backend>,
+    cached: Vec<u32>,
+}
+
+impl Decoder {
+    /// Feeds `context[from..]` at their positions and returns the logits after the last.
+    fn feed(&mut self, context: &[u32], from: usize, seed: u64) -> Result<Vec<f32>, String> {
+        self.cached.truncate(from);
+        let mut last = Vec::new();
+        for (pos, &id) in context.iter().enumerate().skip(from) {
+            let token =
+                i32::try_from(id).map_err(|_| format!("token id {id} does not fit an i32"))?;
+            let inputs = BTreeMap::from([
+                (
+                    "tokens".to_string(),
+                    InputTensor::I32 {
+                        shape: vec![1, 1],
+                        data: vec![token],
+                    },
+                ),
+                (
+                    kiln_compiler::decode::POS_INPUT.to_string(),
+                    InputTensor::I32 {
+                        shape: vec![1],
+                        data: vec![pos as i32],
+                    },
+                ),
+            ]);
+            let out = self
+                .backend
+                .run(&inputs, StepRng { seed, step: 0 })
+                .map_err(|e| e.to_string())?;
+            last = out
+                .get("logits")
+                .ok_or_else(|| "the decode step has no `logits` output".to_string())?
+                .data
+                .clone();
+            self.cached.push(id);
+        }
+        Ok(last)
+    }
 }
 
 impl LogitsModel {
@@ -42,7 +94,24 @@ impl LogitsModel {
             window,
             vocab,
             seed,
+            decoder: None,
         }
+    }
+
+    /// Decodes through `step` (the logits program's decode step, `session::compile_decode`) from
+    /// now on, its parameters copied from the logits program's.
+    pub fn enable_cache(&mut self, mut step: Box<dyn Backend>) -> Result<(), RunError> {
+        crate::session::copy_params(self.backend.as_ref(), step.as_mut())?;
+        self.decoder = Some(Decoder {
+            backend: step,
+            cached: Vec::new(),
+        });
+        Ok(())
+    }
+
+    /// Whether next-token logits come from the key/value cache.
+    pub fn has_cache(&self) -> bool {
+        self.decoder.is_some()
     }
 
     pub fn window(&self) -> usize {
@@ -100,6 +169,30 @@ impl LogitsModel {
     pub fn next_logits(&mut self, context: &[u32]) -> Result<Vec<f32>, String> {
         if context.is_empty() {
             return Err("cannot continue an empty context".to_string());
+        }
+        if let Some(d) = self
+            .decoder
+            .as_mut()
+            .filter(|_| context.len() <= self.window)
+        {
+            // Reuse the cached prefix; the last token is always fed (its logits are the answer).
+            let common = d
+                .cached
+                .iter()
+                .zip(context)
+                .take_while(|(a, b)| a == b)
+                .count()
+                .min(context.len() - 1);
+            let mut row = d.feed(context, common, self.seed)?;
+            if row.len() < self.vocab {
+                return Err(format!(
+                    "the decode step gave {} logits, fewer than {}",
+                    row.len(),
+                    self.vocab
+                ));
+            }
+            row.truncate(self.vocab);
+            return Ok(row);
         }
         let tail = &context[context.len().saturating_sub(self.window)..];
         let rows = self.forward(tail)?;
@@ -168,6 +261,8 @@ pub struct Inference {
     pub tokenizer: Tokenizer,
     pub model: LogitsModel,
     pub checkpoint: Checkpoint,
+    /// Why the model decodes without a key/value cache (`None`: it has one, or none was asked).
+    pub no_cache_reason: Option<String>,
 }
 
 /// The run config stored in a checkpoint (paths in it are absolute).
@@ -208,8 +303,18 @@ pub fn logits_model(
     ))
 }
 
-/// Loads a checkpoint and everything it names (spec, model config, tokenizer).
+/// Loads a checkpoint and everything it names (spec, model config, tokenizer), decoding with a
+/// key/value cache where the model has one.
 pub fn load_inference(path: &Path, executor: Executor) -> Result<Inference, RunError> {
+    load_inference_with(path, executor, true)
+}
+
+/// [`load_inference`], with the key/value cache on or off (`kiln generate --no-kv-cache`).
+pub fn load_inference_with(
+    path: &Path,
+    executor: Executor,
+    kv_cache: bool,
+) -> Result<Inference, RunError> {
     let checkpoint = load_checkpoint(path)?;
     let config = checkpoint_config(path, &checkpoint)?;
     let tokenizer = Tokenizer::from_json(&checkpoint.meta.tokenizer)?;
@@ -220,22 +325,35 @@ pub fn load_inference(path: &Path, executor: Executor) -> Result<Inference, RunE
         None => load_spec(&config)?,
     };
     let compiled = compile_run(&config, &spec, Programs::Inference)?;
-    let model = logits_model(executor, &config, &compiled, path, &checkpoint)?;
+    let mut model = logits_model(executor, &config, &compiled, path, &checkpoint)?;
+    let mut no_cache_reason = None;
+    if kv_cache {
+        match crate::session::compile_decode(&compiled.logits) {
+            Ok(step) => {
+                let backend = make_backend(executor, &step, config.seed, config.threads)?;
+                model.enable_cache(backend)?;
+            }
+            Err(why) => no_cache_reason = Some(why),
+        }
+    }
     Ok(Inference {
         config,
         tokenizer,
         model,
         checkpoint,
+        no_cache_reason,
     })
 }
 
-/// Samples `tokens` tokens after `prompt`. Tokens the tokenizer cannot decode (ids past its
-/// vocabulary, when the model's output is wider) are never drawn.
+/// Samples up to `tokens` tokens after `prompt`, stopping early after any of the `stop` strings
+/// (which are cut from the text). Tokens the tokenizer cannot decode (ids past its vocabulary,
+/// when the model's output is wider) are never drawn.
 pub fn generate(
     inference: &mut Inference,
     prompt: &str,
     tokens: usize,
     sampling: SamplingConfig,
+    stop: &[String],
 ) -> Result<Generated, RunError> {
     let ids = inference.tokenizer.encode(prompt)?;
     if ids.is_empty() {
@@ -258,7 +376,7 @@ pub fn generate(
         &mut sampler,
         &ids,
         tokens,
-        &[],
+        stop,
         None,
     )?)
 }

@@ -243,13 +243,18 @@ pub enum StateName<'a> {
     FirstMoment(&'a str),
     /// AdamW's second moment of a parameter.
     SecondMoment(&'a str),
+    /// A decode step's key/value cache (`kv_cache.N.k`): scratch that persists between tokens,
+    /// never saved or loaded.
+    Cache(&'a str),
 }
 
 impl<'a> StateName<'a> {
     /// Classifies `opt.m.X`, `opt.buf.X` (SGD momentum, stored with the first moments),
-    /// `opt.v.X`, and parameters.
+    /// `opt.v.X`, key/value caches, and parameters.
     pub fn parse(name: &'a str) -> StateName<'a> {
-        if let Some(p) = name.strip_prefix("opt.m.") {
+        if name.starts_with(kiln_compiler::decode::CACHE_PREFIX) {
+            StateName::Cache(name)
+        } else if let Some(p) = name.strip_prefix("opt.m.") {
             StateName::FirstMoment(p)
         } else if let Some(p) = name.strip_prefix("opt.buf.") {
             StateName::FirstMoment(p)
@@ -654,6 +659,20 @@ pub fn compile_logits(
 ) -> Result<Program, RunError> {
     let graph = spec.instantiate(config, None, false)?;
     bind(config, graph, batch, seq, "logits")
+}
+
+/// The one-token decode step with a key/value cache of a logits program of batch 1
+/// (`kiln_compiler::decode`); an error says why the model has none.
+pub fn compile_decode(logits: &Program) -> Result<Program, String> {
+    let bound = logits
+        .graph
+        .bind(&logits.bindings)
+        .map_err(|e| e.to_string())?;
+    let step = kiln_compiler::decode::incremental(&bound).map_err(|e| e.to_string())?;
+    Ok(Program {
+        graph: step.graph,
+        bindings: Bindings::new(),
+    })
 }
 
 /// The last dimension of the `logits` output, bound.

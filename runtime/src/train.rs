@@ -398,6 +398,7 @@ pub fn snapshot(backend: &dyn Backend, meta: CheckpointMeta) -> Result<Checkpoin
             StateName::Param(p) => params.insert(p.to_string(), t),
             StateName::FirstMoment(p) => opt_m.insert(p.to_string(), t),
             StateName::SecondMoment(p) => opt_v.insert(p.to_string(), t),
+            StateName::Cache(_) => None,
         };
     }
     Ok(Checkpoint {
@@ -421,6 +422,8 @@ pub fn restore(
             StateName::Param(p) => (ckpt.params.get(p), true),
             StateName::FirstMoment(p) => (ckpt.opt_m.get(p), false),
             StateName::SecondMoment(p) => (ckpt.opt_v.get(p), false),
+            // Scratch of a decode step: starts from its init.
+            StateName::Cache(_) => continue,
         };
         if !is_param && !with_optimizer {
             continue;

@@ -141,15 +141,15 @@ fn eval_and_generate_from_a_checkpoint() {
         top_p: None,
         seed,
     };
-    let a = generate(&mut inf, "First", 12, sampling(1)).unwrap();
-    let b = generate(&mut inf, "First", 12, sampling(1)).unwrap();
+    let a = generate(&mut inf, "First", 12, sampling(1), &[]).unwrap();
+    let b = generate(&mut inf, "First", 12, sampling(1), &[]).unwrap();
     assert_eq!(a, b);
     assert_eq!(a.tokens.len(), 12);
     assert_eq!(a.text.chars().count(), 12);
-    let c = generate(&mut inf, "First", 12, sampling(2)).unwrap();
+    let c = generate(&mut inf, "First", 12, sampling(2), &[]).unwrap();
     assert_ne!(a.tokens, c.tokens, "different seeds draw differently");
     // Greedy decoding picks the argmax of the logits program, token after token.
-    let g = generate(&mut inf, "First", 4, SamplingConfig::greedy()).unwrap();
+    let g = generate(&mut inf, "First", 4, SamplingConfig::greedy(), &[]).unwrap();
     let mut context = inf.tokenizer.encode("First").unwrap();
     let usable = inf.tokenizer.vocab_size();
     for &tok in &g.tokens {
@@ -161,11 +161,11 @@ fn eval_and_generate_from_a_checkpoint() {
         context.push(tok);
     }
     assert!(matches!(
-        generate(&mut inf, "", 3, sampling(1)),
+        generate(&mut inf, "", 3, sampling(1), &[]),
         Err(RunError::Usage { .. })
     ));
     assert!(matches!(
-        generate(&mut inf, "\u{263A}", 3, sampling(1)),
+        generate(&mut inf, "\u{263A}", 3, sampling(1), &[]),
         Err(RunError::Tokenizer(_))
     ));
 }
@@ -215,6 +215,6 @@ fn generation_needs_only_the_checkpoint() {
     std::fs::remove_file(&spec).unwrap();
     std::fs::remove_file(tmp.path().join("corpus.txt")).unwrap();
     let mut inf = load_inference(&ckpt, Executor::Interp).unwrap();
-    let g = generate(&mut inf, "ROMEO", 3, SamplingConfig::greedy()).unwrap();
+    let g = generate(&mut inf, "ROMEO", 3, SamplingConfig::greedy(), &[]).unwrap();
     assert_eq!(g.tokens.len(), 3);
 }

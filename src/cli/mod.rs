@@ -139,6 +139,13 @@ pub enum Command {
         top_p: Option<f32>,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Stop after this string (repeatable); it is cut from the output.
+        #[arg(long)]
+        stop: Vec<String>,
+        /// Recompute the whole window for every token instead of decoding with the key/value
+        /// cache (same tokens, slower; for comparison).
+        #[arg(long)]
+        no_kv_cache: bool,
         #[arg(long)]
         executor: Option<String>,
     },
@@ -290,15 +297,23 @@ pub fn run(cli: Cli) -> miette::Result<ExitCode> {
             top_k,
             top_p,
             seed,
+            stop,
+            no_kv_cache,
             executor,
         } => run::generate(
             &checkpoint,
             &prompt,
             tokens,
-            temperature,
-            top_k,
-            top_p,
-            seed,
+            run::GenerateFlags {
+                sampling: kiln_runtime::sample::SamplingConfig {
+                    temperature,
+                    top_k,
+                    top_p,
+                    seed,
+                },
+                stop,
+                kv_cache: !no_kv_cache,
+            },
             executor.as_deref(),
         ),
         Command::Data {

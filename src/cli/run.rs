@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use kiln_runtime::config::{RunConfig, TokenizerConfig};
 use kiln_runtime::data::prepare_token_file;
 use kiln_runtime::eval::{evaluate, EvalOptions, EvalReport};
-use kiln_runtime::generate::{generate as generate_tokens, load_inference};
+use kiln_runtime::generate::{generate as generate_tokens, load_inference_with};
 use kiln_runtime::sample::SamplingConfig;
 use kiln_runtime::session::Executor;
 use kiln_runtime::train::{
@@ -216,26 +216,26 @@ pub fn eval(
     Ok(ExitCode::SUCCESS)
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How `kiln generate` samples.
+pub struct GenerateFlags {
+    pub sampling: SamplingConfig,
+    pub stop: Vec<String>,
+    pub kv_cache: bool,
+}
+
 pub fn generate(
     checkpoint: &Path,
     prompt: &str,
     tokens: usize,
-    temperature: f32,
-    top_k: Option<usize>,
-    top_p: Option<f32>,
-    seed: u64,
+    flags: GenerateFlags,
     exec: Option<&str>,
 ) -> miette::Result<ExitCode> {
     let executor = executor(exec)?;
-    let mut inference = load_inference(checkpoint, executor)?;
-    let sampling = SamplingConfig {
-        temperature,
-        top_k,
-        top_p,
-        seed,
-    };
-    let out = generate_tokens(&mut inference, prompt, tokens, sampling)?;
+    let mut inference = load_inference_with(checkpoint, executor, flags.kv_cache)?;
+    if let Some(why) = &inference.no_cache_reason {
+        eprintln!("note: decoding without a key/value cache ({why})");
+    }
+    let out = generate_tokens(&mut inference, prompt, tokens, flags.sampling, &flags.stop)?;
     println!("{prompt}{}", out.text);
     Ok(ExitCode::SUCCESS)
 }

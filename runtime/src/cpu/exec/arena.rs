@@ -4,7 +4,8 @@
 //! and externally visible buffers (inputs, state, outputs, constants) get their own slots;
 //! temporaries get an interval of steps (first write to last read, inclusive) and are packed
 //! greedily, largest first, at the lowest offset that overlaps no placed temporary whose interval
-//! intersects theirs. Everything is aligned to 64 bytes. Keep the policy in [`plan_arena`].
+//! intersects theirs; a temporary an update reads lives to the end of the step. Everything is
+//! aligned to 64 bytes. Keep the policy in [`plan_arena`].
 
 use kiln_compiler::program::{BufferKind, Program};
 
@@ -45,6 +46,14 @@ pub fn plan_arena(p: &Program) -> ArenaPlan {
             let b = v.buf.index();
             first[b] = first[b].min(s);
             last[b] = last[b].max(s);
+        }
+    }
+    // An update's source is read after the last step (when the step commits its state), so a
+    // temporary that feeds one lives to the end.
+    for u in &p.updates {
+        let b = u.view.buf.index();
+        if first[b] != usize::MAX {
+            last[b] = p.steps.len();
         }
     }
     let mut temps: Vec<usize> = (0..nb)
