@@ -14,6 +14,14 @@
 //! each block's feed-forward output weight (`*.ff.wo.weight`-style names) puts one after each
 //! feed-forward block; with a bias, the adapter reads the product before the bias is added.
 //!
+//! Gradual unfreezing (Howard and Ruder 2018, as the T5 paper adapts it) is freezing by layer:
+//! with `top_layers = n`, only the top `n` blocks of every repeated stack train (the encoder's
+//! and the decoder's in parallel), together with every parameter outside the stacks (the shared
+//! embedding and output matrices, final norms), which the paper updates throughout. The training
+//! loop raises `n` episode by episode and rebuilds the step; each build is an ordinary frozen
+//! graph. A block is recognised by its parameter names: `<stack>.<index>.<rest>` with the first
+//! all-digit segment as the index (`h.3.attn.q.weight`, `decoder.5.ff.wo.weight`).
+//!
 //! What this module does not do: it does not pick targets (the run config names them), touch
 //! weights used other than as the right operand of a plain `x @ W` (such a target is an error,
 //! not silently skipped), or know about checkpoints (the runtime saves `*.lora_*` separately).
@@ -59,6 +67,49 @@ pub struct FinetuneSpec {
     pub freeze: Vec<String>,
     pub lora: Option<LoraSpec>,
     pub adapters: Option<AdapterSpec>,
+    /// Gradual unfreezing's current episode: only the top `n` blocks of each stack train.
+    pub top_layers: Option<usize>,
+}
+
+/// The stack and block index of a parameter name (`h.3.attn.q.weight` → `("h", 3)`): the first
+/// all-digit dot-separated segment and everything before it.
+pub fn layer_of(name: &str) -> Option<(&str, usize)> {
+    let mut at = 0;
+    for seg in name.split('.') {
+        if at > 0 && !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
+            return seg.parse().ok().map(|i| (&name[..at - 1], i));
+        }
+        at += seg.len() + 1;
+    }
+    None
+}
+
+/// Freezes every block below the top `n` of its stack (see the module doc); returns the names
+/// frozen. Parameters outside the stacks are left as they are.
+pub fn freeze_below_top(g: &mut Graph, n: usize) -> Vec<String> {
+    let mut depth: std::collections::BTreeMap<String, usize> = Default::default();
+    let params: Vec<(ValueId, String)> = g
+        .params()
+        .into_iter()
+        .filter_map(|p| param_name(g, p).map(|s| (p, s.to_string())))
+        .filter(|(_, s)| !s.starts_with("opt."))
+        .collect();
+    for (_, name) in &params {
+        if let Some((stack, i)) = layer_of(name) {
+            let d = depth.entry(stack.to_string()).or_insert(0);
+            *d = (*d).max(i + 1);
+        }
+    }
+    let mut frozen = Vec::new();
+    for (p, name) in params {
+        if let Some((stack, i)) = layer_of(&name) {
+            if i + n < depth[stack] {
+                set_trainable(g, p, false);
+                frozen.push(name);
+            }
+        }
+    }
+    frozen
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -381,6 +432,9 @@ pub fn apply(g: &mut Graph, spec: &FinetuneSpec) -> Result<(), FinetuneError> {
     }
     if !spec.freeze.is_empty() {
         freeze(g, &spec.freeze)?;
+    }
+    if let Some(n) = spec.top_layers {
+        freeze_below_top(g, n);
     }
     Ok(())
 }

@@ -124,6 +124,7 @@ fn frozen_weights_get_no_gradient_update_or_optimizer_state() {
             freeze: vec!["*".into()],
             lora: Some(lora_spec()),
             adapters: None,
+            top_layers: None,
         },
     )
     .unwrap();
@@ -219,4 +220,15 @@ fn adapters_start_as_the_base_model_and_train_alone() {
     let updated: Vec<&str> = step.updates().iter().map(|u| u.target.as_str()).collect();
     assert_eq!(updated.len(), 3 * 4, "{updated:?}");
     assert!(updated.iter().all(|t| t.contains(".adapter_")));
+}
+
+#[test]
+fn blocks_are_read_from_parameter_names() {
+    use kiln_compiler::finetune::layer_of;
+    assert_eq!(layer_of("h.3.attn.q.weight"), Some(("h", 3)));
+    assert_eq!(layer_of("decoder.12.ff.wo.weight"), Some(("decoder", 12)));
+    assert_eq!(layer_of("model.layers.7.mlp.w1"), Some(("model.layers", 7)));
+    assert_eq!(layer_of("wte"), None);
+    assert_eq!(layer_of("ln_f.weight"), None);
+    assert_eq!(layer_of("3.x"), None);
 }

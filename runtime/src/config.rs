@@ -378,6 +378,40 @@ pub struct FinetuneConfig {
     /// Adapter bottleneck width. Default: 32.
     #[serde(default = "default_adapter_dim")]
     pub adapter_dim: usize,
+    /// T5's gradual unfreezing: training starts with the top `layers_per_episode` blocks of
+    /// every repeated stack (plus the parameters outside the stacks) and unfreezes the next
+    /// `layers_per_episode` blocks every `every` steps. Default: absent (no unfreezing schedule).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gradual_unfreezing: Option<GradualUnfreezing>,
+    /// The episode's count of training top blocks, set by the training loop (not a YAML field).
+    /// Default: absent (every block that is not frozen trains).
+    #[serde(skip)]
+    pub top_layers: Option<usize>,
+}
+
+/// When gradual unfreezing unfreezes the next blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GradualUnfreezing {
+    /// Steps per episode. Required.
+    pub every: u64,
+    /// Blocks of each stack unfrozen per episode. Default: 1.
+    #[serde(default = "default_layers_per_episode")]
+    pub layers_per_episode: usize,
+}
+
+fn default_layers_per_episode() -> usize {
+    1
+}
+
+impl GradualUnfreezing {
+    /// Top blocks of each stack that train at `step` (0-based) of the run.
+    pub fn top_layers_at(&self, step: u64) -> usize {
+        let episode = step / self.every.max(1);
+        (episode as usize)
+            .saturating_add(1)
+            .saturating_mul(self.layers_per_episode)
+    }
 }
 
 fn default_adapter_dim() -> usize {
@@ -408,6 +442,7 @@ impl FinetuneConfig {
                     dim: self.adapter_dim,
                 }
             }),
+            top_layers: self.top_layers,
         }
     }
 }
@@ -1404,6 +1439,24 @@ impl RunConfig {
                     "out of range",
                     None,
                 );
+            }
+            if let Some(g) = &f.gradual_unfreezing {
+                if g.every == 0 {
+                    bad(
+                        &["finetune", "gradual_unfreezing", "every"],
+                        "`every` must be at least 1 step".to_string(),
+                        "out of range",
+                        None,
+                    );
+                }
+                if g.layers_per_episode == 0 {
+                    bad(
+                        &["finetune", "gradual_unfreezing", "layers_per_episode"],
+                        "`layers_per_episode` must be at least 1".to_string(),
+                        "out of range",
+                        None,
+                    );
+                }
             }
             if !(f.lora_alpha.is_finite() && f.lora_alpha > 0.0) {
                 bad(

@@ -611,16 +611,7 @@ pub fn compile_run(
     let objective = stream_objective(config)?;
     let (b, t) = (config.batch_size, config.seq_len);
     let train = match which {
-        Programs::All => {
-            let forward = spec.instantiate(config, Some(&config.objective), true)?;
-            let step = compile_step(&forward, &step_options(config)).map_err(|source| {
-                RunError::Compile {
-                    program: "train",
-                    source: Box::new(source),
-                }
-            })?;
-            Some(bind(config, step, b * config.grad_accum, t, "train")?)
-        }
+        Programs::All => Some(compile_train(config, spec)?),
         Programs::Inference => None,
     };
     let eval = bind(
@@ -648,6 +639,23 @@ pub fn compile_run(
         eval,
         logits,
     })
+}
+
+/// The training step of a run config (forward, backward, optimizer), bound at its batch.
+pub fn compile_train(config: &RunConfig, spec: &LoadedSpec) -> Result<Program, RunError> {
+    let forward = spec.instantiate(config, Some(&config.objective), true)?;
+    let step =
+        compile_step(&forward, &step_options(config)).map_err(|source| RunError::Compile {
+            program: "train",
+            source: Box::new(source),
+        })?;
+    bind(
+        config,
+        step,
+        config.batch_size * config.grad_accum,
+        config.seq_len,
+        "train",
+    )
 }
 
 /// The model alone (output `logits`) at `batch` rows of `seq` tokens, without dropout.

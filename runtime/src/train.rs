@@ -38,8 +38,8 @@ use crate::objectives::{
 };
 use crate::progress::Progress;
 use crate::session::{
-    compile_run, copy_params, load_spec, make_backend, param_shapes, CompiledRun, Executor,
-    Programs, RunError, StateName,
+    compile_run, compile_train, copy_params, load_spec, make_backend, param_shapes, CompiledRun,
+    Executor, Programs, RunError, StateName,
 };
 
 /// Checkpoint metadata (`extra.` map) holding the spec text the run was trained from, so that
@@ -451,6 +451,22 @@ pub fn restore(
     Ok(())
 }
 
+/// Copies every persistent tensor `to` shares with `from` (parameters, and the optimizer state
+/// of parameters that trained before); the rest keep their init (zero moments for parameters
+/// that start training now).
+fn carry_state(from: &dyn Backend, to: &mut dyn Backend) -> Result<(), RunError> {
+    let have: std::collections::HashSet<String> =
+        from.state_shapes().into_iter().map(|(n, _)| n).collect();
+    for (name, _) in to.state_shapes() {
+        if have.contains(&name) {
+            let t = from.get_state(&name).map_err(RunError::backend("train"))?;
+            to.set_state(&name, &t)
+                .map_err(RunError::backend("train"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Loads a checkpoint and checks it against a compiled run (spec text, model, parameters).
 pub fn load_compatible(
     path: &Path,
@@ -550,7 +566,23 @@ fn die() -> ! {
 pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, RunError> {
     // Everything that can fail on user input is checked before the output folder is touched.
     let spec = load_spec(config)?;
-    let compiled = compile_run(config, &spec, Programs::All)?;
+    // Gradual unfreezing: each episode trains a differently frozen step (see `episode_config`).
+    let gradual = config
+        .finetune
+        .as_ref()
+        .and_then(|f| f.gradual_unfreezing.clone());
+    let episode_config = |top: usize| -> RunConfig {
+        let mut c = config.clone();
+        if let Some(f) = c.finetune.as_mut() {
+            f.top_layers = Some(top);
+        }
+        c
+    };
+    let mut top_layers = gradual.as_ref().map(|g| g.top_layers_at(0));
+    let compiled = match top_layers {
+        Some(top) => compile_run(&episode_config(top), &spec, Programs::All)?,
+        None => compile_run(config, &spec, Programs::All)?,
+    };
     let data = load_run_data(config, &compiled)?;
     let train_program = compiled.train.as_ref().ok_or_else(|| RunError::Usage {
         message: "internal: no training program was compiled".to_string(),
@@ -579,6 +611,15 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
         Some(path) => {
             let ckpt = load_compatible(path, config, &compiled, param_shapes(backend.as_ref()))?;
             check_tokenizer(&data, &ckpt)?;
+            // The checkpoint's optimizer state is that of the episode of its last step.
+            if let Some(g) = &gradual {
+                let top = g.top_layers_at(ckpt.meta.step.saturating_sub(1));
+                if Some(top) != top_layers {
+                    let program = compile_train(&episode_config(top), &spec)?;
+                    backend = make_backend(opts.executor, &program, config.seed, config.threads)?;
+                    top_layers = Some(top);
+                }
+            }
             restore(backend.as_mut(), &ckpt, path, true)?;
             let batchers = Batchers::restore(config, objective, path, &ckpt.meta)?;
             (ckpt.meta.step, batchers)
@@ -668,6 +709,22 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
     let mut outcome = TrainOutcome::Finished;
     while step < config.steps {
         let it = step;
+        if let Some(g) = &gradual {
+            let top = g.top_layers_at(it);
+            if Some(top) != top_layers {
+                let program = compile_train(&episode_config(top), &spec)?;
+                let mut next = make_backend(opts.executor, &program, config.seed, config.threads)?;
+                carry_state(backend.as_ref(), next.as_mut())?;
+                if opts.profile {
+                    next.set_profiling(true);
+                }
+                backend = next;
+                top_layers = Some(top);
+                progress.message(&format!(
+                    "step {it}: gradual unfreezing, the top {top} blocks of each stack train"
+                ));
+            }
+        }
         let t0 = Instant::now();
         let lr = schedule.lr_at(it);
         let batch = batchers.train.next_batch(&data.train, "train")?;

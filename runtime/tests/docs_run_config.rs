@@ -201,20 +201,29 @@ fn paths_from_source() -> BTreeSet<String> {
     let structs = structs_in_source();
     let top = structs.get("RunConfig").expect("RunConfig in config.rs");
     let mut out = BTreeSet::new();
-    for (field, ty) in top {
-        out.insert(field.clone());
-        // An optional section (`finetune: Option<FinetuneConfig>`) has its struct's fields too.
+    add_fields(&structs, "", top, &mut out);
+    out
+}
+
+/// Adds `prefix + field` for every field, and recursively the fields of nested config structs
+/// (an optional section such as `finetune: Option<FinetuneConfig>` has its struct's fields too).
+fn add_fields(
+    structs: &BTreeMap<String, Vec<(String, String)>>,
+    prefix: &str,
+    fields: &[(String, String)],
+    out: &mut BTreeSet<String>,
+) {
+    for (field, ty) in fields {
+        let path = format!("{prefix}{field}");
+        out.insert(path.clone());
         let ty = ty
             .strip_prefix("Option<")
             .and_then(|t| t.strip_suffix('>'))
             .unwrap_or(ty);
         if let Some(inner) = structs.get(ty) {
-            for (f, _) in inner {
-                out.insert(format!("{field}.{f}"));
-            }
+            add_fields(structs, &format!("{path}."), inner, out);
         }
     }
-    out
 }
 
 fn walk(prefix: &str, v: &yaml::Value, out: &mut BTreeMap<String, yaml::Value>) {

@@ -450,6 +450,6 @@ fn every_config_field_documents_its_default() {
         checked += 1;
     }
     // RunConfig 22, DataConfig 4, OptimizerConfig 8, ScheduleConfig 4, EvalConfig 3,
-    // CheckpointConfig 2, FinetuneConfig 7.
-    assert_eq!(checked, 50);
+    // CheckpointConfig 2, FinetuneConfig 9, GradualUnfreezing 2.
+    assert_eq!(checked, 54);
 }

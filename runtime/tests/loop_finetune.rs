@@ -89,3 +89,55 @@ fn lora_trains_only_its_weights_and_the_adapter_reproduces_the_model() {
     assert!(close, "LoRA at init is not the base model");
     assert_ne!(base_logits, want);
 }
+
+/// T5's gradual unfreezing on `gpt2_tiny` (blocks `h.0`, `h.1`), one block per episode of 3
+/// steps: after the first episode the lower block is bitwise the base's and has no optimizer
+/// state while the top block and the parameters outside the stack (embeddings, final norm) have
+/// trained; after the second both blocks have.
+#[test]
+fn gradual_unfreezing_trains_the_top_block_first() {
+    let dir = tempfile::tempdir().unwrap();
+    let base_yaml = loop_common::write_run(dir.path(), "");
+    let base = train(&loop_common::load(&base_yaml, &[]), options()).unwrap();
+    let base_ckpt = base.checkpoint.expect("base checkpoint");
+    let text = std::fs::read_to_string(&base_yaml)
+        .unwrap()
+        .replace("out_dir: out", "out_dir: gu");
+    let ft_yaml = dir.path().join("gu.yaml");
+    std::fs::write(
+        &ft_yaml,
+        format!(
+            "{text}finetune:\n  from: {}\n  gradual_unfreezing: {{every: 3}}\n",
+            base_ckpt.display()
+        ),
+    )
+    .unwrap();
+    let config = loop_common::load(&ft_yaml, &["steps=6", "checkpoint.every=3"]);
+    finetune(&config, options()).unwrap();
+    let load = |step: u64| {
+        let p = dir.path().join(format!("gu/ckpt-{step:08}.safetensors"));
+        kiln_runtime::checkpoint::load_checkpoint(&p).unwrap()
+    };
+    let before = kiln_runtime::checkpoint::load_checkpoint(&base_ckpt).unwrap();
+    let (first, second) = (load(3), load(6));
+    let changed = |c: &kiln_runtime::checkpoint::Checkpoint, name: &str| {
+        c.params[name] != before.params[name]
+    };
+    for name in before.params.keys() {
+        if name.starts_with("h.0.") {
+            assert!(
+                !changed(&first, name),
+                "{name} trained in the first episode"
+            );
+            assert!(changed(&second, name), "{name} did not train in the second");
+        } else {
+            assert!(
+                changed(&first, name),
+                "{name} did not train in the first episode"
+            );
+        }
+    }
+    assert!(first.opt_m.keys().all(|n| !n.starts_with("h.0.")));
+    assert!(second.opt_m.keys().any(|n| n.starts_with("h.0.")));
+    assert_eq!(second.opt_m.len(), before.params.len());
+}
