@@ -24,9 +24,12 @@
 //!   (banded) mask becomes an additive bias row (`0` inside the band, `-1e30` outside);
 //!   attention over static keys (an encoder's output) needs no cache.
 //!
-//! The step's inputs are `tokens` `[1, 1]` and `pos` int `[1]`; its output is `logits`
-//! `[1, 1, V]`. Batch must be 1. Prefix-LM masks and models that already pad keys are refused:
-//! their queries see keys that come later, which no left-to-right cache can provide.
+//! The step's inputs are the token input (`tokens`, or an encoder-decoder's `decoder_inputs`)
+//! `[1, 1]`, `pos` int `[1]`, and any other input of the model unchanged (an encoder-decoder's
+//! `inputs`: the encoder is static, and is recomputed by every step — it is not cached yet);
+//! its output is `logits` `[1, 1, V]`. Batch must be 1. Prefix-LM masks and self-attention
+//! with key padding are refused: their queries see keys that come later, which no left-to-right
+//! cache can provide (cross-attention may pad the encoder's keys).
 
 use std::collections::HashMap;
 
@@ -264,9 +267,13 @@ impl Builder<'_> {
         let ins: Vec<Val> = n.inputs().iter().map(|u| vals[u]).collect();
         let op = n.op().clone();
         if v == tokens {
+            let input_name = match n.op() {
+                Op::Input { name, .. } => name.clone(),
+                _ => return Err(err("internal: the token input is not an input")),
+            };
             let t = self.add(
                 Op::Input {
-                    name: "tokens".to_string(),
+                    name: input_name,
                     shape: shape_of(&[1, 1]),
                     dtype: n.dtype(),
                 },
@@ -518,25 +525,42 @@ impl Builder<'_> {
         let Val::Row { v: q, axis: 2 } = ins[0] else {
             return Err(self.refuse(v, "has queries that are not rows of the sequence"));
         };
-        if spec.key_padding || spec.mask == AttnMask::Prefix {
+        if spec.mask == AttnMask::Prefix {
             return Err(self.refuse(
                 v,
-                "lets queries see later keys (prefix LM or key padding): no left-to-right cache",
+                "lets queries see later keys (prefix LM): no left-to-right cache",
             ));
         }
-        let (bias_at, _, _) = spec.extra_positions();
+        let (bias_at, _, len_at) = spec.extra_positions();
         let mut bias = bias_at.map(|i| ins[3 + i]);
         let (k, vv, cached) = match (ins[1], ins[2]) {
             (Val::Static(k), Val::Static(vv)) => {
-                // Cross-attention over fixed keys: every query sees them all already.
+                // Cross-attention over fixed keys (an encoder's output, its padding included):
+                // query p sees what every query sees.
                 if spec.mask != AttnMask::Full {
                     return Err(self.refuse(v, "masks keys that do not depend on the tokens"));
                 }
-                (k, vv, false)
+                let mut operands = vec![q, k, vv];
+                if let Some(b) = bias {
+                    operands.push(self.as_row(b, 1, v)?);
+                }
+                if let Some(i) = len_at {
+                    match ins[3 + i] {
+                        Val::Static(l) => operands.push(l),
+                        Val::Row { .. } => {
+                            return Err(self.refuse(v, "pads keys by token-dependent lengths"))
+                        }
+                    }
+                }
+                let out = self.add(Op::Attention(spec), &operands, name)?;
+                return Ok(Val::Row { v: out, axis: 2 });
             }
             (Val::Row { v: k, axis: 2 }, Val::Row { v: vv, axis: 2 }) => {
-                if spec.mask == AttnMask::Full {
-                    return Err(self.refuse(v, "lets every query see later keys"));
+                if spec.mask == AttnMask::Full || spec.key_padding {
+                    return Err(self.refuse(
+                        v,
+                        "lets queries see later keys (no causal mask, or key padding)",
+                    ));
                 }
                 let layer = self.caches.len() / 2;
                 let k = self.cached(k, &format!("{CACHE_PREFIX}{layer}.k"), v)?;
@@ -663,19 +687,29 @@ impl Builder<'_> {
     }
 }
 
-/// The one-token decode step of `full`, a bound logits graph of batch 1 whose `tokens` input is
-/// `[1, T]` and whose `logits` output is `[1, T, V]` (see the module doc).
+/// The input a decode step feeds one token at a time: an encoder-decoder's `decoder_inputs`
+/// (its `inputs` stay whole: the encoder is static), otherwise `tokens`.
+pub fn token_input(full: &Graph) -> Option<&'static str> {
+    ["decoder_inputs", "tokens"]
+        .into_iter()
+        .find(|n| full.find_input(n).is_some())
+}
+
+/// The one-token decode step of `full`, a bound logits graph of batch 1 whose token input
+/// ([`token_input`]) is `[1, T]` and whose `logits` output is `[1, T, V]` (see the module doc).
 pub fn incremental(full: &Graph) -> Result<DecodeStep, DecodeError> {
+    let token_name = token_input(full)
+        .ok_or_else(|| err("the model has no `tokens` or `decoder_inputs` input"))?;
     let tokens = full
-        .find_input("tokens")
-        .ok_or_else(|| err("the model has no `tokens` input"))?;
+        .find_input(token_name)
+        .ok_or_else(|| err("internal: token input vanished"))?;
     let logits = full
         .output("logits")
         .ok_or_else(|| err("the model has no `logits` output"))?;
     let ts = dims(full.shape(tokens))?;
     if ts.len() != 2 || ts[0] != 1 {
         return Err(err(format!(
-            "`tokens` must be [1, T] (batch 1), got {ts:?}"
+            "`{token_name}` must be [1, T] (batch 1), got {ts:?}"
         )));
     }
     let window = ts[1];

@@ -39,6 +39,10 @@ pub struct LogitsModel {
     vocab: usize,
     seed: u64,
     decoder: Option<Decoder>,
+    /// The input the context goes to: `tokens`, or an encoder-decoder's `decoder_inputs`.
+    token_input: String,
+    /// The other inputs, the same for every call until changed (an encoder-decoder's source).
+    fixed: BTreeMap<String, InputTensor>,
 }
 
 /// The decode step and the tokens whose keys and values its caches hold (positions `0..len`).
@@ -49,28 +53,34 @@ struct Decoder {
 
 impl Decoder {
     /// Feeds `context[from..]` at their positions and returns the logits after the last.
-    fn feed(&mut self, context: &[u32], from: usize, seed: u64) -> Result<Vec<f32>, String> {
+    fn feed(
+        &mut self,
+        context: &[u32],
+        from: usize,
+        token_input: &str,
+        fixed: &BTreeMap<String, InputTensor>,
+        seed: u64,
+    ) -> Result<Vec<f32>, String> {
         self.cached.truncate(from);
         let mut last = Vec::new();
         for (pos, &id) in context.iter().enumerate().skip(from) {
             let token =
                 i32::try_from(id).map_err(|_| format!("token id {id} does not fit an i32"))?;
-            let inputs = BTreeMap::from([
-                (
-                    "tokens".to_string(),
-                    InputTensor::I32 {
-                        shape: vec![1, 1],
-                        data: vec![token],
-                    },
-                ),
-                (
-                    kiln_compiler::decode::POS_INPUT.to_string(),
-                    InputTensor::I32 {
-                        shape: vec![1],
-                        data: vec![pos as i32],
-                    },
-                ),
-            ]);
+            let mut inputs = fixed.clone();
+            inputs.insert(
+                token_input.to_string(),
+                InputTensor::I32 {
+                    shape: vec![1, 1],
+                    data: vec![token],
+                },
+            );
+            inputs.insert(
+                kiln_compiler::decode::POS_INPUT.to_string(),
+                InputTensor::I32 {
+                    shape: vec![1],
+                    data: vec![pos as i32],
+                },
+            );
             let out = self
                 .backend
                 .run(&inputs, StepRng { seed, step: 0 })
@@ -95,6 +105,36 @@ impl LogitsModel {
             vocab,
             seed,
             decoder: None,
+            token_input: "tokens".to_string(),
+            fixed: BTreeMap::new(),
+        }
+    }
+
+    /// An encoder-decoder's logits program: contexts go to `decoder_inputs`, the source (set
+    /// with [`LogitsModel::set_source`]) to `inputs`.
+    pub fn encoder_decoder(
+        backend: Box<dyn Backend>,
+        window: usize,
+        vocab: usize,
+        seed: u64,
+    ) -> LogitsModel {
+        let mut m = LogitsModel::new(backend, window, vocab, seed);
+        m.token_input = "decoder_inputs".to_string();
+        m
+    }
+
+    /// Sets an encoder-decoder's source row (`inputs` `[1, S]`, already padded to the program's
+    /// length); the cache is dropped when it changes.
+    pub fn set_source(&mut self, ids: Vec<i32>) {
+        let t = InputTensor::I32 {
+            shape: vec![1, ids.len()],
+            data: ids,
+        };
+        if self.fixed.get("inputs") != Some(&t) {
+            self.fixed.insert("inputs".to_string(), t);
+            if let Some(d) = self.decoder.as_mut() {
+                d.cached.clear();
+            }
         }
     }
 
@@ -135,13 +175,14 @@ impl LogitsModel {
         for (d, &id) in data.iter_mut().zip(ids) {
             *d = i32::try_from(id).map_err(|_| format!("token id {id} does not fit an i32"))?;
         }
-        let inputs = BTreeMap::from([(
-            "tokens".to_string(),
+        let mut inputs = self.fixed.clone();
+        inputs.insert(
+            self.token_input.clone(),
             InputTensor::I32 {
                 shape: vec![1, self.window],
                 data,
             },
-        )]);
+        );
         let out = self
             .backend
             .run(
@@ -183,7 +224,7 @@ impl LogitsModel {
                 .take_while(|(a, b)| a == b)
                 .count()
                 .min(context.len() - 1);
-            let mut row = d.feed(context, common, self.seed)?;
+            let mut row = d.feed(context, common, &self.token_input, &self.fixed, self.seed)?;
             if row.len() < self.vocab {
                 return Err(format!(
                     "the decode step gave {} logits, fewer than {}",
@@ -263,6 +304,38 @@ pub struct Inference {
     pub checkpoint: Checkpoint,
     /// Why the model decodes without a key/value cache (`None`: it has one, or none was asked).
     pub no_cache_reason: Option<String>,
+    /// Set for an encoder-decoder: the prompt is its source, the answer its decoder's output.
+    pub seq2seq: Option<Seq2SeqIds>,
+}
+
+/// How an encoder-decoder is prompted: T5's special ids as Kiln numbers them above the
+/// tokenizer's (`session::span_corruption_objective`: pad, which also starts the decoder, then
+/// EOS) and the encoder's length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seq2SeqIds {
+    pub source_len: usize,
+    pub pad: u32,
+    pub eos: u32,
+    pub start: u32,
+}
+
+impl Seq2SeqIds {
+    /// The encoder row of a prompt: its ids, EOS, then padding (cut to fit, EOS kept last).
+    pub fn source_row(&self, ids: &[u32]) -> Vec<i32> {
+        let keep = ids.len().min(self.source_len.saturating_sub(1));
+        let mut row: Vec<i32> = ids[..keep].iter().map(|&i| i as i32).collect();
+        row.push(self.eos as i32);
+        row.resize(self.source_len, self.pad as i32);
+        row
+    }
+}
+
+/// The encoder length of a logits program with an `inputs` input.
+fn source_len(compiled: &CompiledRun) -> Option<usize> {
+    let g = &compiled.logits.graph;
+    let v = g.find_input("inputs")?;
+    let d = g.shape(v).get(1)?.bind(&compiled.logits.bindings).ok()?;
+    usize::try_from(d).ok()
 }
 
 /// The run config stored in a checkpoint (paths in it are absolute).
@@ -295,12 +368,14 @@ pub fn logits_model(
         ckpt.check_compatible(path, &signature)?;
     }
     restore(backend.as_mut(), ckpt, path, false)?;
-    Ok(LogitsModel::new(
-        backend,
-        compiled.window,
-        compiled.vocab,
-        config.seed,
-    ))
+    let (w, v, seed) = (compiled.window, compiled.vocab, config.seed);
+    Ok(
+        if kiln_compiler::decode::token_input(&compiled.logits.graph) == Some("decoder_inputs") {
+            LogitsModel::encoder_decoder(backend, w, v, seed)
+        } else {
+            LogitsModel::new(backend, w, v, seed)
+        },
+    )
 }
 
 /// Loads a checkpoint and everything it names (spec, model config, tokenizer), decoding with a
@@ -326,6 +401,15 @@ pub fn load_inference_with(
     };
     let compiled = compile_run(&config, &spec, Programs::Inference)?;
     let mut model = logits_model(executor, &config, &compiled, path, &checkpoint)?;
+    let seq2seq = source_len(&compiled).map(|source_len| {
+        let pad = tokenizer.vocab_size() as u32;
+        Seq2SeqIds {
+            source_len,
+            pad,
+            eos: pad + 1,
+            start: pad,
+        }
+    });
     let mut no_cache_reason = None;
     if kv_cache {
         match crate::session::compile_decode(&compiled.logits) {
@@ -342,12 +426,14 @@ pub fn load_inference_with(
         model,
         checkpoint,
         no_cache_reason,
+        seq2seq,
     })
 }
 
 /// Samples up to `tokens` tokens after `prompt`, stopping early after any of the `stop` strings
 /// (which are cut from the text). Tokens the tokenizer cannot decode (ids past its vocabulary,
-/// when the model's output is wider) are never drawn.
+/// when the model's output is wider) are never drawn. An encoder-decoder reads the prompt with
+/// its encoder and answers from its decoder's start token, stopping at EOS.
 pub fn generate(
     inference: &mut Inference,
     prompt: &str,
@@ -365,6 +451,29 @@ pub fn generate(
     let mut sampler = TokenSampler::new(sampling)?;
     let usable = inference.tokenizer.vocab_size();
     let model = &mut inference.model;
+    if let Some(s) = inference.seq2seq {
+        // The prompt is the encoder's source; the decoder starts from its start id and may end
+        // with EOS (the only special id it may draw).
+        model.set_source(s.source_row(&ids));
+        let eos = s.eos as usize;
+        let next = |context: &[u32]| -> Result<Vec<f32>, String> {
+            let mut row = model.next_logits(context)?;
+            row.truncate(eos + 1);
+            for x in row.iter_mut().take(eos).skip(usable) {
+                *x = f32::NEG_INFINITY;
+            }
+            Ok(row)
+        };
+        return Ok(sample::generate(
+            next,
+            &inference.tokenizer,
+            &mut sampler,
+            &[s.start],
+            tokens,
+            stop,
+            Some(s.eos),
+        )?);
+    }
     let next = |context: &[u32]| -> Result<Vec<f32>, String> {
         let mut row = model.next_logits(context)?;
         row.truncate(usable);

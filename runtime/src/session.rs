@@ -478,7 +478,7 @@ pub struct CompiledRun {
     pub objective: ObjectiveKind,
     /// Output width of the model (its vocabulary).
     pub vocab: usize,
-    /// Tokens the logits program reads (`seq_len`).
+    /// Tokens the logits program reads (`seq_len`; an encoder-decoder's decoder length).
     pub window: usize,
     pub train: Option<Program>,
     pub eval: Program,
@@ -629,12 +629,19 @@ pub fn compile_run(
             name: "logits".to_string(),
         }),
     })?;
+    // The decoder's length for an encoder-decoder (its `tgt`), else `seq_len`.
+    let window = kiln_compiler::decode::token_input(&logits.graph)
+        .and_then(|name| logits.graph.find_input(name))
+        .and_then(|v| logits.graph.shape(v).get(1).cloned())
+        .and_then(|d| d.bind(&logits.bindings).ok())
+        .and_then(|d| usize::try_from(d).ok())
+        .unwrap_or(t);
     Ok(CompiledRun {
         spec_path: spec.path.clone(),
         spec_hash: spec.hash.clone(),
         objective,
         vocab,
-        window: t,
+        window,
         train,
         eval,
         logits,
