@@ -113,6 +113,11 @@ fn inputs(c: &Compiled, r: &mut ChaCha8Rng) -> HashMap<String, Tensor> {
         let t = match (name.as_str(), *dtype) {
             ("lr", _) => Tensor::f64(shape, vec![1e-2]),
             ("step", _) => Tensor::f64(shape, vec![3.0]),
+            // An encoder-decoder's source lengths: 1 ..= src, so some rows are padded.
+            ("input_len", dt) => {
+                let src = c.bindings.get("src").expect("src bound");
+                Tensor::int(dt, shape, (0..n).map(|_| r.random_range(1..=src)).collect())
+            }
             (_, dt) if dt.is_int() => {
                 let ignore = name == "targets";
                 let ids = (0..n)

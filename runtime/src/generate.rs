@@ -124,14 +124,20 @@ impl LogitsModel {
     }
 
     /// Sets an encoder-decoder's source row (`inputs` `[1, S]`, already padded to the program's
-    /// length); the cache is dropped when it changes.
-    pub fn set_source(&mut self, ids: Vec<i32>) {
-        let t = InputTensor::I32 {
+    /// length) and how many of its ids are tokens (`input_len`); the cache is dropped when
+    /// either changes.
+    pub fn set_source(&mut self, ids: Vec<i32>, len: usize) {
+        let row = InputTensor::I32 {
             shape: vec![1, ids.len()],
             data: ids,
         };
-        if self.fixed.get("inputs") != Some(&t) {
-            self.fixed.insert("inputs".to_string(), t);
+        let len = InputTensor::I32 {
+            shape: vec![1],
+            data: vec![len as i32],
+        };
+        if self.fixed.get("inputs") != Some(&row) || self.fixed.get("input_len") != Some(&len) {
+            self.fixed.insert("inputs".to_string(), row);
+            self.fixed.insert("input_len".to_string(), len);
             if let Some(d) = self.decoder.as_mut() {
                 d.cached.clear();
             }
@@ -320,13 +326,15 @@ pub struct Seq2SeqIds {
 }
 
 impl Seq2SeqIds {
-    /// The encoder row of a prompt: its ids, EOS, then padding (cut to fit, EOS kept last).
-    pub fn source_row(&self, ids: &[u32]) -> Vec<i32> {
+    /// The encoder row of a prompt and its length: its ids, EOS, then padding (cut to fit,
+    /// EOS kept last).
+    pub fn source_row(&self, ids: &[u32]) -> (Vec<i32>, usize) {
         let keep = ids.len().min(self.source_len.saturating_sub(1));
         let mut row: Vec<i32> = ids[..keep].iter().map(|&i| i as i32).collect();
         row.push(self.eos as i32);
+        let len = row.len();
         row.resize(self.source_len, self.pad as i32);
-        row
+        (row, len)
     }
 }
 
@@ -454,7 +462,8 @@ pub fn generate(
     if let Some(s) = inference.seq2seq {
         // The prompt is the encoder's source; the decoder starts from its start id and may end
         // with EOS (the only special id it may draw).
-        model.set_source(s.source_row(&ids));
+        let (row, len) = s.source_row(&ids);
+        model.set_source(row, len);
         let eos = s.eos as usize;
         let next = |context: &[u32]| -> Result<Vec<f32>, String> {
             let mut row = model.next_logits(context)?;

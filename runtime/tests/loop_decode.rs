@@ -175,8 +175,10 @@ fn cached_decoding_matches_the_full_window_for_an_encoder_decoder() {
     let mut worst = 0f32;
     for _source in 0..2 {
         let source: Vec<i32> = (0..src).map(|_| rng.random_range(0..65)).collect();
-        cached.set_source(source.clone());
-        plain.set_source(source);
+        // Padding after a random length: the masked source keys must not matter either way.
+        let len = rng.random_range(1..=src);
+        cached.set_source(source.clone(), len);
+        plain.set_source(source, len);
         let context: Vec<u32> = std::iter::once(65)
             .chain((1..w).map(|_| rng.random_range(0..65)))
             .collect();
@@ -193,6 +195,23 @@ fn cached_decoding_matches_the_full_window_for_an_encoder_decoder() {
         worst < 1e-5,
         "t5_tiny: cached logits differ from the full window's by {worst:e}"
     );
+    // The mask: ids past `input_len` change nothing (T5's attention mask over the padding).
+    let source: Vec<i32> = (0..src).map(|_| rng.random_range(0..65)).collect();
+    let mut other = source.clone();
+    for x in &mut other[src / 2..] {
+        *x = (*x + 7) % 65;
+    }
+    let ctx = [65u32, 3, 9];
+    plain.set_source(source, src / 2);
+    let a = plain.next_logits(&ctx).unwrap();
+    plain.set_source(other.clone(), src / 2);
+    assert_eq!(
+        a,
+        plain.next_logits(&ctx).unwrap(),
+        "padding is attended to"
+    );
+    plain.set_source(other, src);
+    assert_ne!(a, plain.next_logits(&ctx).unwrap(), "the source is ignored");
     println!(
         "t5_tiny (Cpu): worst relative logit difference {worst:.2e} over {w} decoder positions"
     );

@@ -282,6 +282,12 @@ fn match_sdpa(g: &Graph, pv: ValueId) -> Option<Match> {
         None => (AttnMask::Full, None, None),
         Some(c) => classify_mask(g, c, &qs[2], &kshape[2], &mut interior)?,
     };
+    // Lengths are one per batch row.
+    for l in prefix.iter().chain(&key_len) {
+        if g.shape(*l) != &[qs[0].clone()][..] || !g.dtype(*l).is_int() {
+            return None;
+        }
+    }
     // Every interior node must be used only inside the composition.
     let inside: HashSet<ValueId> = interior.iter().copied().chain([pv]).collect();
     for n in &interior {
@@ -490,8 +496,9 @@ fn int_formula(g: &Graph, v: ValueId, roles: &[Role], seen: &mut Vec<ValueId>) -
             let b = int_formula(g, n.inputs()[1], roles, seen)?;
             a.combine(&b, if *op == BinaryOp::Add { 1 } else { -1 })
         }
-        _ if roles == [Role::B] => {
-            // An opaque per-batch integer: a length.
+        // An opaque per-batch integer: a length. At batch 1 its axis reads as `One` (size 1);
+        // the caller checks that it is `[batch]`.
+        _ if roles == [Role::B] || roles == [Role::One] => {
             seen.pop();
             Some(Lin {
                 ci: 0,

@@ -140,6 +140,11 @@ pub fn inputs(g: &Graph, b: &Bindings, vocab: i64, seed: u64) -> HashMap<String,
                     let hi = b.get("seq").unwrap_or(4);
                     Tensor::int(d, shape, (0..n).map(|_| r.random_range(1..hi)).collect())
                 }
+                // An encoder-decoder's source lengths: 1 ..= src (padding after).
+                ("input_len", d) => {
+                    let hi = b.get("src").unwrap_or(4);
+                    Tensor::int(d, shape, (0..n).map(|_| r.random_range(1..=hi)).collect())
+                }
                 (_, d) if d.is_int() => {
                     Tensor::int(d, shape, (0..n).map(|_| r.random_range(0..vocab)).collect())
                 }

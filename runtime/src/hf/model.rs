@@ -42,12 +42,13 @@ objective hf_causal_lm() {
     return cross_entropy(logits[:, :-1], labels[:, 1:], ignore = -100)
 }
 
-# The loss of transformers' *ForConditionalGeneration: no shift, -100 ignored.
+# The loss of transformers' *ForConditionalGeneration: no shift, -100 ignored, no padding in
+# the source (every row is `src` tokens long).
 objective hf_seq2seq() {
     input input_ids: i32[batch, src]
     input decoder_input_ids: i32[batch, tgt]
     input labels: i32[batch, tgt]
-    logits = model(input_ids, decoder_input_ids)
+    logits = model(input_ids, full([batch], 1, i32) + arange(src)[-1:], decoder_input_ids)
     return cross_entropy(logits, labels, ignore = -100)
 }
 ";
