@@ -140,6 +140,12 @@ pub struct DataConfig {
     /// Hugging Face `tokenizer.json`, relative to this YAML file). Default: `char`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokenizer: Option<TokenizerConfig>,
+    /// Supervised examples for `objective: seq2seq`: a JSONL file of `{"input": ..., "target":
+    /// ...}` lines (the shipped text-to-text task format), relative to this YAML file. The last
+    /// `val_fraction` of the examples are held out for the validation loss; `path` or
+    /// `token_file` still gives the tokenizer (the base model's vocabulary). Default: absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub examples: Option<PathBuf>,
 }
 
 /// The default validation fraction (nanoGPT's 90/10 split).
@@ -1253,6 +1259,9 @@ impl RunConfig {
         if let Some(TokenizerConfig::TokenizerJson(p)) = &mut self.data.tokenizer {
             join(p);
         }
+        if let Some(p) = &mut self.data.examples {
+            join(p);
+        }
         if let Some(p) = self.finetune.as_mut().and_then(|f| f.from.as_mut()) {
             join(p);
         }
@@ -1269,6 +1278,9 @@ impl RunConfig {
         }
         if let Some(TokenizerConfig::TokenizerJson(p)) = &self.data.tokenizer {
             files.push((&["data", "tokenizer", "tokenizer_json"], p));
+        }
+        if let Some(p) = &self.data.examples {
+            files.push((&["data", "examples"], p));
         }
         if let Some(p) = self.finetune.as_ref().and_then(|f| f.from.as_ref()) {
             files.push((&["finetune", "from"], p));
@@ -1513,6 +1525,24 @@ impl RunConfig {
                     None,
                 );
             }
+        }
+        match (self.objective == "seq2seq", d.examples.is_some()) {
+            (true, false) => bad(
+                &["objective"],
+                "`objective: seq2seq` trains on examples: `data.examples` is missing".to_string(),
+                "needs data.examples",
+                Some("give a JSONL file of {\"input\", \"target\"} lines in `data.examples`"),
+            ),
+            (false, true) => bad(
+                &["data", "examples"],
+                format!(
+                    "`data.examples` is for `objective: seq2seq`, not `{}`",
+                    self.objective
+                ),
+                "not used",
+                None,
+            ),
+            _ => {}
         }
 
         // Optimizer.

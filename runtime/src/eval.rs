@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use crate::config::RunConfig;
 use crate::evaltasks::baseline::SamplingGenerator;
 use crate::evaltasks::{self, load, shipped_tasks, McConfig, MetricValue, TaskKind, TaskSpec};
-use crate::generate::{logits_model, LogitsModel};
+use crate::evaltasks::{Generator, ModelError};
+use crate::generate::{generate_seq2seq, logits_model, LogitsModel, Seq2SeqIds};
 use crate::sample::{SamplingConfig, TokenSampler};
 use crate::session::{compile_run, load_spec, make_backend, Executor, Programs, RunError};
 use crate::tokenizer::Tokenizer;
@@ -85,12 +86,46 @@ fn insert(metrics: &mut BTreeMap<String, f64>, name: &str, v: MetricValue) {
     metrics.insert(format!("{name}_stderr"), v.stderr);
 }
 
+/// An encoder-decoder as a [`Generator`]: the prompt is its source.
+struct Seq2SeqGenerator<'a> {
+    model: &'a mut LogitsModel,
+    ids: Seq2SeqIds,
+    tokenizer: Tokenizer,
+    sampler: TokenSampler,
+}
+
+impl Generator for Seq2SeqGenerator<'_> {
+    fn generate(
+        &mut self,
+        prompt: &[u32],
+        max_tokens: usize,
+        stop: &[String],
+    ) -> Result<String, ModelError> {
+        generate_seq2seq(
+            self.model,
+            self.ids,
+            &self.tokenizer,
+            &mut self.sampler,
+            prompt,
+            max_tokens,
+            stop,
+        )
+        .map(|g| g.text)
+        .map_err(|e| ModelError {
+            message: e.to_string(),
+        })
+    }
+}
+
 /// Runs one shipped task against a model.
+/// An encoder-decoder (`seq2seq` set) answers generation tasks from its decoder with the prompt
+/// as its source; multiple-choice scoring needs a decoder-only model.
 pub fn run_task(
     spec: &TaskSpec,
     dir: &Path,
     tokenizer: &Tokenizer,
     model: &mut LogitsModel,
+    seq2seq: Option<Seq2SeqIds>,
     num_fewshot: usize,
     limit: Option<usize>,
 ) -> Result<TaskReport, RunError> {
@@ -98,6 +133,15 @@ pub fn run_task(
     let cut = |n: usize| limit.map_or(n, |l| l.min(n));
     let mut metrics = BTreeMap::new();
     let n = match spec.kind {
+        TaskKind::MultipleChoice if seq2seq.is_some() => {
+            return Err(RunError::Usage {
+                message: format!(
+                    "task `{}` scores continuations of a context: it needs a decoder-only model",
+                    spec.name
+                ),
+                help: Some("an encoder-decoder takes the generation tasks".to_string()),
+            })
+        }
         TaskKind::MultipleChoice => {
             let docs = load::load_multiple_choice(&dir.join(spec.file))?;
             let pool = load::load_multiple_choice(&dir.join(spec.train_file))?;
@@ -120,25 +164,46 @@ pub fn run_task(
             let pool = load::load_text_to_text(&dir.join(spec.train_file))?;
             let docs = &docs[..cut(docs.len())];
             let usable = tokenizer.vocab_size();
-            let mut generator = SamplingGenerator {
-                logits: |context: &[u32]| -> Result<Vec<f32>, String> {
-                    let mut row = model.next_logits(context)?;
-                    row.truncate(usable);
-                    Ok(row)
-                },
-                tokenizer: tokenizer.clone(),
-                sampler: TokenSampler::new(SamplingConfig::greedy())?,
-                eos: None,
+            let report = match seq2seq {
+                Some(ids) => {
+                    let mut generator = Seq2SeqGenerator {
+                        model,
+                        ids,
+                        tokenizer: tokenizer.clone(),
+                        sampler: TokenSampler::new(SamplingConfig::greedy())?,
+                    };
+                    evaltasks::evaluate_generation(
+                        docs,
+                        &pool,
+                        &fewshot,
+                        tokenizer,
+                        &mut generator,
+                        spec.max_tokens,
+                        &spec.stop_strings(),
+                    )?
+                }
+                None => {
+                    let mut generator = SamplingGenerator {
+                        logits: |context: &[u32]| -> Result<Vec<f32>, String> {
+                            let mut row = model.next_logits(context)?;
+                            row.truncate(usable);
+                            Ok(row)
+                        },
+                        tokenizer: tokenizer.clone(),
+                        sampler: TokenSampler::new(SamplingConfig::greedy())?,
+                        eos: None,
+                    };
+                    evaltasks::evaluate_generation(
+                        docs,
+                        &pool,
+                        &fewshot,
+                        tokenizer,
+                        &mut generator,
+                        spec.max_tokens,
+                        &spec.stop_strings(),
+                    )?
+                }
             };
-            let report = evaltasks::evaluate_generation(
-                docs,
-                &pool,
-                &fewshot,
-                tokenizer,
-                &mut generator,
-                spec.max_tokens,
-                &spec.stop_strings(),
-            )?;
             insert(&mut metrics, "exact_match", report.exact_match);
             insert(&mut metrics, "f1", report.f1);
             report.n
@@ -185,6 +250,14 @@ pub fn evaluate(config: &RunConfig, opts: &EvalOptions) -> Result<EvalReport, Ru
     }
     if !specs.is_empty() {
         let mut model = logits_model(opts.executor, config, &compiled, path, &ckpt)?;
+        let seq2seq = Seq2SeqIds::of(&compiled, &data.tokenizer);
+        if seq2seq.is_some() {
+            // Generation answers token by token: decode through the key/value cache.
+            if let Ok(step) = crate::session::compile_decode(&compiled.logits) {
+                let backend = make_backend(opts.executor, &step, config.seed, config.threads)?;
+                model.enable_cache(backend)?;
+            }
+        }
         let mut reports = Vec::new();
         for s in &specs {
             reports.push(run_task(
@@ -192,6 +265,7 @@ pub fn evaluate(config: &RunConfig, opts: &EvalOptions) -> Result<EvalReport, Ru
                 &opts.tasks_dir,
                 &data.tokenizer,
                 &mut model,
+                seq2seq,
                 opts.num_fewshot,
                 opts.limit,
             )?);
@@ -212,6 +286,9 @@ pub fn evaluate(config: &RunConfig, opts: &EvalOptions) -> Result<EvalReport, Ru
     }
     if compiled.objective == crate::objectives::ObjectiveKind::SpanCorruption {
         return span_corruption_val_loss(config, &compiled, &data, eval.as_mut(), opts);
+    }
+    if compiled.objective == crate::objectives::ObjectiveKind::Seq2Seq {
+        return seq2seq_val_loss(config, &data, eval.as_mut(), opts);
     }
     let scored = sequential_loss(
         eval.as_mut(),
@@ -262,9 +339,57 @@ fn span_corruption_val_loss(
         config.batch_size,
     )?;
     let n = opts.max_batches.unwrap_or(config.eval.batches).max(1);
-    let (mut sum, mut tokens) = (0.0f64, 0usize);
+    let mut batches = Vec::with_capacity(n);
     for _ in 0..n {
-        let batch = batcher.next_batch(&data.val, "validation")?;
+        batches.push(batcher.next_batch(&data.val, "validation")?);
+    }
+    weighted_loss(config, eval, &batches)
+}
+
+/// A `seq2seq` run's validation loss: every full batch of its held-out examples, in order
+/// (`max_batches` stops early), per target token.
+fn seq2seq_val_loss(
+    config: &RunConfig,
+    data: &crate::data::Dataset,
+    eval: &mut dyn crate::backend::Backend,
+    opts: &EvalOptions,
+) -> Result<EvalReport, RunError> {
+    let examples = crate::train::load_examples(config, &data.tokenizer)?;
+    let b = config.batch_size;
+    let mut batches = Vec::new();
+    for chunk in examples.val.chunks_exact(b) {
+        if opts.max_batches.is_some_and(|m| batches.len() >= m) {
+            break;
+        }
+        batches.push(crate::objectives::text_to_text::pad_batch(
+            chunk,
+            &examples.format,
+            crate::objectives::ObjectiveKind::Seq2Seq,
+        )?);
+    }
+    if batches.is_empty() {
+        return Err(config
+            .error_at(
+                &["data", "val_fraction"],
+                crate::config::ConfigErrorKind::Invalid,
+                format!("fewer held-out examples than one batch of {b}"),
+                "too few validation examples",
+                Some("raise `data.val_fraction` or lower `batch_size`".to_string()),
+            )
+            .into());
+    }
+    weighted_loss(config, eval, &batches)
+}
+
+/// The mean loss per target token over `batches` (the program's loss is the mean over a
+/// batch's target tokens: each batch is weighted by their count).
+fn weighted_loss(
+    config: &RunConfig,
+    eval: &mut dyn crate::backend::Backend,
+    batches: &[crate::objectives::ObjectiveBatch],
+) -> Result<EvalReport, RunError> {
+    let (mut sum, mut tokens) = (0.0f64, 0usize);
+    for batch in batches {
         let count = batch
             .get("targets")
             .map_or(0, |t| t.data().iter().filter(|&&x| x >= 0).count());

@@ -326,6 +326,20 @@ pub struct Seq2SeqIds {
 }
 
 impl Seq2SeqIds {
+    /// The ids of a compiled run whose logits program has an encoder (`inputs`), numbered above
+    /// `tokenizer`'s as `kiln train` numbers them; `None` for a decoder-only model.
+    pub fn of(compiled: &CompiledRun, tokenizer: &Tokenizer) -> Option<Seq2SeqIds> {
+        source_len(compiled).map(|source_len| {
+            let pad = tokenizer.vocab_size() as u32;
+            Seq2SeqIds {
+                source_len,
+                pad,
+                eos: pad + 1,
+                start: pad,
+            }
+        })
+    }
+
     /// The encoder row of a prompt and its length: its ids, EOS, then padding (cut to fit,
     /// EOS kept last).
     pub fn source_row(&self, ids: &[u32]) -> (Vec<i32>, usize) {
@@ -409,15 +423,7 @@ pub fn load_inference_with(
     };
     let compiled = compile_run(&config, &spec, Programs::Inference)?;
     let mut model = logits_model(executor, &config, &compiled, path, &checkpoint)?;
-    let seq2seq = source_len(&compiled).map(|source_len| {
-        let pad = tokenizer.vocab_size() as u32;
-        Seq2SeqIds {
-            source_len,
-            pad,
-            eos: pad + 1,
-            start: pad,
-        }
-    });
+    let seq2seq = Seq2SeqIds::of(&compiled, &tokenizer);
     let mut no_cache_reason = None;
     if kv_cache {
         match crate::session::compile_decode(&compiled.logits) {
@@ -436,6 +442,41 @@ pub fn load_inference_with(
         no_cache_reason,
         seq2seq,
     })
+}
+
+/// An encoder-decoder's answer to `prompt`: the prompt is the encoder's source (EOS appended,
+/// padded), the decoder starts from its start id and stops at EOS (the only special id it may
+/// draw), after `max_tokens`, or after a stop string.
+pub fn generate_seq2seq(
+    model: &mut LogitsModel,
+    ids: Seq2SeqIds,
+    tokenizer: &Tokenizer,
+    sampler: &mut TokenSampler,
+    prompt: &[u32],
+    max_tokens: usize,
+    stop: &[String],
+) -> Result<Generated, sample::GenerateError> {
+    let (row, len) = ids.source_row(prompt);
+    model.set_source(row, len);
+    let usable = tokenizer.vocab_size();
+    let eos = ids.eos as usize;
+    let next = |context: &[u32]| -> Result<Vec<f32>, String> {
+        let mut row = model.next_logits(context)?;
+        row.truncate(eos + 1);
+        for x in row.iter_mut().take(eos).skip(usable) {
+            *x = f32::NEG_INFINITY;
+        }
+        Ok(row)
+    };
+    sample::generate(
+        next,
+        tokenizer,
+        sampler,
+        &[ids.start],
+        max_tokens,
+        stop,
+        Some(ids.eos),
+    )
 }
 
 /// Samples up to `tokens` tokens after `prompt`, stopping early after any of the `stop` strings
@@ -460,27 +501,14 @@ pub fn generate(
     let usable = inference.tokenizer.vocab_size();
     let model = &mut inference.model;
     if let Some(s) = inference.seq2seq {
-        // The prompt is the encoder's source; the decoder starts from its start id and may end
-        // with EOS (the only special id it may draw).
-        let (row, len) = s.source_row(&ids);
-        model.set_source(row, len);
-        let eos = s.eos as usize;
-        let next = |context: &[u32]| -> Result<Vec<f32>, String> {
-            let mut row = model.next_logits(context)?;
-            row.truncate(eos + 1);
-            for x in row.iter_mut().take(eos).skip(usable) {
-                *x = f32::NEG_INFINITY;
-            }
-            Ok(row)
-        };
-        return Ok(sample::generate(
-            next,
+        return Ok(generate_seq2seq(
+            model,
+            s,
             &inference.tokenizer,
             &mut sampler,
-            &[s.start],
+            &ids,
             tokens,
             stop,
-            Some(s.eos),
         )?);
     }
     let next = |context: &[u32]| -> Result<Vec<f32>, String> {

@@ -390,13 +390,12 @@ fn stream_objective(config: &RunConfig) -> Result<ObjectiveKind, RunError> {
         Ok(
             k @ (ObjectiveKind::CausalLm | ObjectiveKind::PrefixLm | ObjectiveKind::SpanCorruption),
         ) => Ok(k),
-        Ok(ObjectiveKind::Seq2Seq) => Err(unsupported(
-            "`kiln train` trains `causal_lm`, `prefix_lm` and `span_corruption` on token streams",
+        // Its rows come from `data.examples` (the config requires them).
+        Ok(k @ ObjectiveKind::Seq2Seq) => Ok(k),
+        Err(_) => Err(unsupported(
+            "known objectives: causal_lm, prefix_lm, span_corruption, seq2seq",
         )
         .into()),
-        Err(_) => {
-            Err(unsupported("known objectives: causal_lm, prefix_lm, span_corruption").into())
-        }
     }
 }
 
@@ -703,6 +702,57 @@ fn logits_width(p: &Program) -> Option<usize> {
 // Encoder-decoder pretraining (span corruption)
 // ---------------------------------------------------------------------------------------------
 
+/// The decoder's row length of a `seq2seq` run (`objective_args.targets_len`, default 32).
+pub fn seq2seq_targets_len(config: &RunConfig) -> Result<usize, RunError> {
+    let n = objective_number(config, "targets_len", 32.0)?;
+    if !(n >= 1.0 && n.fract() == 0.0 && n <= 1e6) {
+        return Err(config
+            .error_at(
+                &["objective_args", "targets_len"],
+                ConfigErrorKind::Invalid,
+                format!("`objective_args.targets_len` must be a whole number ≥ 1, got {n}"),
+                "out of range",
+                None,
+            )
+            .into());
+    }
+    Ok(n as usize)
+}
+
+/// How a `seq2seq` run turns its examples into rows: `objective_args.task_prefix` (a string:
+/// the encoder reads `"<prefix>: <input>"`), rows of `seq_len` source and `targets_len` target
+/// ids, and T5's special ids numbered above the tokenizer's as span corruption numbers them (pad,
+/// which also starts the decoder, then EOS), so a span-corruption checkpoint fine-tunes as is.
+pub fn seq2seq_format(
+    config: &RunConfig,
+    tokenizer_vocab: usize,
+) -> Result<crate::objectives::TextToTextFormat, RunError> {
+    let task_prefix = match config.objective_args.get("task_prefix") {
+        None => None,
+        Some(HyperValue::Str(p)) => Some(p.clone()),
+        Some(other) => {
+            return Err(config
+                .error_at(
+                    &["objective_args", "task_prefix"],
+                    ConfigErrorKind::Invalid,
+                    format!("`objective_args.task_prefix` must be a string, got `{other}`"),
+                    "not a string",
+                    None,
+                )
+                .into())
+        }
+    };
+    let pad = tokenizer_vocab as u32;
+    Ok(crate::objectives::TextToTextFormat {
+        task_prefix,
+        eos_id: Some(pad + 1),
+        pad_id: pad,
+        decoder_start_id: pad,
+        inputs_len: config.seq_len,
+        targets_len: seq2seq_targets_len(config)?,
+    })
+}
+
 /// A number from `objective_args` (`default` when absent).
 fn objective_number(config: &RunConfig, name: &str, default: f64) -> Result<f64, RunError> {
     match config.objective_args.get(name) {
@@ -793,8 +843,10 @@ fn objective_dims(config: &RunConfig) -> Result<Vec<(&'static str, i64)>, RunErr
                 | crate::objectives::StreamObjective::PrefixLm { .. } => Ok(vec![]),
             }
         }
-        Ok(ObjectiveKind::CausalLm | ObjectiveKind::PrefixLm | ObjectiveKind::Seq2Seq) | Err(_) => {
-            Ok(vec![])
-        }
+        Ok(ObjectiveKind::Seq2Seq) => Ok(vec![
+            ("src", config.seq_len as i64),
+            ("tgt", seq2seq_targets_len(config)? as i64),
+        ]),
+        Ok(ObjectiveKind::CausalLm | ObjectiveKind::PrefixLm) | Err(_) => Ok(vec![]),
     }
 }

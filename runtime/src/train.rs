@@ -34,13 +34,15 @@ use crate::metrics::{
     MetricRecord, MetricsWriter, TimingRecord, TimingsWriter, METRICS_FILE, TIMINGS_FILE,
 };
 use crate::objectives::{
-    ObjectiveBatch, ObjectiveKind, StreamBatcher, StreamBatcherState, StreamObjective,
+    EncodedExample, ObjectiveBatch, ObjectiveKind, Seq2SeqBatcher, StreamBatcher,
+    StreamBatcherState, StreamObjective, TextToTextFormat,
 };
 use crate::progress::Progress;
 use crate::session::{
     compile_run, compile_train, copy_params, load_spec, make_backend, param_shapes, CompiledRun,
     Executor, Programs, RunError, StateName,
 };
+use crate::tokenizer::Tokenizer;
 
 /// Checkpoint metadata (`extra.` map) holding the spec text the run was trained from, so that
 /// generation needs only the checkpoint.
@@ -207,7 +209,7 @@ fn scalar_output(
 /// Mean loss of `n` random batches (nanoGPT's `estimate_loss` for one split).
 fn estimate_loss(
     eval: &mut dyn Backend,
-    batcher: &mut StreamBatcher,
+    batcher: &mut Batcher,
     tokens: &Tokens,
     split: &'static str,
     n: usize,
@@ -315,50 +317,228 @@ pub fn load_run_data(config: &RunConfig, compiled: &CompiledRun) -> Result<Datas
     Ok(data)
 }
 
+/// Where a batcher's batches come from: windows of the token stream, or a `seq2seq` run's
+/// supervised examples.
+enum Batcher {
+    Stream(StreamBatcher),
+    Examples(Seq2SeqBatcher),
+}
+
+impl Batcher {
+    fn next_batch(
+        &mut self,
+        tokens: &Tokens,
+        split: &'static str,
+    ) -> Result<ObjectiveBatch, RunError> {
+        Ok(match self {
+            Batcher::Stream(b) => b.next_batch(tokens, split)?,
+            Batcher::Examples(b) => loop {
+                // The compiled step has a fixed batch: an epoch's short last batch is skipped
+                // (the next epoch's shuffle serves those examples in another position).
+                let batch = b.next_batch()?;
+                let rows = batch.get("inputs").map_or(0, |t| t.shape()[0]);
+                if rows == b.batch_size() {
+                    break batch;
+                }
+            },
+        })
+    }
+}
+
+/// A `seq2seq` run's examples, encoded: training, held out, and their row format.
+pub struct Examples {
+    pub train: Vec<EncodedExample>,
+    pub val: Vec<EncodedExample>,
+    pub format: TextToTextFormat,
+}
+
+/// Reads `data.examples` (JSONL `{"input", "target"}`), encodes every example with the run's
+/// tokenizer and holds out the last `val_fraction` of them.
+pub fn load_examples(config: &RunConfig, tokenizer: &Tokenizer) -> Result<Examples, RunError> {
+    let path = config
+        .data
+        .examples
+        .as_ref()
+        .ok_or_else(|| RunError::Usage {
+            message: "internal: no `data.examples`".to_string(),
+            help: None,
+        })?;
+    let docs = crate::evaltasks::load::load_text_to_text(path).map_err(|e| RunError::Usage {
+        message: format!("`data.examples`: {e}"),
+        help: Some("each line is a JSON object with string fields `input` and `target`".into()),
+    })?;
+    let format = crate::session::seq2seq_format(config, tokenizer.vocab_size())?;
+    let mut encoded = Vec::with_capacity(docs.len());
+    for (i, d) in docs.iter().enumerate() {
+        encoded.push(
+            format
+                .encode(tokenizer, i, &d.input, &d.target)
+                .map_err(|e| RunError::Usage {
+                    message: format!("`data.examples` ({}): {e}", path.display()),
+                    help: Some("the examples must use the tokenizer's characters".into()),
+                })?,
+        );
+    }
+    let frac = config
+        .data
+        .val_fraction
+        .unwrap_or(crate::config::DEFAULT_VAL_FRACTION);
+    let n_val = ((encoded.len() as f64) * frac).round() as usize;
+    let val = encoded.split_off(encoded.len() - n_val.min(encoded.len()));
+    if encoded.is_empty() {
+        return Err(RunError::Usage {
+            message: format!(
+                "`data.examples` ({}) leaves no training example",
+                path.display()
+            ),
+            help: Some("give more examples or a smaller `data.val_fraction`".into()),
+        });
+    }
+    Ok(Examples {
+        train: encoded,
+        val,
+        format,
+    })
+}
+
 /// The three batchers of a run and their names in checkpoints.
 struct Batchers {
-    train: StreamBatcher,
-    train_eval: StreamBatcher,
-    val_eval: StreamBatcher,
+    train: Batcher,
+    train_eval: Batcher,
+    val_eval: Batcher,
 }
 
 const SAMPLERS: [&str; 3] = ["train", "train_eval", "val_eval"];
 
+/// The checkpoint metadata (`extra.`) key of an example batcher's position.
+fn position_key(name: &str) -> String {
+    format!("examples.{name}")
+}
+
 impl Batchers {
-    fn new(config: &RunConfig, obj: StreamObjective) -> Result<Batchers, RunError> {
+    fn new(
+        config: &RunConfig,
+        obj: StreamObjective,
+        examples: Option<&Examples>,
+    ) -> Result<Batchers, RunError> {
         let b = config.batch_size;
+        if let Some(ex) = examples {
+            let make = |set: &[EncodedExample], rows: usize, stream: u64| {
+                // The held-out set may be empty (no validation): it is then never drawn from.
+                let set = if set.is_empty() { &ex.train } else { set };
+                if set.len() < rows {
+                    return Err(RunError::Usage {
+                        message: format!(
+                            "`data.examples` gives {} examples to a split, fewer than a batch \
+                             of {rows}",
+                            set.len()
+                        ),
+                        help: Some(
+                            "lower `batch_size`, or `data.val_fraction` if it is the held-out \
+                             split"
+                                .into(),
+                        ),
+                    });
+                }
+                Seq2SeqBatcher::new(
+                    set.to_vec(),
+                    ex.format.clone(),
+                    rows,
+                    false,
+                    config.seed ^ (stream << 32),
+                )
+                .map(Batcher::Examples)
+                .map_err(RunError::from)
+            };
+            return Ok(Batchers {
+                train: make(&ex.train, b * config.grad_accum, 0)?,
+                train_eval: make(&ex.train, b, 1)?,
+                val_eval: make(&ex.val, b, 2)?,
+            });
+        }
         Ok(Batchers {
-            train: StreamBatcher::new(
+            train: Batcher::Stream(StreamBatcher::new(
                 obj.clone(),
                 config.seed,
                 SamplerStream::Train,
                 b * config.grad_accum,
-            )?,
-            train_eval: StreamBatcher::new(obj.clone(), config.seed, SamplerStream::TrainEval, b)?,
-            val_eval: StreamBatcher::new(obj, config.seed, SamplerStream::ValEval, b)?,
+            )?),
+            train_eval: Batcher::Stream(StreamBatcher::new(
+                obj.clone(),
+                config.seed,
+                SamplerStream::TrainEval,
+                b,
+            )?),
+            val_eval: Batcher::Stream(StreamBatcher::new(
+                obj,
+                config.seed,
+                SamplerStream::ValEval,
+                b,
+            )?),
         })
     }
 
-    fn all(&self) -> [&StreamBatcher; 3] {
+    fn all(&self) -> [&Batcher; 3] {
         [&self.train, &self.train_eval, &self.val_eval]
     }
 
-    fn states(&self) -> BTreeMap<String, crate::data::SamplerState> {
-        let mut out = BTreeMap::new();
+    fn all_mut(&mut self) -> [&mut Batcher; 3] {
+        [&mut self.train, &mut self.train_eval, &mut self.val_eval]
+    }
+
+    /// Stream samplers' states (checkpoint `samplers`) and example batchers' positions
+    /// (checkpoint `extra`).
+    fn states(
+        &self,
+    ) -> (
+        BTreeMap<String, crate::data::SamplerState>,
+        BTreeMap<String, String>,
+    ) {
+        let mut samplers = BTreeMap::new();
+        let mut positions = BTreeMap::new();
         for (name, b) in SAMPLERS.iter().zip(self.all()) {
-            let s = b.state();
-            out.insert(format!("{name}.windows"), s.windows);
-            out.insert(format!("{name}.objective"), s.objective);
+            match b {
+                Batcher::Stream(b) => {
+                    let s = b.state();
+                    samplers.insert(format!("{name}.windows"), s.windows);
+                    samplers.insert(format!("{name}.objective"), s.objective);
+                }
+                Batcher::Examples(b) => {
+                    let (epoch, next) = b.position();
+                    positions.insert(position_key(name), format!("{epoch}:{next}"));
+                }
+            }
         }
-        out
+        (samplers, positions)
     }
 
     fn restore(
         config: &RunConfig,
         obj: StreamObjective,
+        examples: Option<&Examples>,
         path: &Path,
         meta: &CheckpointMeta,
     ) -> Result<Batchers, RunError> {
+        if examples.is_some() {
+            let mut batchers = Batchers::new(config, obj, examples)?;
+            for (name, b) in SAMPLERS.iter().zip(batchers.all_mut()) {
+                let key = position_key(name);
+                let bad = |reason: &str| CheckpointError::Metadata {
+                    path: path.to_path_buf(),
+                    key: format!("extra.{key}"),
+                    reason: reason.to_string(),
+                };
+                let text = meta.extra.get(&key).ok_or_else(|| bad("absent"))?;
+                let (epoch, next) = text
+                    .split_once(':')
+                    .and_then(|(e, n)| Some((e.parse().ok()?, n.parse().ok()?)))
+                    .ok_or_else(|| bad("not `epoch:next`"))?;
+                if let Batcher::Examples(b) = b {
+                    b.seek(epoch, next);
+                }
+            }
+            return Ok(batchers);
+        }
         let get = |name: &str| -> Result<StreamBatcherState, RunError> {
             let one = |part: &str| {
                 let key = format!("{name}.{part}");
@@ -378,9 +558,17 @@ impl Batchers {
         };
         let b = config.batch_size;
         Ok(Batchers {
-            train: StreamBatcher::from_state(obj.clone(), &get("train")?, b * config.grad_accum)?,
-            train_eval: StreamBatcher::from_state(obj.clone(), &get("train_eval")?, b)?,
-            val_eval: StreamBatcher::from_state(obj, &get("val_eval")?, b)?,
+            train: Batcher::Stream(StreamBatcher::from_state(
+                obj.clone(),
+                &get("train")?,
+                b * config.grad_accum,
+            )?),
+            train_eval: Batcher::Stream(StreamBatcher::from_state(
+                obj.clone(),
+                &get("train_eval")?,
+                b,
+            )?),
+            val_eval: Batcher::Stream(StreamBatcher::from_state(obj, &get("val_eval")?, b)?),
         })
     }
 }
@@ -584,6 +772,32 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
         None => compile_run(config, &spec, Programs::All)?,
     };
     let data = load_run_data(config, &compiled)?;
+    let examples = match compiled.objective {
+        ObjectiveKind::Seq2Seq => {
+            let need = data.tokenizer.vocab_size() + 2;
+            if need > compiled.vocab {
+                return Err(config
+                    .error_at(
+                        &["model"],
+                        ConfigErrorKind::Invalid,
+                        format!(
+                            "seq2seq needs ids for pad and EOS above the tokenizer's {}, but \
+                             model `{}` predicts only {}",
+                            data.tokenizer.vocab_size(),
+                            config.model,
+                            compiled.vocab
+                        ),
+                        "vocabulary too small",
+                        Some(format!(
+                            "raise the model's vocabulary: `set: {{vocab: {need}}}`"
+                        )),
+                    )
+                    .into());
+            }
+            Some(load_examples(config, &data.tokenizer)?)
+        }
+        _ => None,
+    };
     let train_program = compiled.train.as_ref().ok_or_else(|| RunError::Usage {
         message: "internal: no training program was compiled".to_string(),
         help: None,
@@ -621,14 +835,15 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
                 }
             }
             restore(backend.as_mut(), &ckpt, path, true)?;
-            let batchers = Batchers::restore(config, objective, path, &ckpt.meta)?;
+            let batchers =
+                Batchers::restore(config, objective, examples.as_ref(), path, &ckpt.meta)?;
             (ckpt.meta.step, batchers)
         }
         None => {
             if let Some(from) = config.finetune.as_ref().and_then(|f| f.from.as_ref()) {
                 crate::finetune::load_base(backend.as_mut(), from, &data.tokenizer)?;
             }
-            (0, Batchers::new(config, objective)?)
+            (0, Batchers::new(config, objective, examples.as_ref())?)
         }
     };
     let metrics_path = out_dir.join(METRICS_FILE);
@@ -657,7 +872,10 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
     }
     let schedule = config.lr_schedule();
     let seed = config.seed;
-    let has_val = !data.val.is_empty();
+    let has_val = match &examples {
+        Some(ex) => !ex.val.is_empty(),
+        None => !data.val.is_empty(),
+    };
     let mut last_ckpt = resumed.clone();
     let mut last_record = None;
 
@@ -803,19 +1021,19 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
             || stop
             || (config.checkpoint.every > 0 && step.is_multiple_of(config.checkpoint.every));
         if ckpt_due {
+            let (samplers, mut extra) = batchers.states();
+            extra.insert("objective".to_string(), config.objective.clone());
+            extra.insert(SPEC_TEXT_KEY.to_string(), spec.text.clone());
             let meta = CheckpointMeta {
                 spec_path: config.spec.display().to_string(),
                 spec_hash: compiled.spec_hash.clone(),
                 model: config.model.clone(),
                 step,
                 seed,
-                samplers: batchers.states(),
+                samplers,
                 tokenizer: data.tokenizer.to_json(),
                 config_yaml: config.to_yaml(),
-                extra: BTreeMap::from([
-                    ("objective".to_string(), config.objective.clone()),
-                    (SPEC_TEXT_KEY.to_string(), spec.text.clone()),
-                ]),
+                extra,
             };
             let t = Instant::now();
             let ckpt = snapshot(backend.as_ref(), meta)?;

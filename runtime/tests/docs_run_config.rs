@@ -290,6 +290,7 @@ fn the_source_and_the_full_example_have_the_same_fields() {
     // Fields that exclude what the full example sets, shown in their own examples.
     for p in [
         "data.token_file",
+        "data.examples",
         "optimizer.momentum",
         "optimizer.nesterov",
     ] {

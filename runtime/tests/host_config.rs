@@ -449,7 +449,41 @@ fn every_config_field_documents_its_default() {
         );
         checked += 1;
     }
-    // RunConfig 22, DataConfig 4, OptimizerConfig 8, ScheduleConfig 4, EvalConfig 3,
+    // RunConfig 22, DataConfig 5, OptimizerConfig 8, ScheduleConfig 4, EvalConfig 3,
     // CheckpointConfig 2, FinetuneConfig 9, GradualUnfreezing 2.
-    assert_eq!(checked, 54);
+    assert_eq!(checked, 55);
+}
+
+/// `seq2seq` trains on `data.examples`, and only `seq2seq` does: either mistake points at the
+/// field to change.
+#[test]
+fn seq2seq_and_examples_go_together() {
+    let base = "spec: s.kiln\nmodel: m\ndata:\n  path: t.txt\nsteps: 7\n";
+    let shown = expect_err(
+        &format!("{base}objective: seq2seq\n"),
+        &[],
+        ConfigErrorKind::Invalid,
+    );
+    assert!(
+        shown.contains("data.examples") && shown.contains("run.yaml:6:"),
+        "{shown}"
+    );
+    let shown = expect_err(
+        &base.replace("  path: t.txt\n", "  path: t.txt\n  examples: e.jsonl\n"),
+        &[],
+        ConfigErrorKind::Invalid,
+    );
+    assert!(
+        shown.contains("not `causal_lm`") && shown.contains("run.yaml:5:"),
+        "{shown}"
+    );
+    let c = parse(
+        &format!("{base}objective: seq2seq\n"),
+        &["data.examples=e.jsonl"],
+    )
+    .unwrap();
+    assert_eq!(
+        c.data.examples,
+        Some(PathBuf::from("/work/examples/e.jsonl"))
+    );
 }

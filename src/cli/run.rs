@@ -236,7 +236,12 @@ pub fn generate(
         eprintln!("note: decoding without a key/value cache ({why})");
     }
     let out = generate_tokens(&mut inference, prompt, tokens, flags.sampling, &flags.stop)?;
-    println!("{prompt}{}", out.text);
+    if inference.seq2seq.is_some() {
+        // An encoder-decoder answers the prompt rather than continuing it.
+        println!("{}", out.text);
+    } else {
+        println!("{prompt}{}", out.text);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -501,6 +501,23 @@ impl Seq2SeqBatcher {
         self.epoch
     }
 
+    /// Rows per batch.
+    pub fn batch_size(&self) -> usize {
+        self.batch_size
+    }
+
+    /// Where the batcher is: `(epoch, examples of the epoch's order already served)`.
+    pub fn position(&self) -> (u64, usize) {
+        (self.epoch, self.next)
+    }
+
+    /// Continues from a [`Seq2SeqBatcher::position`] (a resumed run).
+    pub fn seek(&mut self, epoch: u64, next: usize) {
+        self.epoch = epoch;
+        self.shuffle();
+        self.next = next.min(self.order.len());
+    }
+
     /// The next batch; a batch never spans two epochs, so the last one of an epoch may have
     /// fewer (padded) or emptier (packed) rows.
     pub fn next_batch(&mut self) -> Result<ObjectiveBatch, ObjectiveError> {
