@@ -251,8 +251,9 @@ pub fn evaluate(config: &RunConfig, opts: &EvalOptions) -> Result<EvalReport, Ru
     if !specs.is_empty() {
         let mut model = logits_model(opts.executor, config, &compiled, path, &ckpt)?;
         let seq2seq = Seq2SeqIds::of(&compiled, &data.tokenizer);
-        if seq2seq.is_some() {
-            // Generation answers token by token: decode through the key/value cache.
+        if specs.iter().any(|s| s.kind == TaskKind::Generation) {
+            // Generation answers token by token: decode through the key/value cache (the same
+            // tokens as without it; multiple choice scores whole windows and does not use it).
             if let Ok(step) = crate::session::compile_decode(&compiled.logits) {
                 let backend = make_backend(opts.executor, &step, config.seed, config.threads)?;
                 model.enable_cache(backend)?;
