@@ -164,26 +164,20 @@ pub fn run_task(
             let pool = load::load_text_to_text(&dir.join(spec.train_file))?;
             let docs = &docs[..cut(docs.len())];
             let usable = tokenizer.vocab_size();
-            let report = match seq2seq {
+            // Only one of the two is built; each borrows the model.
+            let (mut s2s, mut lm);
+            let generator: &mut dyn Generator = match seq2seq {
                 Some(ids) => {
-                    let mut generator = Seq2SeqGenerator {
+                    s2s = Seq2SeqGenerator {
                         model,
                         ids,
                         tokenizer: tokenizer.clone(),
                         sampler: TokenSampler::new(SamplingConfig::greedy())?,
                     };
-                    evaltasks::evaluate_generation(
-                        docs,
-                        &pool,
-                        &fewshot,
-                        tokenizer,
-                        &mut generator,
-                        spec.max_tokens,
-                        &spec.stop_strings(),
-                    )?
+                    &mut s2s
                 }
                 None => {
-                    let mut generator = SamplingGenerator {
+                    lm = SamplingGenerator {
                         logits: |context: &[u32]| -> Result<Vec<f32>, String> {
                             let mut row = model.next_logits(context)?;
                             row.truncate(usable);
@@ -193,17 +187,18 @@ pub fn run_task(
                         sampler: TokenSampler::new(SamplingConfig::greedy())?,
                         eos: None,
                     };
-                    evaltasks::evaluate_generation(
-                        docs,
-                        &pool,
-                        &fewshot,
-                        tokenizer,
-                        &mut generator,
-                        spec.max_tokens,
-                        &spec.stop_strings(),
-                    )?
+                    &mut lm
                 }
             };
+            let report = evaltasks::evaluate_generation(
+                docs,
+                &pool,
+                &fewshot,
+                tokenizer,
+                generator,
+                spec.max_tokens,
+                &spec.stop_strings(),
+            )?;
             insert(&mut metrics, "exact_match", report.exact_match);
             insert(&mut metrics, "f1", report.f1);
             report.n
