@@ -673,6 +673,7 @@ fn attention_matches_the_cpu_kernel() {
         mask: AttentionMask::Causal,
         has_bias: false,
         key_padding: false,
+        layout: kiln_compiler::kernel::AttentionLayout::HEAD_MAJOR,
     };
     let cases: Vec<(AttentionKernel, Storage, usize)> = vec![
         (base, Storage::F32, 0),

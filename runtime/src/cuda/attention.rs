@@ -803,6 +803,7 @@ mod tests {
             mask,
             has_bias: false,
             key_padding: false,
+            layout: kiln_compiler::kernel::AttentionLayout::HEAD_MAJOR,
         }
     }
 

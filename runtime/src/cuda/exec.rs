@@ -570,6 +570,7 @@ mod tests {
             mask: kiln_compiler::kernel::AttentionMask::Causal,
             has_bias: true,
             key_padding: false,
+            layout: kiln_compiler::kernel::AttentionLayout::HEAD_MAJOR,
         };
         let p = AttentionPtrs {
             q: 1,
