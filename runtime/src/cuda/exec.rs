@@ -488,6 +488,8 @@ pub fn plan_attention_backward(
             Arg::Ptr(g.d_out),
             Arg::Ptr(g.d_scratch),
             Arg::I64(rows),
+            Arg::I32(k.heads as i32),
+            Arg::I32(k.q_len as i32),
         ],
     );
     let mut dq_args = vec![
