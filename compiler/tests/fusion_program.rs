@@ -1,7 +1,9 @@
 //! Fusion end to end: every tiny spec's whole training step (forward, loss, backward, clipping,
 //! AdamW) fused into a `Program`, run by the plain reference executor, against the interpreter
 //! on the unfused graph (f32 per op): loss, gradient norm, and every updated parameter and
-//! optimizer state within 1e-5 relative (norm-wise per tensor).
+//! optimizer state within 1e-5 relative (norm-wise per tensor). The attention kernels read and
+//! write their operands where the projections keep them (sequence-major, no head-split or merge
+//! copies; RoPE's `q`, `k` stay head-major), so these runs check those layouts too.
 
 mod fusion_support;
 
@@ -10,7 +12,8 @@ use std::collections::HashMap;
 use fusion_support::{bindings, forward, forward_with, inputs, vocab_of, Case, CASES};
 use kiln_compiler::interp::{init_params, run, Precision, RunOptions, TensorData};
 use kiln_compiler::ir::{verify, Bindings, Graph};
-use kiln_compiler::kernel::Kernel;
+use kiln_compiler::kernel::data::DataKernel;
+use kiln_compiler::kernel::{HeadLayout, Kernel};
 use kiln_compiler::passes::attention::{recognize, stop_shift_gradients};
 use kiln_compiler::passes::fusion::fuse;
 use kiln_compiler::program::reference::{self, HostInput};
@@ -84,11 +87,53 @@ fn count_kind(p: &Program, kind: &str) -> usize {
     p.steps.iter().filter(|s| s.kind() == kind).count()
 }
 
+/// Which operands every attention kernel of `p` reads or writes sequence-major: checks that
+/// `seq` (names as in `AttentionLayout::operands`) are and the others are not, and that no copy
+/// swaps axes 1 and 2 of a rank-4 tensor (a head split or merge) when `q` is among `seq`.
+fn assert_seq_major(p: &Program, seq: &[&str]) {
+    let mut attentions = 0;
+    for s in &p.steps {
+        let Kernel::Attention(a) = &s.kernel else {
+            continue;
+        };
+        attentions += 1;
+        let present = if s.kind() == "attention.fwd" { 4 } else { 8 };
+        for (name, l) in a.layout.operands().iter().take(present) {
+            let want = if seq.contains(name) {
+                HeadLayout::SeqMajor
+            } else {
+                HeadLayout::HeadMajor
+            };
+            assert_eq!(*l, want, "{name} of {}: {}", s.origin, s.kernel);
+        }
+    }
+    assert!(attentions > 0);
+    if seq.contains(&"q") {
+        let swaps: Vec<String> = p
+            .steps
+            .iter()
+            .filter(|s| match &s.kernel {
+                Kernel::Data(DataKernel::Copy { src, .. }) => {
+                    src.shape.len() == 4 && src.strides[1] < src.strides[2]
+                }
+                _ => false,
+            })
+            .map(|s| format!("{} ; {}", s.kernel.to_string().trim_end(), s.origin))
+            .collect();
+        assert!(swaps.is_empty(), "head swaps copied:\n{}", swaps.join("\n"));
+    }
+}
+
+const ALL: &[&str] = &["q", "k", "v", "o", "do", "dq", "dk", "dv"];
+/// RoPE rotates `q` and `k` between the head split and attention.
+const ROPE: &[&str] = &["v", "o", "do", "dv"];
+
 #[test]
 fn gpt2_tiny_step() {
     let p = case_program(&CASES[0]);
     assert_eq!(count_kind(&p, "attention.fwd"), 2);
     assert_eq!(count_kind(&p, "attention.bwd"), 2);
+    assert_seq_major(&p, ALL);
     // Every AdamW update writes in place.
     assert!(p
         .updates
@@ -98,27 +143,27 @@ fn gpt2_tiny_step() {
 
 #[test]
 fn gpt3_tiny_step() {
-    case_program(&CASES[1]);
+    assert_seq_major(&case_program(&CASES[1]), ALL);
 }
 
 #[test]
 fn llama_tiny_step() {
-    case_program(&CASES[2]);
+    assert_seq_major(&case_program(&CASES[2]), ROPE);
 }
 
 #[test]
 fn palm_tiny_step() {
-    case_program(&CASES[3]);
+    assert_seq_major(&case_program(&CASES[3]), ROPE);
 }
 
 #[test]
 fn t5_tiny_step() {
-    case_program(&CASES[4]);
+    assert_seq_major(&case_program(&CASES[4]), ALL);
 }
 
 #[test]
 fn prefix_lm_step() {
-    case_program(&CASES[5]);
+    assert_seq_major(&case_program(&CASES[5]), ALL);
 }
 
 /// Dropout everywhere, attention unfused (score matrices, softmax row programs, batched GEMMs):
