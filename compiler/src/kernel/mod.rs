@@ -186,7 +186,10 @@ impl AttentionLayout {
 }
 
 /// Scaled-dot-product attention over `[batch, heads, seq, head_dim]` tensors with grouped
-/// key-value heads (`heads % kv_heads == 0`; 1 is MQA, `heads` is MHA).
+/// key-value heads (`heads % kv_heads == 0`; 1 is MQA, `heads` is MHA). Each of those tensors is
+/// stored head-major or sequence-major as `layout` says (fusion picks sequence-major where the
+/// operand is a head split of a projection or the result feeds a head merge, so no transpose is
+/// copied).
 /// Forward: inputs `q, k, v` (+ `bias` `[heads, q_len, kv_len]` when `has_bias`, for T5 relative
 /// positions; + `prefix_len` `[batch]` for `PrefixLmLengths`; + `key_len` `[batch]` when
 /// `key_padding`); outputs `o` and the per-row logsumexp `[batch, heads, q_len]` for backward.

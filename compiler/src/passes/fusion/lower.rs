@@ -739,7 +739,12 @@ impl Lowerer<'_, '_> {
                             AttnGrad::Q => a.layout.dq = seq,
                             AttnGrad::K => a.layout.dk = seq,
                             AttnGrad::V => a.layout.dv = seq,
-                            AttnGrad::Bias => unreachable!("a bias gradient has no head merge"),
+                            AttnGrad::Bias => {
+                                return Err(FusionError::Internal {
+                                    value: info.name(n),
+                                    detail: "a bias gradient written into a head merge".into(),
+                                })
+                            }
                         }
                         self.view(p)?
                     }
