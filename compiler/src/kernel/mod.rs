@@ -219,7 +219,7 @@ impl AttentionKernel {
     /// kernels print and compare equal.
     pub fn check(&self) -> Result<(), String> {
         if self.kv_heads == 0 && self.heads > 0
-            || self.kv_heads > 0 && self.heads % self.kv_heads != 0
+            || self.kv_heads > 0 && !self.heads.is_multiple_of(self.kv_heads)
         {
             return Err(format!(
                 "heads ({}) is not a multiple of kv_heads ({})",
