@@ -380,7 +380,10 @@ fn expected_lens(s: &Step) -> Result<(Vec<usize>, Vec<usize>), String> {
             vec![gemm_operand_len(g, true), gemm_operand_len(g, false)],
             vec![g.batch * g.m * g.n],
         ),
-        (Kernel::Attention(a), _) => attention_lens(a),
+        (Kernel::Attention(a), _) => {
+            a.check()?;
+            attention_lens(a)
+        }
         (Kernel::Data(d), _) => (d.input_lens(), vec![d.output_len()]),
     })
 }
@@ -687,7 +690,8 @@ pub mod reference {
     }
 
     /// Textbook attention: forward writes `o` and the natural-log `lse`; backward recomputes the
-    /// probabilities from `lse` and returns `dq, dk, dv (, dbias)`.
+    /// probabilities from `lse` and returns `dq, dk, dv (, dbias)`. Every `[batch, heads, len,
+    /// head_dim]` operand is addressed through its layout.
     fn attention(a: &AttentionKernel, ins: &[Vec<f32>], lens: &[Vec<i64>]) -> Vec<Vec<f32>> {
         let (nb, nh, nhk, t, s, d) = (a.batch, a.heads, a.kv_heads, a.q_len, a.kv_len, a.head_dim);
         let group = (nh / nhk.max(1)).max(1);
@@ -726,14 +730,22 @@ pub mod reference {
         let mut dv = vec![0f32; nb * nhk * s * d];
         let mut dbias = vec![0f32; nh * t * s];
         let mut p = vec![0f64; s];
+        let l = a.layout;
+        // Offsets of row `i` of query head `h` and of row `j` of key-value head `hk`.
+        let qrow = |x: crate::kernel::HeadLayout, b: usize, h: usize, i: usize| {
+            x.offset(nh, t, d, b, h, i)
+        };
+        let kvrow = |x: crate::kernel::HeadLayout, b: usize, hk: usize, j: usize| {
+            x.offset(nhk, s, d, b, hk, j)
+        };
         for b in 0..nb {
             for h in 0..nh {
                 let hk = h / group;
                 for i in 0..t {
-                    let qo = ((b * nh + h) * t + i) * d;
+                    let qo = qrow(l.q, b, h, i);
                     let mut m = f64::NEG_INFINITY;
                     for (j, pj) in p.iter_mut().enumerate() {
-                        let ko = ((b * nhk + hk) * s + j) * d;
+                        let ko = kvrow(l.k, b, hk, j);
                         let mut x = 0f64;
                         for c in 0..d {
                             x += f64::from(q[qo + c]) * f64::from(k[ko + c]);
@@ -750,9 +762,8 @@ pub mod reference {
                         m = m.max(*pj);
                     }
                     let sum: f64 = p.iter().map(|x| (x - m).exp()).sum();
-                    let l = m + sum.ln();
                     let row_lse = if fwd {
-                        l
+                        m + sum.ln()
                     } else {
                         f64::from(ins[5][(b * nh + h) * t + i])
                     };
@@ -764,28 +775,35 @@ pub mod reference {
                         };
                     }
                     if fwd {
-                        lse[(b * nh + h) * t + i] = l as f32;
+                        lse[(b * nh + h) * t + i] = row_lse as f32;
+                        let oo = qrow(l.o, b, h, i);
                         for c in 0..d {
-                            o[qo + c] = (0..s)
-                                .map(|j| p[j] * f64::from(v[((b * nhk + hk) * s + j) * d + c]))
+                            o[oo + c] = (0..s)
+                                .map(|j| p[j] * f64::from(v[kvrow(l.v, b, hk, j) + c]))
                                 .sum::<f64>() as f32;
                         }
                         continue;
                     }
                     let (out, dout) = (&ins[3], &ins[4]);
+                    let (oo, doo, dqo) = (
+                        qrow(l.o, b, h, i),
+                        qrow(l.d_o, b, h, i),
+                        qrow(l.dq, b, h, i),
+                    );
                     let dd: f64 = (0..d)
-                        .map(|c| f64::from(dout[qo + c]) * f64::from(out[qo + c]))
+                        .map(|c| f64::from(dout[doo + c]) * f64::from(out[oo + c]))
                         .sum();
                     for j in 0..s {
-                        let ko = ((b * nhk + hk) * s + j) * d;
+                        let (ko, vo) = (kvrow(l.k, b, hk, j), kvrow(l.v, b, hk, j));
+                        let (dko, dvo) = (kvrow(l.dk, b, hk, j), kvrow(l.dv, b, hk, j));
                         let dp: f64 = (0..d)
-                            .map(|c| f64::from(dout[qo + c]) * f64::from(v[ko + c]))
+                            .map(|c| f64::from(dout[doo + c]) * f64::from(v[vo + c]))
                             .sum();
                         let ds = p[j] * (dp - dd);
                         for c in 0..d {
-                            dq[qo + c] += (f64::from(a.scale) * ds * f64::from(k[ko + c])) as f32;
-                            dk[ko + c] += (f64::from(a.scale) * ds * f64::from(q[qo + c])) as f32;
-                            dv[ko + c] += (p[j] * f64::from(dout[qo + c])) as f32;
+                            dq[dqo + c] += (f64::from(a.scale) * ds * f64::from(k[ko + c])) as f32;
+                            dk[dko + c] += (f64::from(a.scale) * ds * f64::from(q[qo + c])) as f32;
+                            dv[dvo + c] += (p[j] * f64::from(dout[doo + c])) as f32;
                         }
                         dbias[(h * t + i) * s + j] += ds as f32;
                     }

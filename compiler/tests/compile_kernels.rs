@@ -3,14 +3,16 @@
 //! composition because the attention kernels have no dropout), as
 //! `kiln compile --emit kernels` prints it: one attention kernel per layer and direction, one norm
 //! kernel per norm and direction (the weight-gradient column sums ride in the input-gradient
-//! kernel), and no standalone softmax or exp left. Not yet asserted: the head-split transposes
-//! around each attention are still `data.copy` launches (8 per layer) because the attention
-//! kernels read `[batch, heads, seq, head_dim]` only; the count is printed.
+//! kernel), no standalone softmax or exp left, and no transpose: the head splits and merges
+//! around each attention (8 per layer: `q, k, v, o` forward, `dO, dQ, dK, dV` backward) are
+//! read and written sequence-major by the attention kernels instead of copied.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use kiln_compiler::compile::{compile, CompileOptions};
+use kiln_compiler::kernel::data::DataKernel;
+use kiln_compiler::kernel::{HeadLayout, Kernel};
 use kiln_compiler::program::Program;
 use kiln_compiler::sema::{render, Request, Value, Workspace};
 use kiln_compiler::train::StepOptions;
@@ -110,5 +112,78 @@ fn gpt2_small_kernel_list() {
         left.join("\n")
     );
     let copies = p.steps.iter().filter(|s| s.kind() == "data.copy").count();
-    println!("{kinds:?}; data.copy launches (head-split transposes): {copies}");
+    let transposes: Vec<String> = p
+        .steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| is_transpose(&s.kernel))
+        .map(|(i, s)| format!("s{i} {} ; {}", s.kernel.to_string().trim_end(), s.origin))
+        .collect();
+    println!(
+        "{kinds:?}; data.copy launches: {copies}, of which transposes: {}",
+        transposes.len()
+    );
+    assert!(
+        transposes.is_empty(),
+        "transposing copies left:\n{}",
+        transposes.join("\n")
+    );
+    let layouts = p
+        .steps
+        .iter()
+        .filter(|s| match &s.kernel {
+            Kernel::Attention(a) => a
+                .layout
+                .operands()
+                .iter()
+                .take(if s.kind() == "attention.fwd" { 4 } else { 8 })
+                .all(|(_, l)| *l == HeadLayout::SeqMajor),
+            _ => false,
+        })
+        .count();
+    assert_eq!(
+        layouts,
+        2 * layers,
+        "every attention operand sequence-major"
+    );
+}
+
+/// A strided copy whose window walks memory out of order: some axis (of more than one element,
+/// not broadcast) has a larger stride than an axis before it. Slices and broadcasts keep the
+/// order; permutes do not.
+fn is_transpose(k: &Kernel) -> bool {
+    let Kernel::Data(DataKernel::Copy { src, .. }) = k else {
+        return false;
+    };
+    let strides: Vec<usize> = src
+        .shape
+        .iter()
+        .zip(&src.strides)
+        .filter(|(n, st)| **n > 1 && **st > 0)
+        .map(|(_, st)| *st)
+        .collect();
+    strides.windows(2).any(|w| w[0] < w[1])
+}
+
+#[test]
+fn transpose_detection() {
+    use kiln_compiler::kernel::data::{Window, WordType};
+    let copy = |shape: Vec<usize>, strides: Vec<usize>| {
+        Kernel::Data(DataKernel::Copy {
+            src: Window {
+                shape,
+                strides,
+                offset: 0,
+            },
+            word: WordType::F32,
+        })
+    };
+    // The head split of the old kernel lists: [1, 12, 1024, 64] read from [1, 1024, 12, 64].
+    assert!(is_transpose(&copy(
+        vec![1, 12, 1024, 64],
+        vec![786432, 64, 768, 1]
+    )));
+    // A strided slice and a broadcast are not transposes.
+    assert!(!is_transpose(&copy(vec![2, 8], vec![9, 1])));
+    assert!(!is_transpose(&copy(vec![4, 3, 5], vec![0, 5, 1])));
 }

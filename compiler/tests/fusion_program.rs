@@ -1,7 +1,9 @@
 //! Fusion end to end: every tiny spec's whole training step (forward, loss, backward, clipping,
 //! AdamW) fused into a `Program`, run by the plain reference executor, against the interpreter
 //! on the unfused graph (f32 per op): loss, gradient norm, and every updated parameter and
-//! optimizer state within 1e-5 relative (norm-wise per tensor).
+//! optimizer state within 1e-5 relative (norm-wise per tensor). The attention kernels read and
+//! write their operands where the projections keep them (sequence-major, no head-split or merge
+//! copies; RoPE's `q`, `k` stay head-major), so these runs check those layouts too.
 
 mod fusion_support;
 
@@ -10,7 +12,8 @@ use std::collections::HashMap;
 use fusion_support::{bindings, forward, forward_with, inputs, vocab_of, Case, CASES};
 use kiln_compiler::interp::{init_params, run, Precision, RunOptions, TensorData};
 use kiln_compiler::ir::{verify, Bindings, Graph};
-use kiln_compiler::kernel::Kernel;
+use kiln_compiler::kernel::data::DataKernel;
+use kiln_compiler::kernel::{HeadLayout, Kernel};
 use kiln_compiler::passes::attention::{recognize, stop_shift_gradients};
 use kiln_compiler::passes::fusion::fuse;
 use kiln_compiler::program::reference::{self, HostInput};
@@ -84,11 +87,53 @@ fn count_kind(p: &Program, kind: &str) -> usize {
     p.steps.iter().filter(|s| s.kind() == kind).count()
 }
 
+/// Which operands every attention kernel of `p` reads or writes sequence-major: checks that
+/// `seq` (names as in `AttentionLayout::operands`) are and the others are not, and that no copy
+/// swaps axes 1 and 2 of a rank-4 tensor (a head split or merge) when `q` is among `seq`.
+fn assert_seq_major(p: &Program, seq: &[&str]) {
+    let mut attentions = 0;
+    for s in &p.steps {
+        let Kernel::Attention(a) = &s.kernel else {
+            continue;
+        };
+        attentions += 1;
+        let present = if s.kind() == "attention.fwd" { 4 } else { 8 };
+        for (name, l) in a.layout.operands().iter().take(present) {
+            let want = if seq.contains(name) {
+                HeadLayout::SeqMajor
+            } else {
+                HeadLayout::HeadMajor
+            };
+            assert_eq!(*l, want, "{name} of {}: {}", s.origin, s.kernel);
+        }
+    }
+    assert!(attentions > 0);
+    if seq.contains(&"q") {
+        let swaps: Vec<String> = p
+            .steps
+            .iter()
+            .filter(|s| match &s.kernel {
+                Kernel::Data(DataKernel::Copy { src, .. }) => {
+                    src.shape.len() == 4 && src.strides[1] < src.strides[2]
+                }
+                _ => false,
+            })
+            .map(|s| format!("{} ; {}", s.kernel.to_string().trim_end(), s.origin))
+            .collect();
+        assert!(swaps.is_empty(), "head swaps copied:\n{}", swaps.join("\n"));
+    }
+}
+
+const ALL: &[&str] = &["q", "k", "v", "o", "do", "dq", "dk", "dv"];
+/// RoPE rotates `q` and `k` between the head split and attention.
+const ROPE: &[&str] = &["v", "o", "do", "dv"];
+
 #[test]
 fn gpt2_tiny_step() {
     let p = case_program(&CASES[0]);
     assert_eq!(count_kind(&p, "attention.fwd"), 2);
     assert_eq!(count_kind(&p, "attention.bwd"), 2);
+    assert_seq_major(&p, ALL);
     // Every AdamW update writes in place.
     assert!(p
         .updates
@@ -98,27 +143,27 @@ fn gpt2_tiny_step() {
 
 #[test]
 fn gpt3_tiny_step() {
-    case_program(&CASES[1]);
+    assert_seq_major(&case_program(&CASES[1]), ALL);
 }
 
 #[test]
 fn llama_tiny_step() {
-    case_program(&CASES[2]);
+    assert_seq_major(&case_program(&CASES[2]), ROPE);
 }
 
 #[test]
 fn palm_tiny_step() {
-    case_program(&CASES[3]);
+    assert_seq_major(&case_program(&CASES[3]), ROPE);
 }
 
 #[test]
 fn t5_tiny_step() {
-    case_program(&CASES[4]);
+    assert_seq_major(&case_program(&CASES[4]), ALL);
 }
 
 #[test]
 fn prefix_lm_step() {
-    case_program(&CASES[5]);
+    assert_seq_major(&case_program(&CASES[5]), ALL);
 }
 
 /// Dropout everywhere, attention unfused (score matrices, softmax row programs, batched GEMMs):
@@ -175,4 +220,111 @@ fn gpt2_tiny_kernel_listing_snapshot() {
         "fusion is not deterministic"
     );
     insta::assert_snapshot!("gpt2_tiny_kernels", p.to_string());
+}
+
+/// Attention on head splits of `[b, t, h·d]` inputs (GQA: 4 query heads on 2 key-value heads),
+/// its output merged back; `extra_users` gives the split `q` and the unmerged `o` another reader
+/// (a graph output), which must keep their head-major copies while the rest stays folded. The
+/// fused program must match the interpreter either way.
+fn split_attention_program(extra_users: bool) -> Program {
+    use kiln_compiler::interp::Tensor;
+    use kiln_compiler::ir::{AttnMask, AttnSpec, Builder, DType, Dim, Op};
+    let (b, t, h, hk, d) = (2i64, 5i64, 4i64, 2i64, 3i64);
+    let dims = |xs: &[i64]| xs.iter().map(|x| Dim::c(*x)).collect::<Vec<_>>();
+    let mut g = Builder::new();
+    let split = |g: &mut Builder, name: &str, heads: i64| {
+        let x = g.input(name, dims(&[b, t, heads * d]), DType::F32).unwrap();
+        let x = g.reshape(x, dims(&[b, t, heads, d])).unwrap();
+        g.permute(x, vec![0, 2, 1, 3]).unwrap()
+    };
+    let q = split(&mut g, "xq", h);
+    let k = split(&mut g, "xk", hk);
+    let v = split(&mut g, "xv", hk);
+    let spec = AttnSpec {
+        scale: 0.5,
+        mask: AttnMask::Causal,
+        bias: false,
+        key_padding: false,
+    };
+    let o = g.op(Op::Attention(spec), &[q, k, v]).unwrap();
+    let merged = g.permute(o, vec![0, 2, 1, 3]).unwrap();
+    let y = g.reshape(merged, dims(&[b, t, h * d])).unwrap();
+    g.output("y", y).unwrap();
+    if extra_users {
+        g.output("q", q).unwrap();
+        g.output("o", o).unwrap();
+    }
+    let graph = g.finish();
+    verify(&graph).unwrap();
+    let prog = fuse(&graph).unwrap();
+    prog.validate().unwrap();
+    let mut ins = HashMap::new();
+    for (name, heads) in [("xq", h), ("xk", hk), ("xv", hk)] {
+        let n = (b * t * heads * d) as usize;
+        let data = (0..n)
+            .map(|i| ((i * 37 + name.len() * 11) % 17) as f64 / 8.0 - 1.0)
+            .collect();
+        ins.insert(
+            name.to_string(),
+            Tensor::float(
+                DType::F32,
+                vec![b as usize, t as usize, (heads * d) as usize],
+                data,
+            ),
+        );
+    }
+    let want = run(
+        &graph,
+        &Bindings::new(),
+        &ins,
+        &HashMap::new(),
+        &RunOptions::default(),
+    )
+    .unwrap();
+    let mut state = reference::init_state(&prog, 0);
+    let got = reference::run(&prog, &host_inputs(&ins), &mut state, 0, 0).unwrap();
+    for (name, t) in &want.outputs {
+        let w = t.to_f64_vec();
+        let g = &got[name];
+        assert_eq!(g.len(), w.len(), "{name}");
+        for (i, (a, e)) in g.iter().zip(&w).enumerate() {
+            assert!(
+                (f64::from(*a) - e).abs() <= 1e-5 * (1.0 + e.abs()),
+                "{name}[{i}]: {a} vs {e}\n{prog}"
+            );
+        }
+    }
+    prog
+}
+
+#[test]
+fn head_swaps_fold_unless_another_reader_needs_them() {
+    let attention = |p: &Program| {
+        p.steps
+            .iter()
+            .find_map(|s| match &s.kernel {
+                Kernel::Attention(a) => Some(a.layout),
+                _ => None,
+            })
+            .unwrap()
+    };
+    let folded = split_attention_program(false);
+    let l = attention(&folded);
+    assert_eq!([l.q, l.k, l.v, l.o], [HeadLayout::SeqMajor; 4], "{folded}");
+    assert_eq!(count_kind(&folded, "data.copy"), 0, "{folded}");
+    // `q` is also an output: its copy stays (the kernel still reads the projection in place);
+    // `o` is read unmerged: written head-major, merged by a copy.
+    let kept = split_attention_program(true);
+    let l = attention(&kept);
+    assert_eq!(
+        [l.q, l.k, l.v, l.o],
+        [
+            HeadLayout::SeqMajor,
+            HeadLayout::SeqMajor,
+            HeadLayout::SeqMajor,
+            HeadLayout::HeadMajor
+        ],
+        "{kept}"
+    );
+    assert_eq!(count_kind(&kept, "data.copy"), 2, "{kept}");
 }

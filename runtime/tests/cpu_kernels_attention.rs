@@ -2,11 +2,14 @@
 //! in f64: forward output, logsumexp, and dQ/dK/dV/dBias, for every mask kind, key padding, GQA/MQA,
 //! shared and per-head bias, `T` not a multiple of the tile, `T != S`, and `head_dim` in
 //! {16, 32, 64, 128} plus odd sizes. The AVX2 and scalar paths are compared with each other, and the
-//! kernel's polynomial `2^x` against the exact value.
+//! kernel's polynomial `2^x` against the exact value. Every case also runs with its operands
+//! stored sequence-major (`[batch, len, heads, head_dim]`, all of them and two mixes) and must give
+//! bit for bit the head-major results.
 
 use kiln_runtime::cpu::attention::{
-    attention_backward, attention_forward, avx2_fma_available, exp2_approx, exp2_approx_slice,
-    AttentionError, AttentionGrads, AttentionInputs, AttentionParams, KernelChoice, Mask,
+    attention_backward, attention_backward_with, attention_forward, attention_forward_with,
+    avx2_fma_available, exp2_approx, exp2_approx_slice, AttentionError, AttentionGrads,
+    AttentionInputs, AttentionLayout, AttentionParams, HeadLayout, KernelChoice, Mask,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -259,7 +262,116 @@ fn check_case(c: Case, kernel: KernelChoice, seed: u64) -> Run {
     if let (Some(g), Some(w)) = (&got.dbias, &want.dbias) {
         assert_close("dbias", g, w, rtol, &name);
     }
+    for layout in layouts() {
+        let strided = run_in(&p, &layout, &x, &d_out);
+        let name = format!("{name} {layout:?}");
+        assert_eq!(bits(&strided.out), bits(&got.out), "out {name}");
+        assert_eq!(bits(&strided.lse), bits(&got.lse), "lse {name}");
+        assert_eq!(bits(&strided.dq), bits(&got.dq), "dq {name}");
+        assert_eq!(bits(&strided.dk), bits(&got.dk), "dk {name}");
+        assert_eq!(bits(&strided.dv), bits(&got.dv), "dv {name}");
+        assert_eq!(
+            strided.dbias.as_deref().map(bits),
+            got.dbias.as_deref().map(bits),
+            "dbias {name}"
+        );
+    }
     got
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+/// All operands sequence-major, and two complementary mixes.
+fn layouts() -> Vec<AttentionLayout> {
+    let (h, s) = (HeadLayout::HeadMajor, HeadLayout::SeqMajor);
+    let mix = |a: HeadLayout, b: HeadLayout| AttentionLayout {
+        q: a,
+        k: b,
+        v: a,
+        o: b,
+        d_o: a,
+        dq: b,
+        dk: a,
+        dv: b,
+    };
+    vec![mix(s, s), mix(s, h), mix(h, s)]
+}
+
+/// A head-major `[batch, heads, len, dh]` tensor stored as `layout` (or back, with `back`).
+fn relayout(
+    x: &[f32],
+    layout: HeadLayout,
+    (batch, heads, len, dh): (usize, usize, usize, usize),
+    back: bool,
+) -> Vec<f32> {
+    let mut y = vec![f32::NAN; x.len()];
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..len {
+                let at = layout.offset(heads, len, dh, b, h, i);
+                let plain = ((b * heads + h) * len + i) * dh;
+                let (from, to) = if back { (at, plain) } else { (plain, at) };
+                y[to..to + dh].copy_from_slice(&x[from..from + dh]);
+            }
+        }
+    }
+    y
+}
+
+/// [`run`] with the operands stored as `layout`; the results are converted back to head-major.
+fn run_in(
+    p: &AttentionParams,
+    layout: &AttentionLayout,
+    x: &AttentionInputs,
+    d_out: &[f32],
+) -> Run {
+    let qs = (p.batch, p.q_heads, p.q_len, p.head_dim);
+    let kvs = (p.batch, p.kv_heads, p.kv_len, p.head_dim);
+    let (q, k, v) = (
+        relayout(x.q, layout.q, qs, false),
+        relayout(x.k, layout.k, kvs, false),
+        relayout(x.v, layout.v, kvs, false),
+    );
+    let xs = AttentionInputs {
+        q: &q,
+        k: &k,
+        v: &v,
+        bias: x.bias,
+    };
+    // Poisoned like `run`: every element of every layout must be written.
+    let mut out = vec![f32::NAN; q.len()];
+    let mut lse = vec![f32::NAN; p.batch * p.q_heads * p.q_len];
+    attention_forward_with(p, layout, &xs, &mut out, &mut lse).unwrap();
+    let d_out = relayout(d_out, layout.d_o, qs, false);
+    let mut dq = vec![f32::NAN; q.len()];
+    let mut dk = vec![f32::NAN; k.len()];
+    let mut dv = vec![f32::NAN; v.len()];
+    let mut dbias = x.bias.map(|b| vec![f32::NAN; b.len()]);
+    attention_backward_with(
+        p,
+        layout,
+        &xs,
+        &out,
+        &lse,
+        &d_out,
+        AttentionGrads {
+            dq: &mut dq,
+            dk: &mut dk,
+            dv: &mut dv,
+            dbias: dbias.as_deref_mut(),
+        },
+    )
+    .unwrap();
+    Run {
+        out: relayout(&out, layout.o, qs, true),
+        lse,
+        dq: relayout(&dq, layout.dq, qs, true),
+        dk: relayout(&dk, layout.dk, kvs, true),
+        dv: relayout(&dv, layout.dv, kvs, true),
+        dbias,
+    }
 }
 
 fn kernels() -> Vec<KernelChoice> {

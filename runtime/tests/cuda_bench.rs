@@ -238,6 +238,7 @@ fn benchmarks() {
             mask: AttentionMask::Causal,
             has_bias: false,
             key_padding: false,
+            layout: kiln_compiler::kernel::AttentionLayout::HEAD_MAJOR,
         };
         let t = 8 * 12 * 1024 * 64 * 4;
         let ptrs = AttentionPtrs {

@@ -57,6 +57,7 @@ fn attention_modules() {
         mask,
         has_bias,
         key_padding: false,
+        layout: kiln_compiler::kernel::AttentionLayout::HEAD_MAJOR,
     };
     settings().bind(|| {
         for (kernel, storage) in [

@@ -19,8 +19,8 @@ use std::ffi::c_void;
 use std::process::Command;
 
 use kiln_compiler::kernel::{
-    evaluate, library, AttentionKernel, AttentionMask, BufferRef, DType, Direction, InputAccess,
-    OutputAccess, RowProgram,
+    evaluate, library, AttentionKernel, AttentionLayout, AttentionMask, BufferRef, DType,
+    Direction, HeadLayout, InputAccess, OutputAccess, RowProgram,
 };
 use kiln_runtime::cpu::attention as cpu_attn;
 use kiln_runtime::cuda::codegen::{self, RowLayout};
@@ -655,6 +655,41 @@ fn cpu_mask(m: AttentionMask, batch: usize, prefix: &mut Vec<usize>) -> cpu_attn
     }
 }
 
+fn seq_major() -> AttentionLayout {
+    let s = HeadLayout::SeqMajor;
+    AttentionLayout {
+        q: s,
+        k: s,
+        v: s,
+        o: s,
+        d_o: s,
+        dq: s,
+        dk: s,
+        dv: s,
+    }
+}
+
+/// A head-major `[batch, heads, len, dh]` tensor stored as `layout` (or back, with `back`).
+fn relayout(
+    x: &[f32],
+    layout: HeadLayout,
+    (batch, heads, len, dh): (usize, usize, usize, usize),
+    back: bool,
+) -> Vec<f32> {
+    let mut y = vec![f32::NAN; x.len()];
+    for b in 0..batch {
+        for h in 0..heads {
+            for i in 0..len {
+                let at = layout.offset(heads, len, dh, b, h, i);
+                let plain = ((b * heads + h) * len + i) * dh;
+                let (from, to) = if back { (at, plain) } else { (plain, at) };
+                y[to..to + dh].copy_from_slice(&x[from..from + dh]);
+            }
+        }
+    }
+    y
+}
+
 #[test]
 fn attention_matches_the_cpu_kernel() {
     let Some(cxx) = cxx() else {
@@ -673,6 +708,7 @@ fn attention_matches_the_cpu_kernel() {
         mask: AttentionMask::Causal,
         has_bias: false,
         key_padding: false,
+        layout: kiln_compiler::kernel::AttentionLayout::HEAD_MAJOR,
     };
     let cases: Vec<(AttentionKernel, Storage, usize)> = vec![
         (base, Storage::F32, 0),
@@ -723,6 +759,33 @@ fn attention_matches_the_cpu_kernel() {
             },
             Storage::F32,
             0,
+        ),
+        // Sequence-major operands (as fusion lowers GPT-2's heads: no transposes around the
+        // kernel), GQA, and a mix of layouts with a bias in bf16.
+        (
+            AttentionKernel {
+                layout: seq_major(),
+                ..base
+            },
+            Storage::F32,
+            0,
+        ),
+        (
+            AttentionKernel {
+                has_bias: true,
+                q_len: 37,
+                kv_len: 45,
+                mask: AttentionMask::Full,
+                layout: AttentionLayout {
+                    k: HeadLayout::HeadMajor,
+                    o: HeadLayout::HeadMajor,
+                    dk: HeadLayout::HeadMajor,
+                    ..seq_major()
+                },
+                ..base
+            },
+            Storage::Bf16,
+            2,
         ),
         (
             AttentionKernel {
@@ -815,11 +878,13 @@ fn attention_matches_the_cpu_kernel() {
             sources.iter().position(|s| s.name == name).unwrap()
         };
         let (fwd_i, bwd_i) = (module_of(&k), module_of(&kb));
+        // The device tensors in the kernel's layouts; results are converted back to head-major.
+        let (qs, kvs, l) = ((b, h, t, d), (b, hk, s, d), k.layout);
         let (mut gq, mut gk, mut gv, mut gdo) = (
-            Buf::stored(&q, storage),
-            Buf::stored(&kk, storage),
-            Buf::stored(&v, storage),
-            Buf::stored(&dout, storage),
+            Buf::stored(&relayout(&q, l.q, qs, false), storage),
+            Buf::stored(&relayout(&kk, l.k, kvs, false), storage),
+            Buf::stored(&relayout(&v, l.v, kvs, false), storage),
+            Buf::stored(&relayout(&dout, l.d_o, qs, false), storage),
         );
         let mut go = Buf::stored(&vec![f32::NAN; o.len()], storage);
         let mut glse = vec![f32::NAN; lse.len()];
@@ -855,8 +920,8 @@ fn attention_matches_the_cpu_kernel() {
             Storage::Bf16 => (1e-2, 1e-2),
         };
         let name = format!(
-            "{storage:?} {:?} d={d} t={t} s={s} h={h}/{hk} bias_heads={bias_heads}",
-            k.mask
+            "{storage:?} {:?} d={d} t={t} s={s} h={h}/{hk} bias_heads={bias_heads} {:?}",
+            k.mask, k.layout
         );
         let check = |what: &str, got: Vec<f32>, want: &[f32], rounded: bool| {
             let want = if rounded && storage == Storage::Bf16 {
@@ -872,11 +937,11 @@ fn attention_matches_the_cpu_kernel() {
                 &want[..6.min(want.len())]
             );
         };
-        check("o", go.f32s(), &o, true);
+        check("o", relayout(&go.f32s(), l.o, qs, true), &o, true);
         check("lse", glse, &lse, false);
-        check("dq", gdq.f32s(), &dq, true);
-        check("dk", gdk.f32s(), &dk, true);
-        check("dv", gdv.f32s(), &dv, true);
+        check("dq", relayout(&gdq.f32s(), l.dq, qs, true), &dq, true);
+        check("dk", relayout(&gdk.f32s(), l.dk, kvs, true), &dk, true);
+        check("dv", relayout(&gdv.f32s(), l.dv, kvs, true), &dv, true);
         if let (Some(g), Some(w)) = (gdb, &dbias) {
             check("dbias", g, w, false);
         }

@@ -96,8 +96,100 @@ pub enum Direction {
     Backward,
 }
 
+/// How one `[batch, heads, len, head_dim]` attention operand is laid out in its buffer (the last
+/// axis is always contiguous).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum HeadLayout {
+    /// Row-major `[batch, heads, len, head_dim]`: each head's rows are adjacent.
+    #[default]
+    HeadMajor,
+    /// Row-major `[batch, len, heads, head_dim]`: the heads of one position are adjacent, as a
+    /// projection's `[batch·len, heads·head_dim]` output holds them. Reading and writing this
+    /// layout directly is what removes the head-split and head-merge transposes around attention.
+    SeqMajor,
+}
+
+impl HeadLayout {
+    /// Element strides `(batch, head, row)` of a tensor with `heads` heads of `len` rows of
+    /// `head_dim` (the `head_dim` stride is 1). Both layouts span `batch·heads·len·head_dim`
+    /// elements, so buffer sizes do not depend on the layout.
+    pub fn strides(self, heads: usize, len: usize, head_dim: usize) -> (usize, usize, usize) {
+        match self {
+            HeadLayout::HeadMajor => (heads * len * head_dim, len * head_dim, head_dim),
+            HeadLayout::SeqMajor => (len * heads * head_dim, head_dim, heads * head_dim),
+        }
+    }
+
+    /// Offset of element `(b, h, i, 0)`.
+    pub fn offset(
+        self,
+        heads: usize,
+        len: usize,
+        head_dim: usize,
+        b: usize,
+        h: usize,
+        i: usize,
+    ) -> usize {
+        let (sb, sh, sr) = self.strides(heads, len, head_dim);
+        b * sb + h * sh + i * sr
+    }
+
+    /// The name in kernel listings: the axis order as stored.
+    pub fn name(self) -> &'static str {
+        match self {
+            HeadLayout::HeadMajor => "bhtd",
+            HeadLayout::SeqMajor => "bthd",
+        }
+    }
+}
+
+/// The layout of every `[batch, heads, len, head_dim]` operand of an attention kernel. The forward
+/// uses `q, k, v, o`; the backward all eight. `dq` has `q`'s shape, `dk`/`dv` have `k`'s.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AttentionLayout {
+    pub q: HeadLayout,
+    pub k: HeadLayout,
+    pub v: HeadLayout,
+    pub o: HeadLayout,
+    pub d_o: HeadLayout,
+    pub dq: HeadLayout,
+    pub dk: HeadLayout,
+    pub dv: HeadLayout,
+}
+
+impl AttentionLayout {
+    /// Every operand head-major (`[batch, heads, len, head_dim]`).
+    pub const HEAD_MAJOR: AttentionLayout = AttentionLayout {
+        q: HeadLayout::HeadMajor,
+        k: HeadLayout::HeadMajor,
+        v: HeadLayout::HeadMajor,
+        o: HeadLayout::HeadMajor,
+        d_o: HeadLayout::HeadMajor,
+        dq: HeadLayout::HeadMajor,
+        dk: HeadLayout::HeadMajor,
+        dv: HeadLayout::HeadMajor,
+    };
+
+    /// `(name, layout)` of each operand, in the order above.
+    pub fn operands(&self) -> [(&'static str, HeadLayout); 8] {
+        [
+            ("q", self.q),
+            ("k", self.k),
+            ("v", self.v),
+            ("o", self.o),
+            ("do", self.d_o),
+            ("dq", self.dq),
+            ("dk", self.dk),
+            ("dv", self.dv),
+        ]
+    }
+}
+
 /// Scaled-dot-product attention over `[batch, heads, seq, head_dim]` tensors with grouped
-/// key-value heads (`heads % kv_heads == 0`; 1 is MQA, `heads` is MHA).
+/// key-value heads (`heads % kv_heads == 0`; 1 is MQA, `heads` is MHA). Each of those tensors is
+/// stored head-major or sequence-major as `layout` says (fusion picks sequence-major where the
+/// operand is a head split of a projection or the result feeds a head merge, so no transpose is
+/// copied).
 /// Forward: inputs `q, k, v` (+ `bias` `[heads, q_len, kv_len]` when `has_bias`, for T5 relative
 /// positions; + `prefix_len` `[batch]` for `PrefixLmLengths`; + `key_len` `[batch]` when
 /// `key_padding`); outputs `o` and the per-row logsumexp `[batch, heads, q_len]` for backward.
@@ -117,6 +209,33 @@ pub struct AttentionKernel {
     pub has_bias: bool,
     /// Batch row `b` sees only keys `j < key_len[b]` (an extra `[batch]` input).
     pub key_padding: bool,
+    /// How `q, k, v, o, do, dq, dk, dv` are stored (see [`AttentionKernel::check`]).
+    pub layout: AttentionLayout,
+}
+
+impl AttentionKernel {
+    /// The invariants every executor relies on: grouped heads divide, and a forward kernel leaves
+    /// the layouts of the operands it does not have (`do, dq, dk, dv`) head-major, so that equal
+    /// kernels print and compare equal.
+    pub fn check(&self) -> Result<(), String> {
+        if self.kv_heads == 0 && self.heads > 0
+            || self.kv_heads > 0 && !self.heads.is_multiple_of(self.kv_heads)
+        {
+            return Err(format!(
+                "heads ({}) is not a multiple of kv_heads ({})",
+                self.heads, self.kv_heads
+            ));
+        }
+        let l = self.layout;
+        if self.direction == Direction::Forward
+            && [l.d_o, l.dq, l.dk, l.dv]
+                .iter()
+                .any(|x| *x != HeadLayout::HeadMajor)
+        {
+            return Err("a forward attention kernel has no do, dq, dk or dv to lay out".into());
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for Kernel {
@@ -138,7 +257,7 @@ impl fmt::Display for Kernel {
             Kernel::Data(d) => writeln!(f, "{d}"),
             Kernel::Attention(a) => writeln!(
                 f,
-                "attention.{} batch={} heads={} kv_heads={} q_len={} kv_len={} head_dim={} scale={} mask={} bias={} key_padding={}",
+                "attention.{} batch={} heads={} kv_heads={} q_len={} kv_len={} head_dim={} scale={} mask={} bias={} key_padding={}{}",
                 match a.direction {
                     Direction::Forward => "fwd",
                     Direction::Backward => "bwd",
@@ -158,9 +277,25 @@ impl fmt::Display for Kernel {
                     AttentionMask::PrefixLmLengths => "prefix_lm(lengths)".to_string(),
                 },
                 a.has_bias,
-                a.key_padding
+                a.key_padding,
+                layout_text(&a.layout),
             ),
         }
+    }
+}
+
+/// ` layout=q:bthd,...` naming the operands that are not head-major; empty when none is.
+fn layout_text(l: &AttentionLayout) -> String {
+    let seq: Vec<String> = l
+        .operands()
+        .iter()
+        .filter(|(_, x)| *x != HeadLayout::HeadMajor)
+        .map(|(n, x)| format!("{n}:{}", x.name()))
+        .collect();
+    if seq.is_empty() {
+        String::new()
+    } else {
+        format!(" layout={}", seq.join(","))
     }
 }
 

@@ -14,6 +14,14 @@
 //! Alignment when `T != S`: query `i` sits at absolute position `i + S - T` (bottom-right alignment,
 //! as a decoder with a KV cache needs; it is the identity when `T == S`).
 //!
+//! Operand layouts: each `[batch, heads, len, head_dim]` tensor (`q, k, v, o, dO, dQ, dK, dV`)
+//! is either head-major (`[batch, heads, len, head_dim]`, each head's rows adjacent) or
+//! sequence-major (`[batch, len, heads, head_dim]`, as a projection's output holds it, so the
+//! compiler needs no head-split or head-merge transpose around the kernel); see
+//! [`AttentionLayout`]. A task reads its head's rows in place when they are adjacent and gathers
+//! them into per-thread scratch otherwise (a `len x head_dim` copy, next to the `len² x head_dim`
+//! work of the head); outputs are written row by row through [`HeadRowsMut`] in both layouts.
+//!
 //! Layout of the work: scores are kept transposed (`Sᵀ = K·Qᵀ`, keys by queries) so that the softmax
 //! runs down columns with elementwise vector ops, and in base 2 (`Q` pre-scaled by
 //! `scale·log2(e)`), so that the exponential is an exact range reduction plus a degree-6 polynomial
@@ -24,6 +32,8 @@
 
 use rayon::prelude::*;
 use thiserror::Error;
+
+pub use kiln_compiler::kernel::{AttentionLayout, HeadLayout};
 
 /// Which keys a query row may see (before key padding, which [`AttentionParams::key_len`] adds).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +61,9 @@ pub enum KernelChoice {
     Avx2Fma,
 }
 
-/// Shapes and options of one attention call. Tensors are contiguous row-major:
+/// Shapes and options of one attention call. Tensors are contiguous row-major (the operands of
+/// `[batch, heads, len, head_dim]` shape may instead be sequence-major, see
+/// [`attention_forward_with`]):
 /// `q`, `out`, `d_out`, `dq`: `[batch, q_heads, q_len, head_dim]`; `k`, `v`, `dk`, `dv`:
 /// `[batch, kv_heads, kv_len, head_dim]`; `lse`: `[batch, q_heads, q_len]`; the optional additive
 /// bias and its gradient: `[1 or q_heads, q_len, kv_len]` (shared by the batch; the head count is read
@@ -147,6 +159,18 @@ pub fn attention_forward(
     out: &mut [f32],
     lse: &mut [f32],
 ) -> Result<(), AttentionError> {
+    attention_forward_with(p, &AttentionLayout::HEAD_MAJOR, x, out, lse)
+}
+
+/// [`attention_forward`] with `q`, `k`, `v` and `out` stored as `layout` says (`lse` is always
+/// `[batch, q_heads, q_len]`).
+pub fn attention_forward_with(
+    p: &AttentionParams,
+    layout: &AttentionLayout,
+    x: &AttentionInputs,
+    out: &mut [f32],
+    lse: &mut [f32],
+) -> Result<(), AttentionError> {
     let g = Geometry::check(p, x)?;
     expect_len("out", out.len(), g.q_elems(), &g.q_shape())?;
     expect_len("lse", lse.len(), g.lse_elems(), &g.lse_shape())?;
@@ -159,16 +183,25 @@ pub fn attention_forward(
         lse.fill(f32::NEG_INFINITY);
         return Ok(());
     }
-    out.par_chunks_mut(g.t * g.dh)
-        .zip(lse.par_chunks_mut(g.t))
+    let out_len = out.len();
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    lse.par_chunks_mut(g.t)
         .enumerate()
-        .for_each(|(index, (out, lse))| {
+        .for_each(|(index, lse)| {
+            let (b, h) = (index / g.hq, index % g.hq);
+            // SAFETY: `out` is borrowed mutably for this whole parallel loop and holds
+            // `batch·q_heads·q_len·head_dim` elements (checked above); task `(b, h)` writes only
+            // the rows of query head `h` of batch row `b`, which are disjoint from every other
+            // task's in either layout.
+            let out =
+                unsafe { HeadRowsMut::new(out_ptr, out_len, layout.o, g.hq, g.t, g.dh, b, h) };
             let task = ForwardTask {
                 g: &g,
                 p,
+                layout,
                 x,
-                b: index / g.hq,
-                h: index % g.hq,
+                b,
+                h,
                 out,
                 lse,
             };
@@ -180,6 +213,19 @@ pub fn attention_forward(
 /// Backward pass from the forward's `out` and `lse`: overwrites `dq`, `dk`, `dv` (and `dbias`).
 pub fn attention_backward(
     p: &AttentionParams,
+    x: &AttentionInputs,
+    out: &[f32],
+    lse: &[f32],
+    d_out: &[f32],
+    grads: AttentionGrads,
+) -> Result<(), AttentionError> {
+    attention_backward_with(p, &AttentionLayout::HEAD_MAJOR, x, out, lse, d_out, grads)
+}
+
+/// [`attention_backward`] with `q, k, v, out, d_out, dq, dk, dv` stored as `layout` says.
+pub fn attention_backward_with(
+    p: &AttentionParams,
+    layout: &AttentionLayout,
     x: &AttentionInputs,
     out: &[f32],
     lse: &[f32],
@@ -213,13 +259,41 @@ pub fn attention_backward(
         }
         return Ok(());
     }
-    let ctx = BackwardInputs { x, out, lse, d_out };
-    let mut tasks: Vec<BackwardTask> = dq
-        .chunks_mut(g.group * g.t * g.dh)
-        .zip(dk.chunks_mut(g.s * g.dh))
-        .zip(dv.chunks_mut(g.s * g.dh))
-        .enumerate()
-        .map(|(index, ((dq, dk), dv))| BackwardTask { index, dq, dk, dv })
+    let ctx = BackwardInputs {
+        x,
+        layout,
+        out,
+        lse,
+        d_out,
+    };
+    let (dq_len, dk_len, dv_len) = (dq.len(), dk.len(), dv.len());
+    let (dq_ptr, dk_ptr, dv_ptr) = (
+        SendPtr(dq.as_mut_ptr()),
+        SendPtr(dk.as_mut_ptr()),
+        SendPtr(dv.as_mut_ptr()),
+    );
+    let mut tasks: Vec<BackwardTask> = (0..g.b * g.hkv)
+        .map(|index| {
+            let (b, kvh) = (index / g.hkv, index % g.hkv);
+            // SAFETY: `dq`, `dk`, `dv` are borrowed mutably until this function returns and hold
+            // `batch·q_heads·q_len·head_dim` resp. `batch·kv_heads·kv_len·head_dim` elements
+            // (checked above). Task `(b, kvh)` gets the rows of key-value head `kvh` of batch
+            // row `b` and of the query heads of its group, `kvh·group .. (kvh+1)·group`: in
+            // either layout no two tasks (and no two heads of one task) share an element.
+            unsafe {
+                BackwardTask {
+                    index,
+                    dq: (0..g.group)
+                        .map(|gh| {
+                            let h = kvh * g.group + gh;
+                            HeadRowsMut::new(dq_ptr, dq_len, layout.dq, g.hq, g.t, g.dh, b, h)
+                        })
+                        .collect(),
+                    dk: HeadRowsMut::new(dk_ptr, dk_len, layout.dk, g.hkv, g.s, g.dh, b, kvh),
+                    dv: HeadRowsMut::new(dv_ptr, dv_len, layout.dv, g.hkv, g.s, g.dh, b, kvh),
+                }
+            }
+        })
         .collect();
     match dbias {
         None => tasks.par_iter_mut().for_each(|task| {
@@ -589,6 +663,12 @@ struct Scratch {
     dsum: Vec<f32>,
     ranges: Vec<(usize, usize)>,
     blocks: Vec<BlockRange>,
+    /// Rows of a sequence-major `q, k, v, o, dO` head gathered contiguous.
+    gq: Vec<f32>,
+    gk: Vec<f32>,
+    gv: Vec<f32>,
+    go: Vec<f32>,
+    gdo: Vec<f32>,
 }
 
 thread_local! {
@@ -603,6 +683,99 @@ fn with_scratch<R>(f: impl FnOnce(&mut Scratch) -> R) -> R {
         // Only reachable if a task were re-entered on the same thread; stay correct regardless.
         Err(_) => f(&mut Scratch::default()),
     })
+}
+
+/// The `len x dh` rows of head `h` of batch row `b` of a `[batch, heads, len, dh]` operand stored
+/// as `layout`, contiguous: borrowed in place when they are adjacent (head-major), else gathered
+/// into `buf`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn head_rows<'a>(
+    src: &'a [f32],
+    layout: HeadLayout,
+    heads: usize,
+    len: usize,
+    dh: usize,
+    b: usize,
+    h: usize,
+    buf: &'a mut Vec<f32>,
+) -> &'a [f32] {
+    let (_, _, row_stride) = layout.strides(heads, len, dh);
+    let start = layout.offset(heads, len, dh, b, h, 0);
+    if row_stride == dh {
+        return &src[start..][..len * dh];
+    }
+    let dst = sized(buf, len * dh);
+    for (i, row) in dst.chunks_exact_mut(dh).enumerate() {
+        row.copy_from_slice(&src[start + i * row_stride..][..dh]);
+    }
+    dst
+}
+
+/// A raw output pointer that the tasks of one call share; each writes its own elements only.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: only used to build `HeadRowsMut`s of pairwise disjoint rows (see their constructor).
+unsafe impl Send for SendPtr {}
+// SAFETY: as above; the pointer itself is never written through from two tasks at one element.
+unsafe impl Sync for SendPtr {}
+
+/// The `rows` rows (each `dh` long) of one head of an output tensor, `row_stride` apart: a
+/// mutable view that tasks of one call hold for pairwise disjoint heads.
+struct HeadRowsMut<'a> {
+    ptr: *mut f32,
+    rows: usize,
+    row_stride: usize,
+    dh: usize,
+    _out: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+// SAFETY: a `HeadRowsMut` is the only handle to its elements (constructor contract), so moving
+// it to another thread is like moving a `&mut [f32]`.
+unsafe impl Send for HeadRowsMut<'_> {}
+
+impl<'a> HeadRowsMut<'a> {
+    /// The rows of head `h` of batch row `b` in a `[batch, heads, rows, dh]` tensor of `len`
+    /// elements at `base`, stored as `layout`. Panics when they do not fit in `len`.
+    ///
+    /// # Safety
+    /// `base` must point to `len` writable `f32`s that stay exclusively borrowed for `'a`, and no
+    /// other live `HeadRowsMut` or reference may cover any of this head's elements.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn new(
+        base: SendPtr,
+        len: usize,
+        layout: HeadLayout,
+        heads: usize,
+        rows: usize,
+        dh: usize,
+        b: usize,
+        h: usize,
+    ) -> Self {
+        let (_, _, row_stride) = layout.strides(heads, rows, dh);
+        let start = layout.offset(heads, rows, dh, b, h, 0);
+        assert!(
+            rows == 0 || start + (rows - 1) * row_stride + dh <= len,
+            "head ({b}, {h}) outside the output"
+        );
+        HeadRowsMut {
+            // SAFETY: in bounds by the assert (or an empty head, never dereferenced).
+            ptr: unsafe { base.0.add(start.min(len)) },
+            rows,
+            row_stride,
+            dh,
+            _out: std::marker::PhantomData,
+        }
+    }
+
+    /// Row `i` (`dh` elements).
+    #[inline(always)]
+    fn row(&mut self, i: usize) -> &mut [f32] {
+        assert!(i < self.rows, "row {i} of {}", self.rows);
+        // SAFETY: row `i < rows` lies inside the tensor (checked at construction) and belongs to
+        // this head only; `&mut self` keeps the returned slice unique.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(i * self.row_stride), self.dh) }
+    }
 }
 
 /// Sizes `buf` to `n` without clearing what it held (for buffers that are fully overwritten).
@@ -918,10 +1091,11 @@ fn softmax_grad_cols(isa: Isa, p: &[f32], dp: &mut [f32], dsum: &[f32]) {
 struct ForwardTask<'a, 'p> {
     g: &'a Geometry,
     p: &'a AttentionParams<'p>,
+    layout: &'a AttentionLayout,
     x: &'a AttentionInputs<'a>,
     b: usize,
     h: usize,
-    out: &'a mut [f32],
+    out: HeadRowsMut<'a>,
     lse: &'a mut [f32],
 }
 
@@ -943,17 +1117,18 @@ fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
     let ForwardTask {
         g,
         p,
+        layout,
         x,
         b,
         h,
-        out,
+        mut out,
         lse,
     } = task;
     let (t, s, dh, dhp) = (g.t, g.s, g.dh, g.dhp);
     let kvh = h / g.group;
-    let q = &x.q[(b * g.hq + h) * t * dh..][..t * dh];
-    let k = &x.k[(b * g.hkv + kvh) * s * dh..][..s * dh];
-    let v = &x.v[(b * g.hkv + kvh) * s * dh..][..s * dh];
+    let q = head_rows(x.q, layout.q, g.hq, t, dh, b, h, &mut sc.gq);
+    let k = head_rows(x.k, layout.k, g.hkv, s, dh, b, kvh, &mut sc.gk);
+    let v = head_rows(x.v, layout.v, g.hkv, s, dh, b, kvh, &mut sc.gv);
     let bias = x.bias.map(|bias| {
         let hb = if g.bias_heads == 1 { 0 } else { h };
         &bias[hb * t * s..][..t * s]
@@ -977,10 +1152,9 @@ fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
     for r0 in (0..t).step_by(BR) {
         let rows = BR.min(t - r0);
         let blk = BlockRange::of(&sc.ranges[r0..r0 + rows]);
-        let out_blk = &mut out[r0 * dh..(r0 + rows) * dh];
         let lse_blk = &mut lse[r0..r0 + rows];
         if blk.kmin >= blk.kmax {
-            out_blk.fill(0.0);
+            (r0..r0 + rows).for_each(|r| out.row(r).fill(0.0));
             lse_blk.fill(f32::NEG_INFINITY);
             continue;
         }
@@ -1046,7 +1220,7 @@ fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
             c0 += BC;
         }
         for r in 0..rows {
-            let o_row = &mut out_blk[r * dh..(r + 1) * dh];
+            let o_row = out.row(r0 + r);
             if l[r] > 0.0 {
                 scale_into(isa, o_row, &oacc[r * dhp..r * dhp + dh], 1.0 / l[r]);
                 // m and l live in base 2; the saved logsumexp is natural.
@@ -1065,6 +1239,7 @@ fn forward_head_impl(isa: Isa, task: ForwardTask, sc: &mut Scratch) {
 
 struct BackwardInputs<'a> {
     x: &'a AttentionInputs<'a>,
+    layout: &'a AttentionLayout,
     out: &'a [f32],
     lse: &'a [f32],
     d_out: &'a [f32],
@@ -1073,9 +1248,9 @@ struct BackwardInputs<'a> {
 /// The gradients owned by one (batch, kv head) task: `dq` of the group's query heads, `dk`, `dv`.
 struct BackwardTask<'a> {
     index: usize,
-    dq: &'a mut [f32],
-    dk: &'a mut [f32],
-    dv: &'a mut [f32],
+    dq: Vec<HeadRowsMut<'a>>,
+    dk: HeadRowsMut<'a>,
+    dv: HeadRowsMut<'a>,
 }
 
 /// Everything one backward task needs besides its scratch.
@@ -1110,9 +1285,9 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
     } = job;
     let (t, s, dh, dhp, s_pad, t_pad) = (g.t, g.s, g.dh, g.dhp, g.s_pad, g.t_pad);
     let (b, kvh) = (task.index / g.hkv, task.index % g.hkv);
-    let x = ctx.x;
-    let k = &x.k[(b * g.hkv + kvh) * s * dh..][..s * dh];
-    let v = &x.v[(b * g.hkv + kvh) * s * dh..][..s * dh];
+    let (x, layout) = (ctx.x, ctx.layout);
+    let k = head_rows(x.k, layout.k, g.hkv, s, dh, b, kvh, &mut sc.gk);
+    let v = head_rows(x.v, layout.v, g.hkv, s, dh, b, kvh, &mut sc.gv);
     let direct = dh == dhp;
     pack_row_blocks(direct, k, s, BC, dh, dhp, &mut sc.kp);
     pack_row_blocks(direct, v, s, BC, dh, dhp, &mut sc.vp);
@@ -1129,9 +1304,9 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
     for gh in 0..g.group {
         let h = kvh * g.group + gh;
         let base = (b * g.hq + h) * t;
-        let q = &x.q[base * dh..][..t * dh];
-        let o = &ctx.out[base * dh..][..t * dh];
-        let d_o = &ctx.d_out[base * dh..][..t * dh];
+        let q = head_rows(x.q, layout.q, g.hq, t, dh, b, h, &mut sc.gq);
+        let o = head_rows(ctx.out, layout.o, g.hq, t, dh, b, h, &mut sc.go);
+        let d_o = head_rows(ctx.d_out, layout.d_o, g.hq, t, dh, b, h, &mut sc.gdo);
         let hb = if g.bias_heads == 1 { 0 } else { h };
         let bias = x.bias.map(|bias| &bias[hb * t * s..][..t * s]);
         pack_panels_t(isa, q, t, dh, t_pad, p.scale * LOG2E, &mut sc.qt);
@@ -1289,19 +1464,20 @@ fn backward_group_impl(isa: Isa, job: BackwardJob, sc: &mut Scratch) {
                 );
             }
         }
-        let dq_head = &mut task.dq[gh * t * dh..][..t * dh];
-        for (dst, src) in dq_head.chunks_exact_mut(dh).zip(sc.dqa.chunks_exact(dhp)) {
-            scale_into(isa, dst, &src[..dh], p.scale);
+        let dq_head = &mut task.dq[gh];
+        for (r, src) in sc.dqa.chunks_exact(dhp).take(t).enumerate() {
+            scale_into(isa, dq_head.row(r), &src[..dh], p.scale);
         }
     }
-    for ((dk, dv), (ka, va)) in task
-        .dk
-        .chunks_exact_mut(dh)
-        .zip(task.dv.chunks_exact_mut(dh))
-        .zip(sc.dka.chunks_exact(dhp).zip(sc.dva.chunks_exact(dhp)))
+    for (j, (ka, va)) in sc
+        .dka
+        .chunks_exact(dhp)
+        .zip(sc.dva.chunks_exact(dhp))
+        .take(s)
+        .enumerate()
     {
-        scale_into(isa, dk, &ka[..dh], p.scale);
-        dv.copy_from_slice(&va[..dh]);
+        scale_into(isa, task.dk.row(j), &ka[..dh], p.scale);
+        task.dv.row(j).copy_from_slice(&va[..dh]);
     }
 }
 

@@ -17,7 +17,10 @@
 //! the heads when the bias is shared by all heads).
 //!
 //! Layouts (row-major, as `kernel::AttentionKernel` states): `q`, `o`, `do`, `dq`
-//! `[batch, heads, q_len, head_dim]`; `k`, `v`, `dk`, `dv` `[batch, kv_heads, kv_len, head_dim]`;
+//! `[batch, heads, q_len, head_dim]`; `k`, `v`, `dk`, `dv` `[batch, kv_heads, kv_len, head_dim]`,
+//! each of these eight either head-major like that or sequence-major (`[batch, len, heads,
+//! head_dim]`, the kernel's `layout`; a compile-time choice per operand, `KILN_L_*`, so that the
+//! address arithmetic folds);
 //! `lse`, `D` `[batch, heads, q_len]` (f32); `bias`, `dbias` `[1 or heads, q_len, kv_len]` (f32).
 //! Query `i` sits at position `i + kv_len - q_len` (bottom-right alignment, like the CPU kernel).
 //! A query that sees no key gets `O = 0` and `lse = -inf`.
@@ -28,7 +31,9 @@
 //! can measure it. **Unverified on hardware**: it compiles for sm_90 (tested in CI), and
 //! `runtime/tests/cuda_conformance.rs` checks it against `cpu::attention` on a GPU.
 
-use kiln_compiler::kernel::{AttentionKernel, AttentionMask, Direction};
+use kiln_compiler::kernel::{
+    AttentionKernel, AttentionLayout, AttentionMask, Direction, HeadLayout,
+};
 
 use super::codegen::PRELUDE;
 use super::nvrtc::Source;
@@ -75,6 +80,8 @@ pub struct Variant {
     pub has_bias: bool,
     /// Storage of `q, k, v, o, do, dq, dk, dv`; `lse`, `D`, `bias`, `dbias` are always f32.
     pub storage: Storage,
+    /// Head-major or sequence-major, per operand.
+    pub layout: AttentionLayout,
 }
 
 impl Variant {
@@ -85,13 +92,29 @@ impl Variant {
             mask: mask_kind(k.mask),
             has_bias: k.has_bias,
             storage,
+            layout: k.layout,
         }
     }
 
-    /// A readable, unique module name.
+    /// A readable, unique module name (`_l` and one letter per operand, `h`ead- or `s`equence-major,
+    /// when some operand is sequence-major).
     pub fn name(&self) -> String {
+        let layout = if self.layout == AttentionLayout::HEAD_MAJOR {
+            String::new()
+        } else {
+            let letters: String = self
+                .layout
+                .operands()
+                .iter()
+                .map(|(_, l)| match l {
+                    HeadLayout::HeadMajor => 'h',
+                    HeadLayout::SeqMajor => 's',
+                })
+                .collect();
+            format!("_l{letters}")
+        };
         format!(
-            "kiln_attn_{}_d{}_{}{}_{}",
+            "kiln_attn_{}_d{}_{}{}_{}{layout}",
             match self.direction {
                 Direction::Forward => "fwd",
                 Direction::Backward => "bwd",
@@ -279,6 +302,13 @@ pub fn source(v: &Variant) -> Result<Source, CudaError> {
         v.mask.code(),
         u32::from(v.has_bias)
     ));
+    for (name, l) in v.layout.operands() {
+        code.push_str(&format!(
+            "#define KILN_L_{} {}\n",
+            name.to_uppercase(),
+            u32::from(l == HeadLayout::SeqMajor)
+        ));
+    }
     code.push_str(match v.storage {
         Storage::F32 => "typedef float kiln_t;\n#define KILN_LD(x) (x)\n#define KILN_ST(x) (x)\n",
         Storage::Bf16 => {
@@ -339,13 +369,18 @@ __device__ __forceinline__ int kiln_hi(int i, int off, int mp, int S) {
 #endif
 }
 
-// Loads rows [r0, r0 + nrows) of a [len, KILN_D] matrix into smem [nrows][KILN_LDS] as f32,
-// multiplied by `mul`; rows past `len` and columns past KILN_D are zero.
-__device__ __forceinline__ void kiln_load_tile(float* dst, const kiln_t* src, int r0, int nrows, int len, float mul) {
+// Offset of row i of head h of batch row b in a [B, H, L, KILN_D] operand stored head-major
+// (lay 0) or sequence-major as [B, L, H, KILN_D] (lay 1), and the distance between its rows.
+#define KILN_AT(lay, b, h, i, H, L) ((lay) ? (((long long)(b) * (L) + (i)) * (H) + (h)) * KILN_D : (((long long)(b) * (H) + (h)) * (L) + (i)) * KILN_D)
+#define KILN_LDR(lay, H) ((lay) ? (long long)(H) * KILN_D : (long long)KILN_D)
+
+// Loads rows [r0, r0 + nrows) of a [len, KILN_D] matrix whose rows are `ld` apart into smem
+// [nrows][KILN_LDS] as f32, multiplied by `mul`; rows past `len` and columns past KILN_D are zero.
+__device__ __forceinline__ void kiln_load_tile(float* dst, const kiln_t* src, long long ld, int r0, int nrows, int len, float mul) {
     for (int e = threadIdx.x; e < nrows * KILN_DP; e += blockDim.x) {
         const int r = e / KILN_DP, d = e - r * KILN_DP;
         float x = 0.0f;
-        if (r0 + r < len && d < KILN_D) x = KILN_LD(src[(long long)(r0 + r) * KILN_D + d]) * mul;
+        if (r0 + r < len && d < KILN_D) x = KILN_LD(src[(long long)(r0 + r) * ld + d]) * mul;
         dst[r * KILN_LDS + d] = x;
     }
 }
@@ -367,13 +402,13 @@ extern "C" __global__ void __launch_bounds__(256) kiln_attn_fwd(
     const int q0 = blockIdx.x * KILN_BQ;
     const int off = S - T;
     (void)B; (void)bias; (void)bias_heads;
-    const kiln_t* qp = q + (long long)bh * T * KILN_D;
-    const kiln_t* kp = k + (long long)(b * Hkv + hk) * S * KILN_D;
-    const kiln_t* vp = v + (long long)(b * Hkv + hk) * S * KILN_D;
+    const kiln_t* qp = q + KILN_AT(KILN_L_Q, b, h, 0, Hq, T);
+    const kiln_t* kp = k + KILN_AT(KILN_L_K, b, hk, 0, Hkv, S);
+    const kiln_t* vp = v + KILN_AT(KILN_L_V, b, hk, 0, Hkv, S);
 #if KILN_BIAS
     const float* bp = bias + (long long)(bias_heads == 1 ? 0 : h) * T * S;
 #endif
-    kiln_load_tile(Qs, qp, q0, KILN_BQ, T, scale * KILN_LOG2E);
+    kiln_load_tile(Qs, qp, KILN_LDR(KILN_L_Q, Hq), q0, KILN_BQ, T, scale * KILN_LOG2E);
 
     float m[KILN_TQ], l[KILN_TQ], acc[KILN_TQ][KILN_TD];
     int lo[KILN_TQ], hi[KILN_TQ];
@@ -392,8 +427,8 @@ extern "C" __global__ void __launch_bounds__(256) kiln_attn_fwd(
 
     for (int k0 = (klo / KILN_BK) * KILN_BK; k0 < khi; k0 += KILN_BK) {
         __syncthreads();  // Qs is written (first tile); the previous tile's readers are done.
-        kiln_load_tile(Ks, kp, k0, KILN_BK, S, 1.0f);
-        kiln_load_tile(Vs, vp, k0, KILN_BK, S, 1.0f);
+        kiln_load_tile(Ks, kp, KILN_LDR(KILN_L_K, Hkv), k0, KILN_BK, S, 1.0f);
+        kiln_load_tile(Vs, vp, KILN_LDR(KILN_L_V, Hkv), k0, KILN_BK, S, 1.0f);
         __syncthreads();
 
         float s[KILN_TQ][KILN_TK];
@@ -471,7 +506,7 @@ extern "C" __global__ void __launch_bounds__(256) kiln_attn_fwd(
         const int row = q0 + ty * KILN_TQ + i;
         if (row >= T) continue;
         const float inv = l[i] > 0.0f ? 1.0f / l[i] : 0.0f;
-        kiln_t* op = o + ((long long)bh * T + row) * KILN_D;
+        kiln_t* op = o + KILN_AT(KILN_L_O, b, h, row, Hq, T);
 #pragma unroll
         for (int dd = 0; dd < KILN_TD; ++dd) {
             const int d = tx + 16 * dd;
@@ -484,14 +519,19 @@ extern "C" __global__ void __launch_bounds__(256) kiln_attn_fwd(
 
 const BACKWARD: &str = r#"
 // D[row] = sum_d dO[row, d] * O[row, d]; one warp per row.
+// Rows are numbered (b, h, i) head-major, like Dv; O and dO are addressed through their layouts.
 extern "C" __global__ void __launch_bounds__(256) kiln_attn_bwd_pre(
-    const kiln_t* o, const kiln_t* dout, float* Dv, long long rows)
+    const kiln_t* o, const kiln_t* dout, float* Dv, long long rows, int Hq, int T)
 {
     const int lane = threadIdx.x & 31;
     for (long long row = (long long)blockIdx.x * 8 + (threadIdx.x >> 5); row < rows; row += (long long)gridDim.x * 8) {
+        const long long bh = row / T;
+        const int i = (int)(row - bh * T), b = (int)(bh / Hq), h = (int)(bh - (long long)b * Hq);
+        const kiln_t* orow = o + KILN_AT(KILN_L_O, b, h, i, Hq, T);
+        const kiln_t* drow = dout + KILN_AT(KILN_L_DO, b, h, i, Hq, T);
         float s = 0.0f;
         for (int d = lane; d < KILN_D; d += 32)
-            s = fmaf(KILN_LD(dout[row * KILN_D + d]), KILN_LD(o[row * KILN_D + d]), s);
+            s = fmaf(KILN_LD(drow[d]), KILN_LD(orow[d]), s);
         s = kiln_warp_sum(s);
         if (lane == 0) Dv[row] = s;
     }
@@ -554,11 +594,11 @@ extern "C" __global__ void __launch_bounds__(256) kiln_attn_bwd_dq(
         (void)pair;
 #endif
         const int bh = b * Hq + h, hk = h / group;
-        const kiln_t* kp = k + (long long)(b * Hkv + hk) * S * KILN_D;
-        const kiln_t* vp = v + (long long)(b * Hkv + hk) * S * KILN_D;
+        const kiln_t* kp = k + KILN_AT(KILN_L_K, b, hk, 0, Hkv, S);
+        const kiln_t* vp = v + KILN_AT(KILN_L_V, b, hk, 0, Hkv, S);
         __syncthreads();  // The previous pair's readers of Qs/dOs are done.
-        kiln_load_tile(Qs, q + (long long)bh * T * KILN_D, q0, KILN_BQ, T, scale * KILN_LOG2E);
-        kiln_load_tile(dOs, dout + (long long)bh * T * KILN_D, q0, KILN_BQ, T, 1.0f);
+        kiln_load_tile(Qs, q + KILN_AT(KILN_L_Q, b, h, 0, Hq, T), KILN_LDR(KILN_L_Q, Hq), q0, KILN_BQ, T, scale * KILN_LOG2E);
+        kiln_load_tile(dOs, dout + KILN_AT(KILN_L_DO, b, h, 0, Hq, T), KILN_LDR(KILN_L_DO, Hq), q0, KILN_BQ, T, 1.0f);
 
         float lse2[KILN_TQ], dvr[KILN_TQ], acc[KILN_TQ][KILN_TD];
         int lo[KILN_TQ], hi[KILN_TQ];
@@ -580,8 +620,8 @@ extern "C" __global__ void __launch_bounds__(256) kiln_attn_bwd_dq(
         const int klo = kiln_lo(q0, off, mp, S), khi = kiln_hi(last, off, mp, S);
         for (int k0 = (klo / KILN_BK) * KILN_BK; k0 < khi; k0 += KILN_BK) {
             __syncthreads();
-            kiln_load_tile(Ks, kp, k0, KILN_BK, S, 1.0f);
-            kiln_load_tile(Vs, vp, k0, KILN_BK, S, 1.0f);
+            kiln_load_tile(Ks, kp, KILN_LDR(KILN_L_K, Hkv), k0, KILN_BK, S, 1.0f);
+            kiln_load_tile(Vs, vp, KILN_LDR(KILN_L_V, Hkv), k0, KILN_BK, S, 1.0f);
             __syncthreads();
             float s[KILN_TQ][KILN_TK], dp[KILN_TQ][KILN_TK];
 #pragma unroll
@@ -645,7 +685,7 @@ extern "C" __global__ void __launch_bounds__(256) kiln_attn_bwd_dq(
         for (int i = 0; i < KILN_TQ; ++i) {
             const int row = q0 + ty * KILN_TQ + i;
             if (row >= T) continue;
-            kiln_t* gp = dq + ((long long)bh * T + row) * KILN_D;
+            kiln_t* gp = dq + KILN_AT(KILN_L_DQ, b, h, row, Hq, T);
 #pragma unroll
             for (int dd = 0; dd < KILN_TD; ++dd) {
                 const int d = tx + 16 * dd;
@@ -677,8 +717,8 @@ extern "C" __global__ void __launch_bounds__(256) kiln_attn_bwd_dkdv(
     const int k0 = blockIdx.x * KILN_BK, k1 = min(S, k0 + KILN_BK);
     const int off = S - T;
     (void)B; (void)bias; (void)bias_heads;
-    kiln_load_tile(Ks, k + (long long)bhk * S * KILN_D, k0, KILN_BK, S, 1.0f);
-    kiln_load_tile(Vs, v + (long long)bhk * S * KILN_D, k0, KILN_BK, S, 1.0f);
+    kiln_load_tile(Ks, k + KILN_AT(KILN_L_K, b, hk, 0, Hkv, S), KILN_LDR(KILN_L_K, Hkv), k0, KILN_BK, S, 1.0f);
+    kiln_load_tile(Vs, v + KILN_AT(KILN_L_V, b, hk, 0, Hkv, S), KILN_LDR(KILN_L_V, Hkv), k0, KILN_BK, S, 1.0f);
 
     float akd[KILN_TK][KILN_TD], avd[KILN_TK][KILN_TD];
 #pragma unroll
@@ -695,8 +735,8 @@ extern "C" __global__ void __launch_bounds__(256) kiln_attn_bwd_dkdv(
 #endif
         for (int q0 = (qa / KILN_BQ) * KILN_BQ; q0 < qb; q0 += KILN_BQ) {
             __syncthreads();  // Ks/Vs written (first tile); the previous tile's readers are done.
-            kiln_load_tile(Qs, q + (long long)bh * T * KILN_D, q0, KILN_BQ, T, scale * KILN_LOG2E);
-            kiln_load_tile(dOs, dout + (long long)bh * T * KILN_D, q0, KILN_BQ, T, 1.0f);
+            kiln_load_tile(Qs, q + KILN_AT(KILN_L_Q, b, h, 0, Hq, T), KILN_LDR(KILN_L_Q, Hq), q0, KILN_BQ, T, scale * KILN_LOG2E);
+            kiln_load_tile(dOs, dout + KILN_AT(KILN_L_DO, b, h, 0, Hq, T), KILN_LDR(KILN_L_DO, Hq), q0, KILN_BQ, T, 1.0f);
             for (int r = tid; r < KILN_BQ; r += blockDim.x) {
                 const int row = q0 + r;
                 const float L = row < T ? lse[(long long)bh * T + row] : KILN_NEG_INF;
@@ -772,8 +812,8 @@ extern "C" __global__ void __launch_bounds__(256) kiln_attn_bwd_dkdv(
     for (int i = 0; i < KILN_TK; ++i) {
         const int col = k0 + ty * KILN_TK + i;
         if (col >= S) continue;
-        kiln_t* kp = dk + ((long long)bhk * S + col) * KILN_D;
-        kiln_t* vp = dv + ((long long)bhk * S + col) * KILN_D;
+        kiln_t* kp = dk + KILN_AT(KILN_L_DK, b, hk, col, Hkv, S);
+        kiln_t* vp = dv + KILN_AT(KILN_L_DV, b, hk, col, Hkv, S);
 #pragma unroll
         for (int dd = 0; dd < KILN_TD; ++dd) {
             const int d = tx + 16 * dd;
@@ -803,6 +843,7 @@ mod tests {
             mask,
             has_bias: false,
             key_padding: false,
+            layout: kiln_compiler::kernel::AttentionLayout::HEAD_MAJOR,
         }
     }
 

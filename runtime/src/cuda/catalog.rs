@@ -97,6 +97,7 @@ fn attn(
             mask,
             has_bias,
             key_padding: false,
+            layout: kiln_compiler::kernel::AttentionLayout::HEAD_MAJOR,
         },
     }
 }

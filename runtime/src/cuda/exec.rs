@@ -488,6 +488,8 @@ pub fn plan_attention_backward(
             Arg::Ptr(g.d_out),
             Arg::Ptr(g.d_scratch),
             Arg::I64(rows),
+            Arg::I32(k.heads as i32),
+            Arg::I32(k.q_len as i32),
         ],
     );
     let mut dq_args = vec![
@@ -570,6 +572,7 @@ mod tests {
             mask: kiln_compiler::kernel::AttentionMask::Causal,
             has_bias: true,
             key_padding: false,
+            layout: kiln_compiler::kernel::AttentionLayout::HEAD_MAJOR,
         };
         let p = AttentionPtrs {
             q: 1,

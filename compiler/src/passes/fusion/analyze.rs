@@ -4,7 +4,8 @@
 use std::collections::{HashMap, HashSet};
 
 use super::FusionError;
-use crate::ir::{DType, Graph, Op, ValueId};
+use crate::ir::{AttnGrad, DType, Graph, Op, ValueId};
+use crate::kernel::HeadLayout;
 
 /// What kind of lowering a node gets (before row-group placement refines it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +38,10 @@ pub(super) struct Info<'g> {
     pub users: Vec<Vec<usize>>,
     /// Read by a graph output or a state update.
     pub escapes: Vec<bool>,
+    /// An attention result (forward `o`, backward `dq`, `dk`, `dv`) that the kernel writes
+    /// sequence-major straight into the buffer of its only user, the head-merge permute given
+    /// here; see [`Info::attention_operand`].
+    pub head_write: Vec<Option<usize>>,
 }
 
 impl<'g> Info<'g> {
@@ -118,11 +123,13 @@ impl<'g> Info<'g> {
             ins,
             users,
             escapes,
+            head_write: Vec::new(),
         };
         for (i, c) in cat.iter_mut().enumerate() {
             *c = info.categorize(i);
         }
         info.cat = cat;
+        info.head_write = (0..n).map(|i| info.head_write_target(i)).collect();
         Ok(info)
     }
 
@@ -213,6 +220,74 @@ impl<'g> Info<'g> {
             i = self.ins[i][0];
         }
         i
+    }
+
+    /// The operand of a head swap: a `Permute [0, 2, 1, 3]` of a rank-4 computed value, i.e.
+    /// `split_heads`' `[b, t, h, d] -> [b, h, t, d]` or `merge_heads`' way back.
+    pub fn head_swap_operand(&self, u: usize) -> Option<usize> {
+        match self.op(u) {
+            Op::Permute { perm } if perm[..] == [0, 2, 1, 3] && !self.konst[u] => {
+                Some(self.ins[u][0])
+            }
+            _ => None,
+        }
+    }
+
+    /// Where attention node `i` (`Attention` or `AttentionBackward`) reads operand `slot` from,
+    /// and in which layout. The head-split and head-merge transposes around attention cost no
+    /// copy: an operand `q`, `k`, `v` or `do` that is a head swap of `x` is read from `x`'s
+    /// buffer sequence-major, and the backward reads `o` from wherever the forward wrote it.
+    /// Everything else (bias, lengths, `lse`, an operand that is no head swap) is read as it is.
+    pub fn attention_operand(&self, i: usize, slot: usize) -> (usize, HeadLayout) {
+        let u = self.ins[i][slot];
+        let swappable = match self.op(i) {
+            Op::Attention(_) => slot < 3,
+            Op::AttentionBackward { .. } => slot < 3 || slot == 4,
+            _ => false,
+        };
+        if swappable {
+            if let Some(x) = self.head_swap_operand(u) {
+                return (x, HeadLayout::SeqMajor);
+            }
+        }
+        if matches!(self.op(i), Op::AttentionBackward { .. }) && slot == 3 {
+            if let Some(p) = self.head_write[u] {
+                return (p, HeadLayout::SeqMajor);
+            }
+        }
+        (u, HeadLayout::HeadMajor)
+    }
+
+    /// The head-merge permute that attention result `i` can be written into: `i` is a forward
+    /// `o` or a backward `dq`/`dk`/`dv`, does not escape, and its users are exactly one head swap
+    /// plus (for `o`) backward kernels that read it as their `o` operand only.
+    fn head_write_target(&self, i: usize) -> Option<usize> {
+        match self.op(i) {
+            Op::Attention(_) => {}
+            Op::AttentionBackward { wrt, .. } if *wrt != AttnGrad::Bias => {}
+            _ => return None,
+        }
+        if self.escapes[i] || self.shape[i].len() != 4 {
+            return None;
+        }
+        let mut target = None;
+        for u in &self.users[i] {
+            let is_o_read = matches!(self.op(*u), Op::AttentionBackward { .. })
+                && matches!(self.op(i), Op::Attention(_))
+                && self.ins[*u]
+                    .iter()
+                    .enumerate()
+                    .all(|(slot, x)| (*x == i) == (slot == 3));
+            if is_o_read {
+                continue;
+            }
+            if self.head_swap_operand(*u) == Some(i) && target.is_none() {
+                target = Some(*u);
+                continue;
+            }
+            return None;
+        }
+        target
     }
 
     /// A scalar elementwise node: numel 1 and elementwise (its own small scalar kernels).

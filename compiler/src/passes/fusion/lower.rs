@@ -12,7 +12,8 @@ use crate::interp::{self, Precision, RunOptions, TensorData};
 use crate::ir::{AttnGrad, AttnMask, Bindings, DType, Op};
 use crate::kernel::data::{DataKernel, ReduceKind, Window, WordType};
 use crate::kernel::{
-    schedule, AttentionKernel, AttentionMask, Direction, GemmKernel, GemmOperand, Kernel,
+    schedule, AttentionKernel, AttentionLayout, AttentionMask, Direction, GemmKernel, GemmOperand,
+    HeadLayout, Kernel,
 };
 use crate::program::{
     BufferDecl, BufferId, BufferKind, ConstData, InputDecl, Launch, OutputDecl, Program, StateDecl,
@@ -357,16 +358,26 @@ impl Lowerer<'_, '_> {
         if let Op::AttentionBackward { .. } = info.op(i) {
             return self.attention_backward(&nodes);
         }
-        // Kernels nobody reads are dropped (a permute folded into a GEMM, for instance).
-        let needs_lse = matches!(info.op(i), Op::Attention(_)) && self.attention_feeds_backward(i);
-        if !self.plan.mat[i] && !needs_lse {
+        // A head merge whose operand the attention kernel writes into its buffer directly.
+        if matches!(info.op(i), Op::Permute { .. }) && info.head_write[info.ins[i][0]] == Some(i) {
             return Ok(());
         }
-        if self.store[i].is_none() {
-            let w = self.kernel_word(i);
-            self.temp_for(i, w);
+        // Kernels nobody reads are dropped (a permute folded into a GEMM, for instance).
+        let needs_lse = matches!(info.op(i), Op::Attention(_)) && self.attention_feeds_backward(i);
+        let writes_merge = info.head_write[i];
+        if !self.plan.mat[i] && !needs_lse && writes_merge.is_none() {
+            return Ok(());
         }
-        let out = self.view(i)?;
+        let out = match writes_merge {
+            Some(p) => self.view(p)?,
+            None => {
+                if self.store[i].is_none() {
+                    let w = self.kernel_word(i);
+                    self.temp_for(i, w);
+                }
+                self.view(i)?
+            }
+        };
         let ins = info.ins[i].clone();
         let shape = |u: usize| info.shape[u].clone();
         let origin = info.origin(i);
@@ -415,11 +426,18 @@ impl Lowerer<'_, '_> {
                 self.push(Kernel::Gemm(g), inputs, vec![out], Launch::Once, origin, i);
             }
             Op::Attention(spec) => {
-                let a = self.attention_kernel(spec, i, Direction::Forward);
-                let inputs = ins
-                    .iter()
-                    .map(|u| self.view(*u))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let mut a = self.attention_kernel(spec, i, Direction::Forward);
+                let mut inputs = Vec::new();
+                let mut layouts = Vec::new();
+                for slot in 0..ins.len() {
+                    let (u, layout) = info.attention_operand(i, slot);
+                    inputs.push(self.view(u)?);
+                    layouts.push(layout);
+                }
+                (a.layout.q, a.layout.k, a.layout.v) = (layouts[0], layouts[1], layouts[2]);
+                if writes_merge.is_some() {
+                    a.layout.o = HeadLayout::SeqMajor;
+                }
                 let lse_n = a.batch * a.heads * a.q_len;
                 let b = self.buffer(
                     lse_n,
@@ -659,6 +677,7 @@ impl Lowerer<'_, '_> {
             },
             has_bias: spec.bias,
             key_padding: spec.key_padding,
+            layout: AttentionLayout::HEAD_MAJOR,
         }
     }
 
@@ -681,11 +700,22 @@ impl Lowerer<'_, '_> {
                 })
             }
         };
-        let a = self.attention_kernel(spec, i, Direction::Backward);
+        let mut a = self.attention_kernel(spec, i, Direction::Backward);
         let mut inputs = Vec::new();
-        for u in &ins[..5] {
-            inputs.push(self.view(*u)?);
+        let mut layouts = Vec::new();
+        for slot in 0..5 {
+            let (u, layout) = info.attention_operand(i, slot);
+            inputs.push(self.view(u)?);
+            layouts.push(layout);
         }
+        a.layout = AttentionLayout {
+            q: layouts[0],
+            k: layouts[1],
+            v: layouts[2],
+            o: layouts[3],
+            d_o: layouts[4],
+            ..AttentionLayout::HEAD_MAJOR
+        };
         inputs.push(lse);
         for u in &ins[5..] {
             inputs.push(self.view(*u)?);
@@ -699,12 +729,27 @@ impl Lowerer<'_, '_> {
         for w in wanted {
             let node = nodes.iter().copied().find(|n| {
                 matches!(info.op(*n), Op::AttentionBackward { wrt, .. } if *wrt == w)
-                    && self.plan.mat[*n]
+                    && (self.plan.mat[*n] || info.head_write[*n].is_some())
             });
             let v = match node {
-                Some(n) => match self.store[n] {
-                    Some(v) => v,
-                    None => self.temp_for(n, WordType::F32),
+                Some(n) => match (info.head_write[n], self.store[n]) {
+                    (Some(p), _) => {
+                        let seq = HeadLayout::SeqMajor;
+                        match w {
+                            AttnGrad::Q => a.layout.dq = seq,
+                            AttnGrad::K => a.layout.dk = seq,
+                            AttnGrad::V => a.layout.dv = seq,
+                            AttnGrad::Bias => {
+                                return Err(FusionError::Internal {
+                                    value: info.name(n),
+                                    detail: "a bias gradient written into a head merge".into(),
+                                })
+                            }
+                        }
+                        self.view(p)?
+                    }
+                    (None, Some(v)) => v,
+                    (None, None) => self.temp_for(n, WordType::F32),
                 },
                 None => {
                     let like = match w {

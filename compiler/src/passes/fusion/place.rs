@@ -584,18 +584,28 @@ impl Placer<'_, '_> {
                 self.demand(i);
             }
             match info.cat[i] {
-                Cat::Kernel => {
-                    if let Op::MatMul { .. } = info.op(i) {
+                Cat::Kernel => match info.op(i) {
+                    Op::MatMul { .. } => {
                         for u in info.ins[i].clone() {
                             let (base, _, _) = gemm_operand(info, u);
                             self.demand(base);
                         }
-                    } else {
+                    }
+                    Op::Attention(_) | Op::AttentionBackward { .. } => {
+                        for slot in 0..info.ins[i].len() {
+                            self.demand(info.attention_operand(i, slot).0);
+                        }
+                    }
+                    // A head merge that attention writes directly: its buffer, not its operand's.
+                    Op::Permute { .. } if info.head_write[info.ins[i][0]] == Some(i) => {
+                        self.demand(i)
+                    }
+                    _ => {
                         for u in info.ins[i].clone() {
                             self.demand(u);
                         }
                     }
-                }
+                },
                 Cat::SliceView => self.demand(info.ins[i][0]),
                 Cat::Row => {
                     let Some(g) = self.plan.home[i] else { continue };

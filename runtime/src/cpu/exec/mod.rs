@@ -25,8 +25,8 @@ use kiln_compiler::kernel::{AttentionKernel, AttentionMask, Direction, GemmKerne
 use kiln_compiler::program::{BufferKind, Launch, Program, View};
 
 use super::attention::{
-    attention_backward, attention_forward, AttentionGrads, AttentionInputs, AttentionParams,
-    KernelChoice, Mask,
+    attention_backward_with, attention_forward_with, AttentionGrads, AttentionInputs,
+    AttentionParams, KernelChoice, Mask,
 };
 use super::gemm::{gemm, GemmParams, GemmThreads, MatView};
 use super::jit::{JitKernel, KernelCache, Parallelism};
@@ -689,11 +689,16 @@ impl Executor {
                     bias: k.has_bias.then(|| slice(ins[bias_at])),
                 };
                 match k.direction {
-                    Direction::Forward => {
-                        attention_forward(&params, &x, slice_mut(outs[0]), slice_mut(outs[1]))
-                    }
-                    Direction::Backward => attention_backward(
+                    Direction::Forward => attention_forward_with(
                         &params,
+                        &k.layout,
+                        &x,
+                        slice_mut(outs[0]),
+                        slice_mut(outs[1]),
+                    ),
+                    Direction::Backward => attention_backward_with(
+                        &params,
+                        &k.layout,
                         &x,
                         slice(ins[3]),
                         slice(ins[5]),
