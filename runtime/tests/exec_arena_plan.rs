@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_compiler::ir::Bindings;
 use kiln_compiler::kernel::data::WordType;
-use kiln_compiler::plan::{self, MemorySource, PlanOptions};
+use kiln_compiler::plan::{self, cpu, MemorySource, PlanOptions};
 use kiln_compiler::program::{reference, BufferKind, Program};
 use kiln_compiler::sema::{render, Request, Workspace};
 use kiln_runtime::backend::{Backend, InputTensor, StepRng};
@@ -186,6 +186,12 @@ fn rel_err(a: &[f32], b: &[f32]) -> f64 {
 }
 
 const LR: f32 = 1e-3;
+
+#[test]
+fn kiln_plan_compiles_with_kiln_trains_default_optimizer() {
+    let cfg = run_config("gpt2.kiln", "gpt2_tiny", 2, 8);
+    assert_eq!(session::step_options(&cfg), cpu::train_defaults());
+}
 
 #[test]
 fn the_runtime_allocates_exactly_the_planned_arena() {

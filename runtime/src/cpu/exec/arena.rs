@@ -12,6 +12,9 @@ use kiln_compiler::program::{BufferKind, Program};
 /// Words (4 bytes) per alignment unit.
 pub const ALIGN_WORDS: usize = (ALIGNMENT / 4) as usize;
 
+// The executor allocates 64-byte lines: whole lines hold the planned bytes exactly.
+const _: () = assert!(ALIGNMENT % 64 == 0);
+
 /// Word offsets of every buffer and the arena size.
 #[derive(Clone, Debug)]
 pub struct ArenaPlan {

@@ -234,8 +234,8 @@ impl Executor {
     pub fn new(program: Program, cache: &KernelCache) -> Result<Executor, ExecError> {
         program.validate()?;
         let plan = arena::plan_arena(&program);
-        // Exactly the planned bytes (a multiple of the 64-byte line).
-        let mut arena = vec![Line::default(); plan.words.div_ceil(arena::ALIGN_WORDS)];
+        // Exactly the planned bytes (a multiple of the planner's alignment, itself of the line).
+        let mut arena = vec![Line::default(); plan.words.div_ceil(16)];
         let base = arena.as_mut_ptr() as *mut u32;
         let off = |v: &View| plan.offsets[v.buf.index()] + v.offset;
         let mut steps = Vec::with_capacity(program.steps.len());
