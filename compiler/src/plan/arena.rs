@@ -22,9 +22,9 @@
 //!
 //! Categories ([`ProgramArena::bytes`]) come from the buffers' kinds and the steps' roles. A step
 //! is *forward* when the `loss` or `logits` output depends on it (any output, in a program without
-//! those), *optimizer* when it is not forward
-//! and one of the name paths it computes starts with `optim` (as the training step names its
-//! update, `plan::roles` reads the same names), *backward* otherwise. Then: `State` buffers are
+//! those), *optimizer* when it is not forward and one of the name paths it computes starts with
+//! `optim` (as the training step names its update; `plan::roles` reads the same names), and
+//! *backward* otherwise. Then: `State` buffers are
 //! parameters, or optimizer state when named `opt.m.*`, `opt.v.*` or `opt.buf.*`; a buffer written
 //! by a backward step and read by an optimizer step is a gradient; one written by a forward step
 //! and read by a backward step is an activation kept for backward; everything else (inputs,
