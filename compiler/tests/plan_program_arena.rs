@@ -50,7 +50,7 @@ fn program_arenas_are_valid_and_reported_by_kiln_plan() {
             "{config}: {}",
             errs[..errs.len().min(5)].join("\n")
         );
-        assert!(a.total() >= a.live_peak() && a.total() % arena::ALIGNMENT == 0);
+        assert!(a.total() >= a.live_peak() && a.total().is_multiple_of(arena::ALIGNMENT));
         let b = a.bytes;
         assert_eq!(b.total(), a.total(), "{config}: {b:?}");
         // Parameters and optimizer state are the program's state buffers, aligned.

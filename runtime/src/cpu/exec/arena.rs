@@ -13,7 +13,7 @@ use kiln_compiler::program::{BufferKind, Program};
 pub const ALIGN_WORDS: usize = (ALIGNMENT / 4) as usize;
 
 // The executor allocates 64-byte lines: whole lines hold the planned bytes exactly.
-const _: () = assert!(ALIGNMENT % 64 == 0);
+const _: () = assert!(ALIGNMENT.is_multiple_of(64));
 
 /// Word offsets of every buffer and the arena size.
 #[derive(Clone, Debug)]
