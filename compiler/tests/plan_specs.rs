@@ -61,10 +61,11 @@ fn every_named_config_of_every_spec_plans_quickly() {
             });
             let took = t0.elapsed();
             eprintln!(
-                "{config}: {took:?}, {} layers ({} built), {:.2} GiB per device",
+                "{config}: {took:?}, {} layers ({} built), {:.2} GiB per device ({:?})",
                 a.report.layers,
                 a.report.built_layers,
-                a.report.per_device_bytes.total as f64 / 1073741824.0
+                a.report.per_device_bytes.total as f64 / 1073741824.0,
+                a.report.memory_source
             );
             assert!(took < limit, "{config} took {took:?}");
             let r = &a.report;

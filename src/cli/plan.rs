@@ -315,7 +315,11 @@ fn human(a: &Analysis) -> String {
             " (unfused)"
         }
     );
-    s += "memory per device (most loaded stage):\n";
+    let runtime = a.runtime_arena.as_ref();
+    s += match runtime {
+        Some(_) => "memory: the arena the CPU runtime allocates for this step (by category at its live peak; fragmentation under workspace):\n",
+        None => "memory per device (most loaded stage):\n",
+    };
     for (k, v) in [
         ("params", pd.params),
         ("grads", pd.grads),
@@ -332,15 +336,32 @@ fn human(a: &Analysis) -> String {
         gib(r.device_memory_bytes),
         if r.fits { "fits" } else { "DOES NOT FIT" }
     );
-    s += &format!(
-        "  activations per layer and micro-batch: {}\n",
-        gib(r.activation_bytes_per_layer)
-    );
-    s += &format!(
-        "  exact arena of the built step ({} layers): {}\n",
-        r.built_layers,
-        gib(r.arena_bytes)
-    );
+    match runtime {
+        Some(ra) => {
+            s += &format!(
+                "  {} bytes exactly ({} layers compiled, {} kernels); live peak {} (a lower bound)\n",
+                r.arena_bytes,
+                r.built_layers,
+                ra.schedule.steps.len(),
+                gib(ra.live_peak())
+            );
+            s += &format!(
+                "  estimated activations per layer and micro-batch: {}\n",
+                gib(r.activation_bytes_per_layer)
+            );
+        }
+        None => {
+            s += &format!(
+                "  activations per layer and micro-batch: {}\n",
+                gib(r.activation_bytes_per_layer)
+            );
+            s += &format!(
+                "  exact arena of the built step ({} layers): {}\n",
+                r.built_layers,
+                gib(r.arena_bytes)
+            );
+        }
+    }
     s += &format!(
         "compute: {} FLOP per step (forward + backward); recompute {} (+{:.1}%)\n",
         sci(r.flops_per_step),

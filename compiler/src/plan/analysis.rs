@@ -10,7 +10,11 @@
 //!    (recompute ops repeat their collectives);
 //! 5. schedule it with each collective's output as an extra buffer, and plan the arena (`memory`);
 //! 6. tally bytes, FLOPs, communication and roofline time per layer, extrapolate to all layers,
-//!    and apply data parallelism (ZeRO) and pipeline parallelism (1F1B) arithmetically.
+//!    and apply data parallelism (ZeRO) and pipeline parallelism (1F1B) arithmetically;
+//! 7. for a small step on one `cpu` device in f32 without recomputation (the rule is in
+//!    `plan::cpu`), compile the fused program the CPU runtime runs at full depth and report its
+//!    arena (`plan::arena`) as the per-device memory instead of the estimate: then the number
+//!    `kiln plan` prints is the byte count the runtime allocates (`memory_source`).
 //!
 //! Models with more than two layers per `repeat` are built with two (the first of each kind, e.g.
 //! GPT-3's dense and banded layers) and every per-layer quantity is scaled to the real count:
@@ -49,6 +53,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use kiln_grammar::ast::{self, ExprKind, Item, Stmt};
 use miette::Severity;
 
+use super::arena::{plan_program, ProgramArena};
+use super::cpu;
 use super::device::{self, Device};
 use super::memory::{plan_memory, Category, MemoryInput, MemoryPlan};
 use super::recompute::{apply, is_cheap, plan_recompute, RecomputePlan, Rewritten};
@@ -170,9 +176,24 @@ pub struct PlanReport {
     pub mfu: f64,
     pub tokens_per_s: f64,
     pub pipeline_bubble: f64,
-    /// Exact arena of the built graph (one micro-batch, one tensor-parallel rank).
+    /// Exact arena of the built graph (one micro-batch, one tensor-parallel rank); with
+    /// `memory_source` `cpu_runtime_arena`, the bytes the CPU runtime allocates.
     pub arena_bytes: u64,
     pub built_layers: u64,
+    /// Where `per_device_bytes` comes from.
+    pub memory_source: MemorySource,
+}
+
+/// Where a report's memory figures come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MemorySource {
+    /// The planners' estimate: a two-layer build scaled to every layer, with sharding,
+    /// recomputation, ZeRO and pipeline stages applied arithmetically.
+    Analytic,
+    /// The arena of the fused program the CPU runtime allocates for this step, byte for byte
+    /// (`plan::cpu`); `total` includes the arena's fragmentation under `workspace`.
+    CpuRuntimeArena,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -212,9 +233,16 @@ pub struct Analysis {
     /// Values outside the layers that come before them (`pre_layers`).
     pub pre: HashSet<ValueId>,
     pub report: PlanReport,
+    /// The arena of the fused program the CPU runtime runs, when the report gives it (see
+    /// `plan::cpu`).
+    pub runtime_arena: Option<ProgramArena>,
 }
 
-fn plain_diag(code: &'static str, message: String, help: Option<String>) -> SemaDiagnostic {
+pub(super) fn plain_diag(
+    code: &'static str,
+    message: String,
+    help: Option<String>,
+) -> SemaDiagnostic {
     SemaDiagnostic {
         code,
         message,
@@ -677,7 +705,7 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
         .values()
         .map(|(built, full)| *full as f64 / (*built).max(1) as f64)
         .fold(1.0, f64::max);
-    check_sizes(&g, &s.config, layer_scale)?;
+    let work = check_sizes(&g, &s.config, layer_scale)?;
     let roles = Roles::new(&g).map_err(|e| internal(e.to_string()))?;
     let mut seq_axis = seq_axes(&step);
     let prec = s.precision;
@@ -780,7 +808,7 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
     let (schedule, minput) = sharded_schedule(g2, &roles2, &sh, &rw.order, &e2, s.alignment);
     let memory = plan_memory(&schedule, &minput);
     // 6. Tallies.
-    let report_and_more = tally_and_report(
+    let mut report = tally_and_report(
         ws,
         s,
         &inst.model,
@@ -796,6 +824,42 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
         &repeats,
         &e2,
     )?;
+    // 7. A step the CPU runtime runs: its fused program's arena replaces the estimate.
+    let layers_full: u64 = if repeats.is_empty() {
+        report.layers
+    } else {
+        repeats.values().map(|(_, f)| *f).sum()
+    };
+    let runtime_arena = if cpu::uses_runtime_arena(s, layers_full, work * layer_scale) {
+        cpu::training_program(
+            ws,
+            &s.config,
+            &s.overrides,
+            objective,
+            s.microbatch,
+            s.seq,
+            &cpu::train_defaults(),
+        )
+        .ok()
+        .map(|p| plan_program(&p))
+    } else {
+        None
+    };
+    if let Some(a) = &runtime_arena {
+        let b = a.bytes;
+        report.per_device_bytes = PerDeviceBytes {
+            params: b.params,
+            grads: b.grads,
+            optimizer: b.optimizer,
+            activations: b.activations,
+            workspace: b.workspace,
+            total: a.total(),
+        };
+        report.fits = a.total() <= s.device.memory_bytes;
+        report.arena_bytes = a.total();
+        report.built_layers = layers_full;
+        report.memory_source = MemorySource::CpuRuntimeArena;
+    }
     let pre_set = pre_layers(&rw.graph, &roles2);
     Ok(Analysis {
         setup: s.clone(),
@@ -811,7 +875,8 @@ pub fn analyze(ws: &Workspace, s: &Setup) -> Result<Analysis, Vec<SemaDiagnostic
         memory,
         pre: pre_set,
         repeats,
-        report: report_and_more,
+        report,
+        runtime_arena,
     })
 }
 
@@ -1191,7 +1256,7 @@ fn tally_and_report(
     let grad_set: HashSet<ValueId> = roles2.grads.values().copied().collect();
     let category = |k: BufKey| -> Category {
         match k {
-            BufKey::Extra(_) => Category::Workspace,
+            BufKey::Extra(_) | BufKey::Buffer(_) => Category::Workspace,
             BufKey::Value(v) => match roles2.phase(v) {
                 Phase::Param => Category::Params,
                 Phase::OptState => Category::Optimizer,
@@ -1343,6 +1408,7 @@ fn tally_and_report(
         pipeline_bubble: stages::bubble(p, m),
         arena_bytes: memory.arena.total,
         built_layers,
+        memory_source: MemorySource::Analytic,
     };
     let _ = (g, roles, schedule, ws);
     Ok(report)
@@ -1541,8 +1607,8 @@ fn check_plan_numbers(s: &Setup) -> Result<(), Vec<SemaDiagnostic>> {
 
 /// Refuses a bound step with a tensor beyond [`MAX_PLAN_ELEMENTS`], a dim beyond
 /// [`MAX_PLAN_DIM`], or total work beyond [`MAX_PLAN_WORK`] once scaled by `layer_scale` (the
-/// sizes would overflow the planners' counts).
-fn check_sizes(g: &Graph, config: &str, layer_scale: f64) -> Result<(), Vec<SemaDiagnostic>> {
+/// sizes would overflow the planners' counts). Returns the step's work (multiply-adds, unscaled).
+fn check_sizes(g: &Graph, config: &str, layer_scale: f64) -> Result<f64, Vec<SemaDiagnostic>> {
     let mut work = 0.0f64;
     for v in g.values() {
         let numel: f64 = g
@@ -1588,7 +1654,7 @@ fn check_sizes(g: &Graph, config: &str, layer_scale: f64) -> Result<(), Vec<Sema
             ),
         ));
     }
-    Ok(())
+    Ok(work)
 }
 
 /// The impossible-plan checks of a named plan, for `kiln check`: runs the planners on it and

@@ -195,6 +195,9 @@ pub fn plan_memory(schedule: &Schedule, input: &MemoryInput) -> MemoryPlan {
         l.last = l.last.max(l.first);
     }
     let writer: HashMap<BufKey, usize> = schedule.writers();
+    // A program buffer may be written by several steps (slices of it); what may share bytes
+    // with it depends on its first write.
+    let first_writer: HashMap<BufKey, usize> = schedule.first_writers();
 
     let mut dsu = Dsu {
         parent: (0..keys.len()).collect(),
@@ -234,14 +237,15 @@ pub fn plan_memory(schedule: &Schedule, input: &MemoryInput) -> MemoryPlan {
         let (hi, vi) = (index[h], index[v]);
         let rh = dsu.find(hi);
         let rv = dsu.find(vi);
-        let legal = match writer.get(v) {
-            Some(&ws) if rh != rv && !has_view[vi] && size(v) == size(h) => {
+        let legal = match (first_writer.get(v), writer.get(v)) {
+            (Some(&ws), Some(&ws_last)) if rh != rv && !has_view[vi] && size(v) == size(h) => {
                 let tv = ws + 1;
                 let last_h = class_life[rh].last;
                 let step = &schedule.steps[ws];
                 let reads_home_class = step.reads.iter().any(|r| dsu.find(index[r]) == rh);
                 last_h < tv
                     || (last_h == tv
+                        && ws == ws_last
                         && reads_home_class
                         && step
                             .in_place
@@ -294,7 +298,9 @@ pub fn plan_memory(schedule: &Schedule, input: &MemoryInput) -> MemoryPlan {
             if has_view[wi] || is_update_value[wi] {
                 continue;
             }
-            if class_life[rr].last != t || size(w) != size(r) {
+            // The read dies here and the write starts here (not a later slice of a buffer that
+            // is already alive).
+            if class_life[rr].last != t || life[w].first != t || size(w) != size(r) {
                 continue;
             }
             let root = union(&mut dsu, &mut class_life, &mut class_persistent, ri, wi);

@@ -5,6 +5,10 @@
 //! - `roles`: phases, layers, gradients and op kinds recovered from a step graph;
 //! - `schedule`: the steps (ops today, kernels later) the memory planner plans over;
 //! - `memory`: liveness, in-place reuse, one arena with offsets, peak bytes by category;
+//! - `arena`: the memory planner over a fused program's kernels: the arena the CPU runtime
+//!   allocates;
+//! - `cpu`: the training step as the CPU runtime compiles it, and when `kiln plan` reports its
+//!   arena;
 //! - `recompute`: the policies (`none`, `full`, `selective`, `keep`, `budget`) as minimum cuts and
 //!   an exact/Lagrangian budget search, and the rewrite;
 //! - `shard`: tensor/sequence-parallel layouts and the collectives they need, with byte counts;
@@ -16,6 +20,8 @@
 //! - `explain`: why a value is kept, recomputed or transient, how a parameter is sharded.
 
 pub mod analysis;
+pub mod arena;
+pub mod cpu;
 pub mod device;
 pub mod explain;
 pub mod maxflow;
@@ -27,7 +33,10 @@ pub mod schedule;
 pub mod shard;
 pub mod stages;
 
-pub use analysis::{analyze, check, setup, Analysis, PlanOptions, PlanReport, Precision, Setup};
+pub use analysis::{
+    analyze, check, setup, Analysis, MemorySource, PlanOptions, PlanReport, Precision, Setup,
+};
+pub use arena::{plan_program, ProgramArena};
 pub use memory::{plan_memory, validate, ArenaPlan, Category, MemoryInput, MemoryPlan, Slot};
 pub use recompute::{apply, plan_recompute, RecomputePlan, Rewritten};
 pub use roles::Roles;

@@ -36,13 +36,15 @@ fn buf_name(nums: &BTreeMap<ValueId, usize>, a: &Analysis, k: BufKey) -> String 
             let c = &a.sharding.collectives[i as usize];
             format!("{} of {}", c.kind.name(), value_name(nums, a, c.value))
         }
+        // The analysed graph's schedule has no program buffers.
+        BufKey::Buffer(b) => format!("b{b}"),
     }
 }
 
 /// The category of a buffer, as the memory report counts it.
 pub fn category(a: &Analysis, k: BufKey) -> Category {
     match k {
-        BufKey::Extra(_) => Category::Workspace,
+        BufKey::Extra(_) | BufKey::Buffer(_) => Category::Workspace,
         BufKey::Value(v) => match a.roles2.phase(v) {
             Phase::Param => Category::Params,
             Phase::OptState => Category::Optimizer,
@@ -97,6 +99,7 @@ pub fn print_plan(a: &Analysis) -> String {
         let order = match k {
             BufKey::Value(v) => nums.get(v).copied().unwrap_or(usize::MAX) as u64,
             BufKey::Extra(i) => (1u64 << 40) + *i as u64,
+            BufKey::Buffer(i) => (1u64 << 41) + *i as u64,
         };
         rows.push((
             order,

@@ -1,13 +1,15 @@
 //! The sequence of steps the memory planner plans over: each step reads and writes buffers.
 //!
-//! Today a step is one op of the (recompute-rewritten) training graph, in the graph's topological
-//! order. The kernel schedule (fusion) will feed the same structure with one step per kernel:
-//! a kernel reads and writes only the values it materialises, so values internal to a kernel simply
-//! never appear. Whatever produces the steps also says which writes may reuse a dying read in place
-//! (elementwise, same size) and which writes are views of a read (a reshape: same bytes, no copy).
+//! Two producers: [`Schedule::from_ops`] makes one step per op of the (recompute-rewritten)
+//! training graph, in the graph's topological order (what `kiln plan` scales to large models), and
+//! `plan::arena::program_schedule` makes one step per kernel of a fused `Program` (what the CPU
+//! runtime allocates): a kernel reads and writes only the buffers it materialises, so values
+//! internal to a kernel simply never appear. Whatever produces the steps also says which writes
+//! may reuse a dying read in place (elementwise, same size) and which writes are views of a read
+//! (a reshape: same bytes, no copy).
 //!
-//! Buffers are keyed by `BufKey`: a graph value, or an extra buffer that is no graph value (the
-//! gathered copy a collective produces in a sharded step).
+//! Buffers are keyed by `BufKey`: a graph value, an extra buffer that is no graph value (the
+//! gathered copy a collective produces in a sharded step), or a buffer of a fused program.
 
 use std::collections::HashMap;
 
@@ -19,6 +21,8 @@ pub enum BufKey {
     Value(ValueId),
     /// An extra buffer numbered by whoever builds the schedule (collective outputs).
     Extra(u32),
+    /// Buffer `b<n>` of a fused `Program` (see `plan::arena`).
+    Buffer(u32),
 }
 
 impl std::fmt::Display for BufKey {
@@ -26,6 +30,7 @@ impl std::fmt::Display for BufKey {
         match self {
             BufKey::Value(v) => write!(f, "{v}"),
             BufKey::Extra(i) => write!(f, "extra{i}"),
+            BufKey::Buffer(i) => write!(f, "b{i}"),
         }
     }
 }
@@ -96,7 +101,18 @@ impl Schedule {
         Schedule { steps }
     }
 
-    /// Index of the step that writes each buffer.
+    /// Index of the first step that writes each buffer.
+    pub fn first_writers(&self) -> HashMap<BufKey, usize> {
+        let mut w = HashMap::new();
+        for (i, s) in self.steps.iter().enumerate() {
+            for b in &s.writes {
+                w.entry(*b).or_insert(i);
+            }
+        }
+        w
+    }
+
+    /// Index of the (last) step that writes each buffer.
     pub fn writers(&self) -> HashMap<BufKey, usize> {
         let mut w = HashMap::new();
         for (i, s) in self.steps.iter().enumerate() {

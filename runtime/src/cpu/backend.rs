@@ -58,6 +58,11 @@ impl CpuBackend {
         &self.exec
     }
 
+    /// Bytes of the arena the executor allocated (the plan `kiln plan` reports for this step).
+    pub fn arena_bytes(&self) -> usize {
+        self.exec.arena_bytes()
+    }
+
     /// Draws every state tensor from `seed` (`ir::rng::init_element`, rounded to f32).
     pub fn init_state(&mut self, seed: u64) {
         let decls = self.exec.program().state.clone();

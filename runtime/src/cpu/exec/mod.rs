@@ -1,7 +1,8 @@
 //! The fused CPU executor: runs a compiled [`Program`] step after step in one arena.
 //!
-//! Construction does all the work that does not depend on the data: the arena is planned
-//! ([`arena::plan_arena`]) and allocated once, every row program is JIT-compiled (shared through
+//! Construction does all the work that does not depend on the data: the arena is planned by the
+//! compiler's memory planner ([`arena::plan_arena`], the plan `kiln plan` reports) and allocated
+//! once, exactly the planned bytes, every row program is JIT-compiled (shared through
 //! a [`KernelCache`]), GEMM and attention parameters are resolved, and the buffer addresses of
 //! every step are computed. A step then only copies the run's inputs in, launches the kernels
 //! (row programs through the JIT, GEMMs through `cpu::gemm`, attention through
@@ -11,7 +12,9 @@
 //!
 //! Safety: the arena never moves after construction; every view of every step was checked
 //! against its buffer by `Program::validate`, and the arena plan never overlaps two buffers that
-//! are live in the same step, so the slices built from raw pointers below never alias mutably.
+//! are live in the same step, except a single-pass row kernel's output written over an input that
+//! dies at that step (which the JIT allows), so the slices built from raw pointers below never
+//! alias mutably.
 
 pub mod arena;
 pub mod data;
@@ -231,7 +234,8 @@ impl Executor {
     pub fn new(program: Program, cache: &KernelCache) -> Result<Executor, ExecError> {
         program.validate()?;
         let plan = arena::plan_arena(&program);
-        let mut arena = vec![Line::default(); plan.words.div_ceil(16).max(1)];
+        // Exactly the planned bytes (a multiple of the planner's alignment, itself of the line).
+        let mut arena = vec![Line::default(); plan.words.div_ceil(16)];
         let base = arena.as_mut_ptr() as *mut u32;
         let off = |v: &View| plan.offsets[v.buf.index()] + v.offset;
         let mut steps = Vec::with_capacity(program.steps.len());
@@ -334,12 +338,13 @@ impl Executor {
         &self.program
     }
 
-    /// Bytes of the arena (inputs, state, outputs, constants and the shared temporaries).
+    /// Bytes of the arena as allocated (inputs, state, outputs, constants and the shared
+    /// temporaries): the allocation's capacity, not the plan's figure.
     pub fn arena_bytes(&self) -> usize {
-        self.arena.len() * 64
+        self.arena.capacity() * std::mem::size_of::<Line>()
     }
 
-    /// The arena plan (offsets in words).
+    /// The arena plan (offsets in words, and the planner's byte plan).
     pub fn arena_plan(&self) -> &arena::ArenaPlan {
         &self.plan
     }
