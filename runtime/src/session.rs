@@ -20,8 +20,6 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use kiln_compiler::ir::{Bindings, Graph, IrError};
-use kiln_compiler::passes::attention::{recognize, stop_shift_gradients};
-use kiln_compiler::pipeline::{optimize, PipelineOptions};
 use kiln_compiler::sema::{self, Request, SemaDiagnostic, Value, Workspace};
 use kiln_compiler::train::{self as ctrain, DecayRule, StepOptions};
 use miette::Diagnostic;
@@ -211,25 +209,11 @@ pub fn make_backend(
     }
 }
 
-/// What every program's forward graph goes through before it is differentiated or run: each
-/// `sdpa` composition becomes one `attention` node (the executors' attention kernels), and
-/// softmax maxima get a stop-gradient (no gradient path through them: they cancel exactly).
-pub fn prepare(mut forward: Graph) -> Result<Graph, IrError> {
-    recognize(&mut forward)?;
-    stop_shift_gradients(&mut forward)?;
-    Ok(forward)
-}
-
-/// The training step from a prepared forward graph with a `loss` output, through the pass
-/// pipeline (folding, simplification, CSE, DCE, layout).
-pub fn compile_step(forward: &Graph, opts: &StepOptions) -> Result<Graph, IrError> {
-    let step = ctrain::training_step(forward, opts)?;
-    optimize(step, &PipelineOptions::default()).map_err(|e| IrError::BadAttribute {
-        op: "pass pipeline".into(),
-        input: None,
-        detail: e.to_string(),
-    })
-}
+/// What every program's forward graph goes through before it is differentiated or run (each
+/// `sdpa` composition becomes one `attention` node; softmax maxima get a stop-gradient), and the
+/// training step through the pass pipeline: the compiler's definitions, which `kiln plan` uses
+/// to plan exactly the program this runtime runs.
+pub use kiln_compiler::plan::cpu::{compile_step, prepare};
 
 // ---------------------------------------------------------------------------------------------
 // Persistent state names

@@ -143,11 +143,21 @@ fn old_policy_bytes(p: &Program) -> u64 {
 
 /// Deterministic inputs for one step: small token ids, `lr` 1e-3, `step` 1.
 fn inputs(p: &Program) -> BTreeMap<String, InputTensor> {
+    // An encoder-decoder's source lengths stay within its rows (`inputs` is [b, src]).
+    let src = p
+        .inputs
+        .iter()
+        .find(|d| d.name == "inputs")
+        .map_or(1, |d| d.shape[1]);
     p.inputs
         .iter()
         .map(|d| {
             let n: usize = d.shape.iter().product();
             let t = match p.buffer(d.buffer).word {
+                WordType::I32 if d.name == "input_len" => InputTensor::I32 {
+                    shape: d.shape.clone(),
+                    data: (0..n).map(|i| (src - i % src) as i32).collect(),
+                },
                 WordType::I32 => InputTensor::I32 {
                     shape: d.shape.clone(),
                     data: (0..n).map(|i| ((i * 7 + 3) % 60) as i32).collect(),
