@@ -363,10 +363,8 @@ pub fn load_examples(config: &RunConfig, tokenizer: &Tokenizer) -> Result<Exampl
             message: "internal: no `data.examples`".to_string(),
             help: None,
         })?;
-    let docs = crate::evaltasks::load::load_text_to_text(path).map_err(|e| RunError::Usage {
-        message: format!("`data.examples`: {e}"),
-        help: Some("each line is a JSON object with string fields `input` and `target`".into()),
-    })?;
+    // Bad lines are reported at their line of the file.
+    let docs = crate::evaltasks::load::load_text_to_text(path)?;
     let format = crate::session::seq2seq_format(config, tokenizer.vocab_size())?;
     let mut encoded = Vec::with_capacity(docs.len());
     for (i, d) in docs.iter().enumerate() {
