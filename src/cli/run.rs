@@ -16,6 +16,7 @@ use kiln_runtime::sample::SamplingConfig;
 use kiln_runtime::session::Executor;
 use kiln_runtime::train::{
     interrupt_flag, train as run_train, CrashPoint, ProgressOutput, TrainOptions, TrainOutcome,
+    TrainSummary,
 };
 use miette::miette;
 
@@ -46,22 +47,20 @@ fn load_config(config: &Path, set: &[String], out: Option<&Path>) -> miette::Res
     Ok(cfg)
 }
 
-pub fn train(
-    config: &Path,
-    set: &[String],
-    out: Option<&Path>,
+/// The options `kiln train` and `kiln finetune` run with: Ctrl-C stops after the current step
+/// with a checkpoint, and the crash hook (`KILN_CRASH_AT`, for the kill tests) when asked.
+fn train_options(
+    executor: Executor,
     resume: bool,
-    exec: Option<&str>,
+    crash_hook: bool,
     profile: bool,
-) -> miette::Result<ExitCode> {
-    let executor = executor(exec)?;
-    let cfg = load_config(config, set, out)?;
+) -> miette::Result<TrainOptions> {
     let crash = match std::env::var(CRASH_ENV) {
-        Ok(v) => Some(
+        Ok(v) if crash_hook => Some(
             v.parse::<CrashPoint>()
                 .map_err(|e| miette!(code = "cli::crash_hook", "{CRASH_ENV}: {e}"))?,
         ),
-        Err(_) => None,
+        _ => None,
     };
     let stop = interrupt_flag().map_err(|e| {
         miette!(
@@ -69,15 +68,18 @@ pub fn train(
             "cannot install the interrupt handler: {e}"
         )
     })?;
-    let opts = TrainOptions {
+    Ok(TrainOptions {
         executor,
         resume,
         stop: Some(stop),
         progress: ProgressOutput::Auto,
         crash,
         profile,
-    };
-    let summary = run_train(&cfg, opts)?;
+    })
+}
+
+/// The last record and the checkpoint of a run, on stderr; the exit code (130 when interrupted).
+fn report_run(summary: &TrainSummary, extra: &[String]) -> ExitCode {
     if let Some(r) = &summary.last {
         let mut parts = vec![format!("step {}", r.step)];
         if let Some(l) = r.loss {
@@ -94,11 +96,29 @@ pub fn train(
     if let Some(c) = &summary.checkpoint {
         eprintln!("checkpoint: {}", c.display());
     }
-    eprintln!("run folder: {}", summary.out_dir.display());
-    match summary.outcome {
-        TrainOutcome::Finished => Ok(ExitCode::SUCCESS),
-        TrainOutcome::Interrupted => Ok(ExitCode::from(130)),
+    for line in extra {
+        eprintln!("{line}");
     }
+    match summary.outcome {
+        TrainOutcome::Finished => ExitCode::SUCCESS,
+        TrainOutcome::Interrupted => ExitCode::from(130),
+    }
+}
+
+pub fn train(
+    config: &Path,
+    set: &[String],
+    out: Option<&Path>,
+    resume: bool,
+    exec: Option<&str>,
+    profile: bool,
+) -> miette::Result<ExitCode> {
+    let executor = executor(exec)?;
+    let cfg = load_config(config, set, out)?;
+    let opts = train_options(executor, resume, true, profile)?;
+    let summary = run_train(&cfg, opts)?;
+    let folder = format!("run folder: {}", summary.out_dir.display());
+    Ok(report_run(&summary, &[folder]))
 }
 
 pub fn finetune(
@@ -110,20 +130,7 @@ pub fn finetune(
 ) -> miette::Result<ExitCode> {
     let executor = executor(exec)?;
     let cfg = load_config(config, set, out)?;
-    let stop = interrupt_flag().map_err(|e| {
-        miette!(
-            code = "cli::signals",
-            "cannot install the interrupt handler: {e}"
-        )
-    })?;
-    let opts = TrainOptions {
-        executor,
-        resume,
-        stop: Some(stop),
-        progress: ProgressOutput::Auto,
-        crash: None,
-        profile: false,
-    };
+    let opts = train_options(executor, resume, false, false)?;
     let summary = kiln_runtime::finetune::finetune(&cfg, opts)?;
     let pct = if summary.total > 0 {
         100.0 * summary.trainable as f64 / summary.total as f64
@@ -134,29 +141,12 @@ pub fn finetune(
         "trainable parameters: {} of {} ({pct:.2}%)",
         summary.trainable, summary.total
     );
-    if let Some(r) = &summary.train.last {
-        let mut parts = vec![format!("step {}", r.step)];
-        if let Some(l) = r.loss {
-            parts.push(format!("train loss {l:.4}"));
-        }
-        if let Some(l) = r.val_loss {
-            parts.push(format!("val loss {l:.4}"));
-        }
-        if let Some(l) = r.full_val_loss {
-            parts.push(format!("full val loss {l:.4}"));
-        }
-        eprintln!("{}", parts.join(", "));
-    }
-    if let Some(c) = &summary.train.checkpoint {
-        eprintln!("checkpoint: {}", c.display());
-    }
-    if let Some(a) = &summary.adapter {
-        eprintln!("LoRA weights: {}", a.display());
-    }
-    match summary.train.outcome {
-        TrainOutcome::Finished => Ok(ExitCode::SUCCESS),
-        TrainOutcome::Interrupted => Ok(ExitCode::from(130)),
-    }
+    let adapter = summary
+        .adapter
+        .iter()
+        .map(|a| format!("LoRA weights: {}", a.display()))
+        .collect::<Vec<_>>();
+    Ok(report_run(&summary.train, &adapter))
 }
 
 #[allow(clippy::too_many_arguments)]
