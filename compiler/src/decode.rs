@@ -171,6 +171,20 @@ impl Builder<'_> {
         }
     }
 
+    /// The key position `j` of every element of a `[b, h, keys, ..]` tensor (an int iota along
+    /// axis 2), to compare with `pos`.
+    fn key_index(&mut self, shape: &[usize], name: Option<&str>) -> Result<ValueId, DecodeError> {
+        self.add(
+            Op::Iota {
+                shape: shape_of(shape),
+                axis: 2,
+                dtype: DType::I32,
+            },
+            &[],
+            name,
+        )
+    }
+
     /// Row `p` of static `s` along `axis`.
     fn cut(&mut self, s: ValueId, axis: usize) -> Result<ValueId, DecodeError> {
         if let Some(v) = self.cuts.get(&(s, axis)) {
@@ -582,15 +596,7 @@ impl Builder<'_> {
             // Keys p - window < j <= p: the row p of the band, as a bias.
             let s = self.window;
             let shape = [1usize, 1, s];
-            let j = self.add(
-                Op::Iota {
-                    shape: shape_of(&shape),
-                    axis: 2,
-                    dtype: DType::I32,
-                },
-                &[],
-                name,
-            )?;
+            let j = self.key_index(&shape, name)?;
             let p = self.pos_like(&shape)?;
             let w = self.filled(window as f64, DType::I32, &shape)?;
             let pw = self.add(Op::Binary(BinaryOp::Sub), &[p, w], name)?;
@@ -669,15 +675,7 @@ impl Builder<'_> {
             &[flat],
             name,
         )?;
-        let j = self.add(
-            Op::Iota {
-                shape: shape_of(&full),
-                axis: 2,
-                dtype: DType::I32,
-            },
-            &[],
-            name,
-        )?;
+        let j = self.key_index(&full, name)?;
         let p = self.pos_like(&full)?;
         let here = self.add(Op::Compare(CmpOp::Eq), &[j, p], name)?;
         let new = self.add(Op::Select, &[here, spread, cache], name)?;

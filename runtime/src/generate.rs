@@ -330,11 +330,11 @@ impl Seq2SeqIds {
     /// `tokenizer`'s as `kiln train` numbers them; `None` for a decoder-only model.
     pub fn of(compiled: &CompiledRun, tokenizer: &Tokenizer) -> Option<Seq2SeqIds> {
         source_len(compiled).map(|source_len| {
-            let pad = tokenizer.vocab_size() as u32;
+            let (pad, eos) = crate::session::t5_special_ids(tokenizer.vocab_size());
             Seq2SeqIds {
                 source_len,
                 pad,
-                eos: pad + 1,
+                eos,
                 start: pad,
             }
         })

@@ -686,6 +686,14 @@ fn logits_width(p: &Program) -> Option<usize> {
 // Encoder-decoder pretraining (span corruption)
 // ---------------------------------------------------------------------------------------------
 
+/// T5's special ids as Kiln numbers them, just above a tokenizer's `tokenizer_vocab` ids:
+/// `(pad, eos)`; pad also starts the decoder (as T5's pad 0 does). Span corruption's sentinels
+/// count down from the model's top id. Pretraining, fine-tuning and generation all read them here.
+pub fn t5_special_ids(tokenizer_vocab: usize) -> (u32, u32) {
+    let pad = tokenizer_vocab as u32;
+    (pad, pad + 1)
+}
+
 /// The decoder's row length of a `seq2seq` run (`objective_args.targets_len`, default 32).
 pub fn seq2seq_targets_len(config: &RunConfig) -> Result<usize, RunError> {
     let n = objective_number(config, "targets_len", 32.0)?;
@@ -726,10 +734,10 @@ pub fn seq2seq_format(
                 .into())
         }
     };
-    let pad = tokenizer_vocab as u32;
+    let (pad, eos) = t5_special_ids(tokenizer_vocab);
     Ok(crate::objectives::TextToTextFormat {
         task_prefix,
-        eos_id: Some(pad + 1),
+        eos_id: Some(eos),
         pad_id: pad,
         decoder_start_id: pad,
         inputs_len: config.seq_len,
@@ -768,8 +776,7 @@ pub fn span_corruption_objective(
     use crate::objectives::{span_corruption_lengths, SpanCorruption, StreamObjective};
     let noise_density = objective_number(config, "noise_density", 0.15)?;
     let mean_span = objective_number(config, "mean_span", 3.0)?;
-    let pad = tokenizer_vocab as u32;
-    let eos = pad + 1;
+    let (pad, eos) = t5_special_ids(tokenizer_vocab);
     let Some(num_sentinels) = model_vocab
         .checked_sub(tokenizer_vocab + 2)
         .filter(|n| *n > 0)

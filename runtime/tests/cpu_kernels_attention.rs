@@ -299,27 +299,6 @@ fn layouts() -> Vec<AttentionLayout> {
     vec![mix(s, s), mix(s, h), mix(h, s)]
 }
 
-/// A head-major `[batch, heads, len, dh]` tensor stored as `layout` (or back, with `back`).
-fn relayout(
-    x: &[f32],
-    layout: HeadLayout,
-    (batch, heads, len, dh): (usize, usize, usize, usize),
-    back: bool,
-) -> Vec<f32> {
-    let mut y = vec![f32::NAN; x.len()];
-    for b in 0..batch {
-        for h in 0..heads {
-            for i in 0..len {
-                let at = layout.offset(heads, len, dh, b, h, i);
-                let plain = ((b * heads + h) * len + i) * dh;
-                let (from, to) = if back { (at, plain) } else { (plain, at) };
-                y[to..to + dh].copy_from_slice(&x[from..from + dh]);
-            }
-        }
-    }
-    y
-}
-
 /// [`run`] with the operands stored as `layout`; the results are converted back to head-major.
 fn run_in(
     p: &AttentionParams,
@@ -330,9 +309,9 @@ fn run_in(
     let qs = (p.batch, p.q_heads, p.q_len, p.head_dim);
     let kvs = (p.batch, p.kv_heads, p.kv_len, p.head_dim);
     let (q, k, v) = (
-        relayout(x.q, layout.q, qs, false),
-        relayout(x.k, layout.k, kvs, false),
-        relayout(x.v, layout.v, kvs, false),
+        layout.q.relayout(x.q, qs, false),
+        layout.k.relayout(x.k, kvs, false),
+        layout.v.relayout(x.v, kvs, false),
     );
     let xs = AttentionInputs {
         q: &q,
@@ -344,7 +323,7 @@ fn run_in(
     let mut out = vec![f32::NAN; q.len()];
     let mut lse = vec![f32::NAN; p.batch * p.q_heads * p.q_len];
     attention_forward_with(p, layout, &xs, &mut out, &mut lse).unwrap();
-    let d_out = relayout(d_out, layout.d_o, qs, false);
+    let d_out = layout.d_o.relayout(d_out, qs, false);
     let mut dq = vec![f32::NAN; q.len()];
     let mut dk = vec![f32::NAN; k.len()];
     let mut dv = vec![f32::NAN; v.len()];
@@ -365,11 +344,11 @@ fn run_in(
     )
     .unwrap();
     Run {
-        out: relayout(&out, layout.o, qs, true),
+        out: layout.o.relayout(&out, qs, true),
         lse,
-        dq: relayout(&dq, layout.dq, qs, true),
-        dk: relayout(&dk, layout.dk, kvs, true),
-        dv: relayout(&dv, layout.dv, kvs, true),
+        dq: layout.dq.relayout(&dq, qs, true),
+        dk: layout.dk.relayout(&dk, kvs, true),
+        dv: layout.dv.relayout(&dv, kvs, true),
         dbias,
     }
 }

@@ -669,27 +669,6 @@ fn seq_major() -> AttentionLayout {
     }
 }
 
-/// A head-major `[batch, heads, len, dh]` tensor stored as `layout` (or back, with `back`).
-fn relayout(
-    x: &[f32],
-    layout: HeadLayout,
-    (batch, heads, len, dh): (usize, usize, usize, usize),
-    back: bool,
-) -> Vec<f32> {
-    let mut y = vec![f32::NAN; x.len()];
-    for b in 0..batch {
-        for h in 0..heads {
-            for i in 0..len {
-                let at = layout.offset(heads, len, dh, b, h, i);
-                let plain = ((b * heads + h) * len + i) * dh;
-                let (from, to) = if back { (at, plain) } else { (plain, at) };
-                y[to..to + dh].copy_from_slice(&x[from..from + dh]);
-            }
-        }
-    }
-    y
-}
-
 #[test]
 fn attention_matches_the_cpu_kernel() {
     let Some(cxx) = cxx() else {
@@ -881,10 +860,10 @@ fn attention_matches_the_cpu_kernel() {
         // The device tensors in the kernel's layouts; results are converted back to head-major.
         let (qs, kvs, l) = ((b, h, t, d), (b, hk, s, d), k.layout);
         let (mut gq, mut gk, mut gv, mut gdo) = (
-            Buf::stored(&relayout(&q, l.q, qs, false), storage),
-            Buf::stored(&relayout(&kk, l.k, kvs, false), storage),
-            Buf::stored(&relayout(&v, l.v, kvs, false), storage),
-            Buf::stored(&relayout(&dout, l.d_o, qs, false), storage),
+            Buf::stored(&l.q.relayout(&q, qs, false), storage),
+            Buf::stored(&l.k.relayout(&kk, kvs, false), storage),
+            Buf::stored(&l.v.relayout(&v, kvs, false), storage),
+            Buf::stored(&l.d_o.relayout(&dout, qs, false), storage),
         );
         let mut go = Buf::stored(&vec![f32::NAN; o.len()], storage);
         let mut glse = vec![f32::NAN; lse.len()];
@@ -937,11 +916,11 @@ fn attention_matches_the_cpu_kernel() {
                 &want[..6.min(want.len())]
             );
         };
-        check("o", relayout(&go.f32s(), l.o, qs, true), &o, true);
+        check("o", l.o.relayout(&go.f32s(), qs, true), &o, true);
         check("lse", glse, &lse, false);
-        check("dq", relayout(&gdq.f32s(), l.dq, qs, true), &dq, true);
-        check("dk", relayout(&gdk.f32s(), l.dk, kvs, true), &dk, true);
-        check("dv", relayout(&gdv.f32s(), l.dv, kvs, true), &dv, true);
+        check("dq", l.dq.relayout(&gdq.f32s(), qs, true), &dq, true);
+        check("dk", l.dk.relayout(&gdk.f32s(), kvs, true), &dk, true);
+        check("dv", l.dv.relayout(&gdv.f32s(), kvs, true), &dv, true);
         if let (Some(g), Some(w)) = (gdb, &dbias) {
             check("dbias", g, w, false);
         }

@@ -141,6 +141,28 @@ impl HeadLayout {
             HeadLayout::SeqMajor => "bthd",
         }
     }
+
+    /// A head-major `[batch, heads, len, head_dim]` tensor stored in this layout, or (`back`)
+    /// this layout's tensor as head-major: what tests and hosts use to feed and read operands.
+    pub fn relayout(
+        self,
+        x: &[f32],
+        (batch, heads, len, head_dim): (usize, usize, usize, usize),
+        back: bool,
+    ) -> Vec<f32> {
+        let mut y = vec![f32::NAN; x.len()];
+        for b in 0..batch {
+            for h in 0..heads {
+                for i in 0..len {
+                    let at = self.offset(heads, len, head_dim, b, h, i);
+                    let plain = ((b * heads + h) * len + i) * head_dim;
+                    let (from, to) = if back { (at, plain) } else { (plain, at) };
+                    y[to..to + head_dim].copy_from_slice(&x[from..from + head_dim]);
+                }
+            }
+        }
+        y
+    }
 }
 
 /// The layout of every `[batch, heads, len, head_dim]` operand of an attention kernel. The forward
