@@ -1526,17 +1526,21 @@ impl RunConfig {
                 );
             }
         }
-        match (self.objective == "seq2seq", d.examples.is_some()) {
+        let on_examples = ["seq2seq", "multiple_choice"].contains(&self.objective.as_str());
+        match (on_examples, d.examples.is_some()) {
             (true, false) => bad(
                 &["objective"],
-                "`objective: seq2seq` trains on examples: `data.examples` is missing".to_string(),
+                format!(
+                    "`objective: {}` trains on examples: `data.examples` is missing",
+                    self.objective
+                ),
                 "needs data.examples",
-                Some("give a JSONL file of {\"input\", \"target\"} lines in `data.examples`"),
+                Some("give a JSONL file of examples in `data.examples`"),
             ),
             (false, true) => bad(
                 &["data", "examples"],
                 format!(
-                    "`data.examples` is for `objective: seq2seq`, not `{}`",
+                    "`data.examples` is for `objective: seq2seq` or `multiple_choice`, not `{}`",
                     self.objective
                 ),
                 "not used",

@@ -374,10 +374,10 @@ fn stream_objective(config: &RunConfig) -> Result<ObjectiveKind, RunError> {
         Ok(
             k @ (ObjectiveKind::CausalLm | ObjectiveKind::PrefixLm | ObjectiveKind::SpanCorruption),
         ) => Ok(k),
-        // Its rows come from `data.examples` (the config requires them).
-        Ok(k @ ObjectiveKind::Seq2Seq) => Ok(k),
+        // Their rows come from `data.examples` (the config requires them).
+        Ok(k @ (ObjectiveKind::Seq2Seq | ObjectiveKind::MultipleChoice)) => Ok(k),
         Err(_) => Err(unsupported(
-            "known objectives: causal_lm, prefix_lm, span_corruption, seq2seq",
+            "known objectives: causal_lm, prefix_lm, span_corruption, seq2seq, multiple_choice",
         )
         .into()),
     }
@@ -838,6 +838,7 @@ fn objective_dims(config: &RunConfig) -> Result<Vec<(&'static str, i64)>, RunErr
             ("src", config.seq_len as i64),
             ("tgt", seq2seq_targets_len(config)? as i64),
         ]),
-        Ok(ObjectiveKind::CausalLm | ObjectiveKind::PrefixLm) | Err(_) => Ok(vec![]),
+        Ok(ObjectiveKind::CausalLm | ObjectiveKind::PrefixLm | ObjectiveKind::MultipleChoice)
+        | Err(_) => Ok(vec![]),
     }
 }

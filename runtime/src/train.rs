@@ -33,6 +33,7 @@ use crate::data::{load_dataset, DataError, Dataset, SamplerStream, SequentialBat
 use crate::metrics::{
     MetricRecord, MetricsWriter, TimingRecord, TimingsWriter, METRICS_FILE, TIMINGS_FILE,
 };
+use crate::objectives::choice::{choice_rows, ChoiceBatcher, ChoiceRows};
 use crate::objectives::{
     EncodedExample, ObjectiveBatch, ObjectiveKind, Seq2SeqBatcher, StreamBatcher,
     StreamBatcherState, StreamObjective, TextToTextFormat,
@@ -168,8 +169,8 @@ fn stream_objective(
         ObjectiveKind::SpanCorruption => {
             crate::session::span_corruption_objective(config, model_vocab, tokenizer_vocab)
         }
-        // `compile_run` admits only stream objectives; everything else is a causal LM window.
-        ObjectiveKind::CausalLm | ObjectiveKind::Seq2Seq => {
+        // Example objectives do not draw windows; everything else is a causal LM window.
+        ObjectiveKind::CausalLm | ObjectiveKind::Seq2Seq | ObjectiveKind::MultipleChoice => {
             Ok(StreamObjective::CausalLm { seq_len })
         }
     }
@@ -322,6 +323,7 @@ pub fn load_run_data(config: &RunConfig, compiled: &CompiledRun) -> Result<Datas
 enum Batcher {
     Stream(StreamBatcher),
     Examples(Seq2SeqBatcher),
+    Choices(ChoiceBatcher),
 }
 
 impl Batcher {
@@ -341,8 +343,72 @@ impl Batcher {
                     break batch;
                 }
             },
+            Batcher::Choices(b) => b.next_batch()?,
         })
     }
+}
+
+/// The examples of a run on `data.examples`.
+pub enum RunExamples {
+    Seq2Seq(Examples),
+    Choice {
+        train: Vec<ChoiceRows>,
+        val: Vec<ChoiceRows>,
+        choices: usize,
+    },
+}
+
+impl RunExamples {
+    fn has_val(&self) -> bool {
+        match self {
+            RunExamples::Seq2Seq(e) => !e.val.is_empty(),
+            RunExamples::Choice { val, .. } => !val.is_empty(),
+        }
+    }
+}
+
+/// Reads `data.examples` for `multiple_choice` (JSONL `{"context", "choices", "label"}`), builds
+/// each example's rows at `seq_len` and holds out the last `val_fraction` of them.
+pub fn load_choice_examples(
+    config: &RunConfig,
+    tokenizer: &Tokenizer,
+) -> Result<RunExamples, RunError> {
+    let path = config
+        .data
+        .examples
+        .as_ref()
+        .ok_or_else(|| RunError::Usage {
+            message: "internal: no `data.examples`".to_string(),
+            help: None,
+        })?;
+    let docs = crate::evaltasks::load::load_multiple_choice(path)?;
+    let choices = docs.first().map_or(4, |d| d.choices.len());
+    let mut rows = Vec::with_capacity(docs.len());
+    for (i, d) in docs.iter().enumerate() {
+        rows.push(
+            choice_rows(tokenizer, i, d, choices, config.seq_len).map_err(|e| {
+                RunError::Usage {
+                    message: format!("`data.examples` ({}): {e}", path.display()),
+                    help: Some(
+                        "every example needs the same number of choices, in the tokenizer's \
+                         characters"
+                            .into(),
+                    ),
+                }
+            })?,
+        );
+    }
+    let frac = config
+        .data
+        .val_fraction
+        .unwrap_or(crate::config::DEFAULT_VAL_FRACTION);
+    let n_val = ((rows.len() as f64) * frac).round() as usize;
+    let val = rows.split_off(rows.len() - n_val.min(rows.len()));
+    Ok(RunExamples::Choice {
+        train: rows,
+        val,
+        choices,
+    })
 }
 
 /// A `seq2seq` run's examples, encoded: training, held out, and their row format.
@@ -417,10 +483,40 @@ impl Batchers {
     fn new(
         config: &RunConfig,
         obj: StreamObjective,
-        examples: Option<&Examples>,
+        examples: Option<&RunExamples>,
     ) -> Result<Batchers, RunError> {
         let b = config.batch_size;
-        if let Some(ex) = examples {
+        if let Some(RunExamples::Choice {
+            train,
+            val,
+            choices,
+        }) = examples
+        {
+            let make = |set: &[ChoiceRows], rows: usize, stream: u64| {
+                let set = if set.is_empty() { train } else { set };
+                ChoiceBatcher::new(
+                    set.to_vec(),
+                    *choices,
+                    config.seq_len,
+                    rows,
+                    config.seed ^ (stream << 32),
+                )
+                .map(Batcher::Choices)
+                .map_err(|_| RunError::Usage {
+                    message: format!(
+                        "`data.examples` gives {} examples to a split, fewer than a batch of {rows}",
+                        set.len()
+                    ),
+                    help: Some("lower `batch_size` or `data.val_fraction`".into()),
+                })
+            };
+            return Ok(Batchers {
+                train: make(train, b * config.grad_accum, 0)?,
+                train_eval: make(train, b, 1)?,
+                val_eval: make(val, b, 2)?,
+            });
+        }
+        if let Some(RunExamples::Seq2Seq(ex)) = examples {
             let make = |set: &[EncodedExample], rows: usize, stream: u64| {
                 // The held-out set may be empty (no validation): it is then never drawn from.
                 let set = if set.is_empty() { &ex.train } else { set };
@@ -505,6 +601,10 @@ impl Batchers {
                     let (epoch, next) = b.position();
                     positions.insert(position_key(name), format!("{epoch}:{next}"));
                 }
+                Batcher::Choices(b) => {
+                    let (epoch, next) = b.position();
+                    positions.insert(position_key(name), format!("{epoch}:{next}"));
+                }
             }
         }
         (samplers, positions)
@@ -513,7 +613,7 @@ impl Batchers {
     fn restore(
         config: &RunConfig,
         obj: StreamObjective,
-        examples: Option<&Examples>,
+        examples: Option<&RunExamples>,
         path: &Path,
         meta: &CheckpointMeta,
     ) -> Result<Batchers, RunError> {
@@ -531,8 +631,10 @@ impl Batchers {
                     .split_once(':')
                     .and_then(|(e, n)| Some((e.parse().ok()?, n.parse().ok()?)))
                     .ok_or_else(|| bad("not `epoch:next`"))?;
-                if let Batcher::Examples(b) = b {
-                    b.seek(epoch, next);
+                match b {
+                    Batcher::Examples(b) => b.seek(epoch, next),
+                    Batcher::Choices(b) => b.seek(epoch, next),
+                    Batcher::Stream(_) => {}
                 }
             }
             return Ok(batchers);
@@ -792,8 +894,9 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
                     )
                     .into());
             }
-            Some(load_examples(config, &data.tokenizer)?)
+            Some(RunExamples::Seq2Seq(load_examples(config, &data.tokenizer)?))
         }
+        ObjectiveKind::MultipleChoice => Some(load_choice_examples(config, &data.tokenizer)?),
         _ => None,
     };
     let train_program = compiled.train.as_ref().ok_or_else(|| RunError::Usage {
@@ -871,7 +974,7 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
     let schedule = config.lr_schedule();
     let seed = config.seed;
     let has_val = match &examples {
-        Some(ex) => !ex.val.is_empty(),
+        Some(ex) => ex.has_val(),
         None => !data.val.is_empty(),
     };
     let mut last_ckpt = resumed.clone();

@@ -14,6 +14,7 @@
 //! offsets); the objective's own randomness (prefix lengths, noise masks) comes from a second
 //! ChaCha8 stream so both positions can be saved in a checkpoint.
 
+pub mod choice;
 pub mod prefix_lm;
 pub mod span_corruption;
 pub mod text_to_text;
@@ -98,14 +99,16 @@ pub enum ObjectiveKind {
     PrefixLm,
     Seq2Seq,
     SpanCorruption,
+    MultipleChoice,
 }
 
 impl ObjectiveKind {
-    pub const ALL: [ObjectiveKind; 4] = [
+    pub const ALL: [ObjectiveKind; 5] = [
         ObjectiveKind::CausalLm,
         ObjectiveKind::PrefixLm,
         ObjectiveKind::Seq2Seq,
         ObjectiveKind::SpanCorruption,
+        ObjectiveKind::MultipleChoice,
     ];
 
     /// The name used in specs and run configs.
@@ -115,6 +118,7 @@ impl ObjectiveKind {
             ObjectiveKind::PrefixLm => "prefix_lm",
             ObjectiveKind::Seq2Seq => "seq2seq",
             ObjectiveKind::SpanCorruption => "span_corruption",
+            ObjectiveKind::MultipleChoice => "multiple_choice",
         }
     }
 }

@@ -1,0 +1,171 @@
+//! Rows for `objective: multiple_choice`: each `{"context", "choices", "label"}` example becomes
+//! one row per choice, tokenized exactly as `kiln eval` scores it (the context's trailing
+//! whitespace moves into the continuation, `evaltasks::fewshot::encode_pair`), cut to the last
+//! `seq + 1` tokens of context + choice the way the scorer's window reads them, or left-aligned
+//! and right-padded when shorter (padding after the last token changes nothing under a causal
+//! mask); `mask` marks the targets that are choice tokens.
+//!
+//! Batches visit every example once per epoch in a seeded order (epoch `e` has its own shuffle);
+//! the compiled step has a fixed batch, so an epoch's short remainder is left for the next
+//! epoch's order.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use super::{IntTensor, ObjectiveBatch, ObjectiveError, ObjectiveKind};
+use crate::evaltasks::fewshot::encode_pair;
+use crate::evaltasks::MultipleChoiceDoc;
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+/// One example as rows: `tokens` `[choices, seq + 1]`, `mask` `[choices, seq]`, row-major.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChoiceRows {
+    pub tokens: Vec<i32>,
+    pub mask: Vec<i32>,
+    pub label: i32,
+}
+
+/// Why an example has no rows.
+#[derive(Debug, thiserror::Error)]
+pub enum ChoiceError {
+    #[error("example {index}: {source}")]
+    Tokenize {
+        index: usize,
+        source: TokenizerError,
+    },
+    #[error("example {index} has {got} choices; the objective takes {want}")]
+    Choices {
+        index: usize,
+        got: usize,
+        want: usize,
+    },
+    #[error("example {index}: a choice has no tokens")]
+    EmptyChoice { index: usize },
+}
+
+/// The rows of `doc` (`index` names it in errors) for windows of `seq + 1` tokens.
+pub fn choice_rows(
+    tokenizer: &Tokenizer,
+    index: usize,
+    doc: &MultipleChoiceDoc,
+    choices: usize,
+    seq: usize,
+) -> Result<ChoiceRows, ChoiceError> {
+    if doc.choices.len() != choices {
+        return Err(ChoiceError::Choices {
+            index,
+            got: doc.choices.len(),
+            want: choices,
+        });
+    }
+    let w = seq + 1;
+    let mut tokens = vec![0i32; choices * w];
+    let mut mask = vec![0i32; choices * seq];
+    for (c, choice) in doc.choices.iter().enumerate() {
+        let (ctx, cont) = encode_pair(tokenizer, &doc.context, choice)
+            .map_err(|source| ChoiceError::Tokenize { index, source })?;
+        if cont.is_empty() {
+            return Err(ChoiceError::EmptyChoice { index });
+        }
+        let all: Vec<u32> = ctx.iter().chain(&cont).copied().collect();
+        // The scorer reads the `seq + 1` tokens ending at the continuation's end; a longer
+        // continuation keeps its last `seq` targets (the first ones would need another window).
+        let start = all.len().saturating_sub(w);
+        let row = &all[start..];
+        let first_target = (all.len() - cont.len()).max(start + 1) - start;
+        for (j, &id) in row.iter().enumerate() {
+            tokens[c * w + j] = id as i32;
+        }
+        for j in first_target..row.len() {
+            mask[c * seq + j - 1] = 1;
+        }
+    }
+    Ok(ChoiceRows {
+        tokens,
+        mask,
+        label: doc.label as i32,
+    })
+}
+
+/// Batches of examples, `batch_size` per batch, epoch after epoch.
+#[derive(Debug, Clone)]
+pub struct ChoiceBatcher {
+    rows: Vec<ChoiceRows>,
+    choices: usize,
+    seq: usize,
+    batch_size: usize,
+    seed: u64,
+    epoch: u64,
+    order: Vec<usize>,
+    next: usize,
+}
+
+impl ChoiceBatcher {
+    pub fn new(
+        rows: Vec<ChoiceRows>,
+        choices: usize,
+        seq: usize,
+        batch_size: usize,
+        seed: u64,
+    ) -> Result<ChoiceBatcher, ObjectiveError> {
+        if rows.len() < batch_size.max(1) {
+            return Err(ObjectiveError::NoExamples);
+        }
+        let mut b = ChoiceBatcher {
+            rows,
+            choices,
+            seq,
+            batch_size,
+            seed,
+            epoch: 0,
+            order: Vec::new(),
+            next: 0,
+        };
+        b.shuffle();
+        Ok(b)
+    }
+
+    fn shuffle(&mut self) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(self.epoch);
+        self.order = (0..self.rows.len()).collect();
+        self.order.shuffle(&mut rng);
+        self.next = 0;
+    }
+
+    /// `(epoch, examples of the epoch's order already served)`.
+    pub fn position(&self) -> (u64, usize) {
+        (self.epoch, self.next)
+    }
+
+    /// Continues from a [`ChoiceBatcher::position`].
+    pub fn seek(&mut self, epoch: u64, next: usize) {
+        self.epoch = epoch;
+        self.shuffle();
+        self.next = next.min(self.order.len());
+    }
+
+    pub fn next_batch(&mut self) -> Result<ObjectiveBatch, ObjectiveError> {
+        if self.next + self.batch_size > self.order.len() {
+            self.epoch += 1;
+            self.shuffle();
+        }
+        let (b, c, s) = (self.batch_size, self.choices, self.seq);
+        let mut tokens = Vec::with_capacity(b * c * (s + 1));
+        let mut mask = Vec::with_capacity(b * c * s);
+        let mut label = Vec::with_capacity(b);
+        for &i in &self.order[self.next..self.next + b] {
+            let r = &self.rows[i];
+            tokens.extend_from_slice(&r.tokens);
+            mask.extend_from_slice(&r.mask);
+            label.push(r.label);
+        }
+        self.next += b;
+        let mut batch = ObjectiveBatch::new(ObjectiveKind::MultipleChoice);
+        batch.insert("tokens", IntTensor::new(vec![b, c, s + 1], tokens)?);
+        batch.insert("mask", IntTensor::new(vec![b, c, s], mask)?);
+        batch.insert("label", IntTensor::new(vec![b], label)?);
+        Ok(batch)
+    }
+}
