@@ -696,13 +696,28 @@ pub fn t5_special_ids(tokenizer_vocab: usize) -> (u32, u32) {
 
 /// The decoder's row length of a `seq2seq` run (`objective_args.targets_len`, default 32).
 pub fn seq2seq_targets_len(config: &RunConfig) -> Result<usize, RunError> {
-    let n = objective_number(config, "targets_len", 32.0)?;
-    if !(n >= 1.0 && n.fract() == 0.0 && n <= 1e6) {
+    whole_objective_arg(config, "targets_len", 32, 1)
+}
+
+/// The choices per example of a `multiple_choice` run (`objective_args.choices`, default 4).
+pub fn choice_count(config: &RunConfig) -> Result<usize, RunError> {
+    whole_objective_arg(config, "choices", 4, 2)
+}
+
+/// `objective_args.<name>` as a whole number ≥ `min` (`default` when absent).
+fn whole_objective_arg(
+    config: &RunConfig,
+    name: &str,
+    default: usize,
+    min: usize,
+) -> Result<usize, RunError> {
+    let n = objective_number(config, name, default as f64)?;
+    if !(n >= min as f64 && n.fract() == 0.0 && n <= 1e6) {
         return Err(config
             .error_at(
-                &["objective_args", "targets_len"],
+                &["objective_args", name],
                 ConfigErrorKind::Invalid,
-                format!("`objective_args.targets_len` must be a whole number ≥ 1, got {n}"),
+                format!("`objective_args.{name}` must be a whole number ≥ {min}, got {n}"),
                 "out of range",
                 None,
             )

@@ -382,16 +382,16 @@ pub fn load_choice_examples(
             help: None,
         })?;
     let docs = crate::evaltasks::load::load_multiple_choice(path)?;
-    let choices = docs.first().map_or(4, |d| d.choices.len());
+    let choices = crate::session::choice_count(config)?;
     let mut rows = Vec::with_capacity(docs.len());
     for (i, d) in docs.iter().enumerate() {
         rows.push(
-            choice_rows(tokenizer, i, d, choices, config.seq_len).map_err(|e| {
+            choice_rows(tokenizer, i + 1, d, choices, config.seq_len).map_err(|e| {
                 RunError::Usage {
                     message: format!("`data.examples` ({}): {e}", path.display()),
                     help: Some(
-                        "every example needs the same number of choices, in the tokenizer's \
-                         characters"
+                        "every example needs `objective_args.choices` choices (default 4), \
+                         written in the tokenizer's characters"
                             .into(),
                     ),
                 }

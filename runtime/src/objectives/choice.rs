@@ -44,7 +44,8 @@ pub enum ChoiceError {
     EmptyChoice { index: usize },
 }
 
-/// The rows of `doc` (`index` names it in errors) for windows of `seq + 1` tokens.
+/// The rows of `doc` (`index` names it in errors: the example's number in its file, from 1) for
+/// windows of `seq + 1` tokens.
 pub fn choice_rows(
     tokenizer: &Tokenizer,
     index: usize,
@@ -167,5 +168,88 @@ impl ChoiceBatcher {
         batch.insert("mask", IntTensor::new(vec![b, c, s], mask)?);
         batch.insert("label", IntTensor::new(vec![b], label)?);
         Ok(batch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokenizer::CharTokenizer;
+
+    /// Characters `\n a b c d e`: ids 0..6 in sorted order.
+    fn tok() -> Tokenizer {
+        Tokenizer::Char(CharTokenizer::from_text("\nabcde").unwrap())
+    }
+
+    fn doc(context: &str, choices: &[&str], label: usize) -> MultipleChoiceDoc {
+        MultipleChoiceDoc {
+            context: context.into(),
+            choices: choices.iter().map(|c| c.to_string()).collect(),
+            label,
+        }
+    }
+
+    #[test]
+    fn short_rows_are_left_aligned_and_mask_the_choice_targets() {
+        // Context "ab\n", choice "c": the newline moves into the continuation, so the row is
+        // a b \n c and the targets \n (predicted from b) and c (from \n) are the choice's.
+        let r = choice_rows(&tok(), 0, &doc("ab\n", &["c", "dd"], 1), 2, 5).unwrap();
+        assert_eq!(r.label, 1);
+        assert_eq!(&r.tokens[..6], &[1, 2, 0, 3, 0, 0]);
+        assert_eq!(&r.mask[..5], &[0, 1, 1, 0, 0]);
+        assert_eq!(&r.tokens[6..], &[1, 2, 0, 4, 4, 0]);
+        assert_eq!(&r.mask[5..], &[0, 1, 1, 1, 0]);
+    }
+
+    #[test]
+    fn long_rows_keep_the_last_window_as_the_scorer_reads_it() {
+        // 7 context tokens + 2 continuation tokens in a window of seq + 1 = 4: the row is the
+        // last 4 tokens, and only the 2 continuation targets count.
+        let r = choice_rows(&tok(), 0, &doc("abcdeab\n", &["e"], 0), 1, 3).unwrap();
+        assert_eq!(r.tokens, vec![1, 2, 0, 5]);
+        assert_eq!(r.mask, vec![0, 1, 1]);
+        // A continuation longer than the window keeps its last `seq` targets.
+        let r = choice_rows(&tok(), 0, &doc("a", &["bcdeab"], 0), 1, 3).unwrap();
+        assert_eq!(r.tokens, vec![4, 5, 1, 2]);
+        assert_eq!(r.mask, vec![1, 1, 1]);
+    }
+
+    #[test]
+    fn bad_examples_say_which_and_why() {
+        let t = tok();
+        let e = choice_rows(&t, 7, &doc("a", &["b", "c", "d"], 0), 4, 8).unwrap_err();
+        assert_eq!(e.to_string(), "example 7 has 3 choices; the objective takes 4");
+        let e = choice_rows(&t, 2, &doc("a", &["b", "z"], 0), 2, 8).unwrap_err();
+        assert!(e.to_string().starts_with("example 2: "), "{e}");
+    }
+
+    #[test]
+    fn batches_visit_every_example_once_per_epoch_and_resume_from_a_position() {
+        let t = tok();
+        let rows: Vec<ChoiceRows> = (0..5)
+            .map(|i| choice_rows(&t, i, &doc("ab\n", &["c", "d"], i % 2), 2, 4).unwrap())
+            .collect();
+        let labels = |b: &ObjectiveBatch| b.get("label").unwrap().data().to_vec();
+        let mut a = ChoiceBatcher::new(rows.clone(), 2, 4, 2, 9).unwrap();
+        let first = labels(&a.next_batch().unwrap());
+        let b1 = a.next_batch().unwrap();
+        assert_eq!(b1.get("tokens").unwrap().shape(), &[2, 2, 5]);
+        assert_eq!(b1.get("mask").unwrap().shape(), &[2, 2, 4]);
+        // Two batches of 2 from 5 examples: 4 distinct examples of the epoch's order.
+        let mut seen = a.order[..4].to_vec();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 4);
+        let (epoch, next) = a.position();
+        assert_eq!((epoch, next), (0, 4));
+        // The remainder (1 example) is left for the next epoch's order.
+        let third = labels(&a.next_batch().unwrap());
+        assert_eq!(a.position(), (1, 2));
+        let mut resumed = ChoiceBatcher::new(rows.clone(), 2, 4, 2, 9).unwrap();
+        resumed.seek(epoch, next);
+        assert_eq!(labels(&resumed.next_batch().unwrap()), third);
+        let mut again = ChoiceBatcher::new(rows.clone(), 2, 4, 2, 9).unwrap();
+        assert_eq!(labels(&again.next_batch().unwrap()), first);
+        assert!(ChoiceBatcher::new(rows[..1].to_vec(), 2, 4, 2, 9).is_err());
     }
 }
