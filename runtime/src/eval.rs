@@ -43,8 +43,11 @@ pub struct EvalOptions {
 pub struct ValReport {
     pub loss: f64,
     pub perplexity: f64,
-    /// Target tokens scored.
+    /// Target tokens scored (examples, when `unit` says so).
     pub tokens: usize,
+    /// What `tokens` counts: `"tokens"`, or `"examples"` for `multiple_choice`, whose loss is
+    /// per example.
+    pub unit: &'static str,
 }
 
 /// One task's scores: `{"task": ..., "metrics": {...}, "n": ...}` in JSON.
@@ -54,6 +57,10 @@ pub struct TaskReport {
     pub n: usize,
     /// Metric values and their standard errors (`acc`, `acc_stderr`, ...).
     pub metrics: BTreeMap<String, f64>,
+    /// One record per evaluated example, in task order (`kiln eval --log-samples`): for multiple
+    /// choice `{"doc", "label", "logliks", "pred", "pred_norm", "acc", "acc_norm"}`, for
+    /// generation `{"doc", "prediction", "target", "exact_match", "f1"}`.
+    pub samples: Vec<serde_json::Value>,
 }
 
 impl TaskReport {
@@ -132,6 +139,7 @@ pub fn run_task(
     let fewshot = spec.fewshot(num_fewshot, 1234);
     let cut = |n: usize| limit.map_or(n, |l| l.min(n));
     let mut metrics = BTreeMap::new();
+    let samples;
     let n = match spec.kind {
         TaskKind::MultipleChoice if seq2seq.is_some() => {
             return Err(RunError::Usage {
@@ -157,6 +165,18 @@ pub fn run_task(
             insert(&mut metrics, "acc", report.acc);
             insert(&mut metrics, "acc_norm", report.acc_norm);
             metrics.insert("chance".to_string(), report.chance);
+            samples = report
+                .docs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    serde_json::json!({
+                        "doc": i, "label": d.label, "logliks": d.logliks, "pred": d.pred,
+                        "pred_norm": d.pred_norm, "acc": u8::from(d.pred == d.label),
+                        "acc_norm": u8::from(d.pred_norm == d.label),
+                    })
+                })
+                .collect();
             report.n
         }
         TaskKind::Generation => {
@@ -201,6 +221,17 @@ pub fn run_task(
             )?;
             insert(&mut metrics, "exact_match", report.exact_match);
             insert(&mut metrics, "f1", report.f1);
+            samples = report
+                .docs
+                .iter()
+                .enumerate()
+                .map(|(i, d)| {
+                    serde_json::json!({
+                        "doc": i, "prediction": d.prediction, "target": d.target,
+                        "exact_match": d.exact_match, "f1": d.f1,
+                    })
+                })
+                .collect();
             report.n
         }
     };
@@ -208,6 +239,7 @@ pub fn run_task(
         task: spec.name.to_string(),
         n,
         metrics,
+        samples,
     })
 }
 
@@ -286,6 +318,9 @@ pub fn evaluate(config: &RunConfig, opts: &EvalOptions) -> Result<EvalReport, Ru
     if compiled.objective == crate::objectives::ObjectiveKind::Seq2Seq {
         return seq2seq_val_loss(config, &data, eval.as_mut(), opts);
     }
+    if compiled.objective == crate::objectives::ObjectiveKind::MultipleChoice {
+        return choice_val_loss(config, &data, eval.as_mut(), opts);
+    }
     let scored = sequential_loss(
         eval.as_mut(),
         &data.val,
@@ -309,6 +344,7 @@ pub fn evaluate(config: &RunConfig, opts: &EvalOptions) -> Result<EvalReport, Ru
         loss,
         perplexity: loss.exp(),
         tokens,
+        unit: "tokens",
     }))
 }
 
@@ -377,8 +413,51 @@ fn seq2seq_val_loss(
     weighted_loss(config, eval, &batches)
 }
 
+/// The mean loss per held-out example of a `multiple_choice` run, over whole batches in file
+/// order (the training loop's `val_loss` estimates it from `eval.batches` shuffled batches).
+fn choice_val_loss(
+    config: &RunConfig,
+    data: &crate::data::Dataset,
+    eval: &mut dyn crate::backend::Backend,
+    opts: &EvalOptions,
+) -> Result<EvalReport, RunError> {
+    let crate::train::RunExamples::Choice { val, choices, .. } =
+        crate::train::load_choice_examples(config, &data.tokenizer)?
+    else {
+        return Err(RunError::Usage {
+            message: "internal: multiple_choice examples expected".to_string(),
+            help: None,
+        });
+    };
+    let b = config.batch_size;
+    let mut batches = Vec::new();
+    for chunk in val.chunks_exact(b) {
+        if opts.max_batches.is_some_and(|m| batches.len() >= m) {
+            break;
+        }
+        batches.push(crate::objectives::choice::choice_batch(
+            chunk,
+            choices,
+            config.seq_len,
+        )?);
+    }
+    if batches.is_empty() {
+        return Err(config
+            .error_at(
+                &["data", "val_fraction"],
+                crate::config::ConfigErrorKind::Invalid,
+                format!("fewer held-out examples than one batch of {b}"),
+                "too few validation examples",
+                Some("raise `data.val_fraction` or lower `batch_size`".to_string()),
+            )
+            .into());
+    }
+    weighted_loss(config, eval, &batches)
+}
+
 /// The mean loss per target token over `batches` (the program's loss is the mean over a
-/// batch's target tokens: each batch is weighted by their count).
+/// batch's target tokens: each batch is weighted by their count), or per example when the
+/// batches have no `targets`.
 fn weighted_loss(
     config: &RunConfig,
     eval: &mut dyn crate::backend::Backend,
@@ -386,9 +465,10 @@ fn weighted_loss(
 ) -> Result<EvalReport, RunError> {
     let (mut sum, mut tokens) = (0.0f64, 0usize);
     for batch in batches {
-        let count = batch
-            .get("targets")
-            .map_or(0, |t| t.data().iter().filter(|&&x| x >= 0).count());
+        // Without `targets` (multiple choice) the loss is a mean over the batch's examples.
+        let count = batch.get("targets").map_or(batch.rows(), |t| {
+            t.data().iter().filter(|&&x| x >= 0).count()
+        });
         let out = eval
             .run(
                 &crate::train::batch_inputs(&batch),
@@ -412,9 +492,14 @@ fn weighted_loss(
         tokens += count;
     }
     let loss = sum / tokens.max(1) as f64;
+    let unit = match batches.first().map(|b| b.get("targets").is_some()) {
+        Some(false) => "examples",
+        _ => "tokens",
+    };
     Ok(EvalReport::Validation(ValReport {
         loss,
         perplexity: loss.exp(),
         tokens,
+        unit,
     }))
 }

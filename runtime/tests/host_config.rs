@@ -454,8 +454,8 @@ fn every_config_field_documents_its_default() {
     assert_eq!(checked, 55);
 }
 
-/// `seq2seq` trains on `data.examples`, and only `seq2seq` does: either mistake points at the
-/// field to change.
+/// `seq2seq` and `multiple_choice` train on `data.examples`, and only they do: either mistake
+/// points at the field to change.
 #[test]
 fn seq2seq_and_examples_go_together() {
     let base = "spec: s.kiln\nmodel: m\ndata:\n  path: t.txt\nsteps: 7\n";
@@ -486,4 +486,20 @@ fn seq2seq_and_examples_go_together() {
         c.data.examples,
         Some(PathBuf::from("/work/examples/e.jsonl"))
     );
+    // `multiple_choice` trains on examples too.
+    let shown = expect_err(
+        &format!("{base}objective: multiple_choice\n"),
+        &[],
+        ConfigErrorKind::Invalid,
+    );
+    assert!(
+        shown.contains("`objective: multiple_choice` trains on examples")
+            && shown.contains("run.yaml:6:"),
+        "{shown}"
+    );
+    parse(
+        &format!("{base}objective: multiple_choice\n"),
+        &["data.examples=e.jsonl"],
+    )
+    .unwrap();
 }

@@ -1,19 +1,21 @@
 //! `objective: multiple_choice` on `gpt2_tiny`: its loss is the cross-entropy of the very scores
 //! `kiln eval` ranks choices by (the evaluator's log-likelihoods, recomputed here through
-//! `LogitsModel`), raw and per token, and fine-tuning with it learns a rule that only the context
-//! tells, lifting held-out accuracy from chance.
+//! `LogitsModel`), raw and per token, and `kiln eval` without a task reports it over the held-out
+//! examples; fine-tuning with it learns a rule that only the context tells, lifting held-out
+//! accuracy from chance; an interrupted run resumes where its batches left off.
 
 mod loop_common;
 
 use std::path::{Path, PathBuf};
 
+use kiln_runtime::eval::{evaluate, EvalOptions, EvalReport};
 use kiln_runtime::evaltasks::fewshot::encode_pair;
 use kiln_runtime::evaltasks::{MultipleChoiceDoc, Scorer};
 use kiln_runtime::finetune::finetune;
 use kiln_runtime::generate::load_inference;
 use kiln_runtime::metrics::read_metrics;
 use kiln_runtime::session::Executor;
-use kiln_runtime::train::{train, ProgressOutput, TrainOptions};
+use kiln_runtime::train::{train, ProgressOutput, TrainOptions, TrainOutcome};
 
 fn options() -> TrainOptions {
     TrainOptions {
@@ -153,6 +155,25 @@ fn the_loss_is_the_cross_entropy_of_the_evaluators_scores() {
             (got - want).abs() <= 1e-4 * want.abs().max(1.0),
             "{args}: objective {got}, evaluator {want}"
         );
+        // `kiln eval` without a task: the same loss over the held-out examples, per example.
+        let report = evaluate(
+            &loop_common::load(&yaml, &[]),
+            &EvalOptions {
+                executor: Executor::Cpu,
+                checkpoint: base.clone(),
+                tasks: vec![],
+                tasks_dir: PathBuf::new(),
+                num_fewshot: 0,
+                limit: None,
+                max_batches: None,
+            },
+        )
+        .unwrap();
+        let EvalReport::Validation(v) = report else {
+            panic!("{report:?}")
+        };
+        assert_eq!((v.tokens, v.unit), (8, "examples"));
+        assert!((v.loss - want).abs() <= 1e-4 * want.abs().max(1.0), "{v:?}");
     }
 }
 
@@ -192,4 +213,28 @@ fn fine_tuning_learns_a_rule_only_the_context_tells() {
     let (before, after) = (acc(&base), acc(&tuned));
     eprintln!("held-out loss {first:.4} -> {last:.4}, accuracy {before} -> {after}");
     assert!(after >= 0.875 && after > before, "accuracy {before} -> {after}");
+}
+
+#[test]
+fn an_interrupted_run_resumes_its_example_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = base_checkpoint(dir.path());
+    write_examples(&dir.path().join("examples.jsonl"), &examples(32));
+    // 14 steps of 4 examples cross two epochs of the 24 training examples.
+    let yaml = choice_config(dir.path(), &base, "", 14);
+    let text = std::fs::read_to_string(&yaml)
+        .unwrap()
+        .replace("checkpoint: {every: 0}", "checkpoint: {every: 5, keep: 5}\nlog_every: 1");
+    std::fs::write(&yaml, text).unwrap();
+    let straight = loop_common::load(&yaml, &["out_dir=straight"]);
+    finetune(&straight, loop_common::interruptible(false, None)).unwrap();
+
+    // Stopped after step 7 (checkpoint 5 is the last before it), then resumed.
+    let split = loop_common::load(&yaml, &["out_dir=split"]);
+    let first = finetune(&split, loop_common::interruptible(false, Some(7))).unwrap();
+    assert_eq!(first.train.outcome, TrainOutcome::Interrupted);
+    let rest = finetune(&split, loop_common::interruptible(true, None)).unwrap();
+    assert_eq!(rest.train.outcome, TrainOutcome::Finished);
+    let read = |d: &str| std::fs::read_to_string(dir.path().join(d).join("metrics.jsonl")).unwrap();
+    assert_eq!(read("straight"), read("split"));
 }

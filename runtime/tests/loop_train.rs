@@ -4,54 +4,15 @@
 
 mod loop_common;
 
-use std::io::Write;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 
 use kiln_runtime::checkpoint::{load_checkpoint, CheckpointDir};
 use kiln_runtime::metrics::read_metrics;
 use kiln_runtime::session::RunError;
-use kiln_runtime::train::{train, ProgressOutput, TrainOptions, TrainOutcome, PLOT_FILE};
-
-/// Progress lines into a buffer; sets `stop` once the line of step `stop_at` is written (the loop
-/// checks the flag right after), as a SIGINT during that step would.
-#[derive(Clone)]
-struct StopAt {
-    stop: Arc<AtomicBool>,
-    stop_at: Option<u64>,
-    text: Arc<Mutex<String>>,
-}
-
-impl Write for StopAt {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let s = String::from_utf8_lossy(buf);
-        if let Some(n) = self.stop_at {
-            if s.starts_with(&format!("step {n}: train loss")) {
-                self.stop.store(true, Ordering::SeqCst);
-            }
-        }
-        self.text.lock().unwrap().push_str(&s);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use kiln_runtime::train::{train, TrainOptions, TrainOutcome, PLOT_FILE};
 
 fn options(resume: bool, stop_at: Option<u64>) -> TrainOptions {
-    let stop = Arc::new(AtomicBool::new(false));
-    let w = StopAt {
-        stop: Arc::clone(&stop),
-        stop_at,
-        text: Arc::default(),
-    };
-    TrainOptions {
-        resume,
-        stop: Some(stop),
-        progress: ProgressOutput::Lines(Box::new(w)),
-        ..TrainOptions::default()
-    }
+    loop_common::interruptible(resume, stop_at)
 }
 
 fn final_state(dir: &Path) -> kiln_runtime::checkpoint::Checkpoint {

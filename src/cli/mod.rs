@@ -118,6 +118,10 @@ pub enum Command {
         /// One JSON object per result.
         #[arg(long)]
         json: bool,
+        /// Write each task's per-example results to DIR/<task>.jsonl (scores, prediction, hit),
+        /// for paired comparisons of two checkpoints.
+        #[arg(long, value_name = "DIR")]
+        log_samples: Option<PathBuf>,
         #[arg(long)]
         executor: Option<String>,
     },
@@ -276,6 +280,7 @@ pub fn run(cli: Cli) -> miette::Result<ExitCode> {
             limit,
             max_batches,
             json,
+            log_samples,
             executor,
         } => run::eval(
             &config,
@@ -283,7 +288,10 @@ pub fn run(cli: Cli) -> miette::Result<ExitCode> {
             &checkpoint,
             &tasks,
             &tasks_dir,
-            json,
+            run::EvalOutput {
+                json,
+                log_samples: log_samples.as_deref(),
+            },
             fewshot,
             limit,
             max_batches,

@@ -149,6 +149,12 @@ pub fn finetune(
     Ok(report_run(&summary.train, &adapter))
 }
 
+/// Where `kiln eval` reports: JSON lines or text on stdout, and optionally per-example files.
+pub struct EvalOutput<'a> {
+    pub json: bool,
+    pub log_samples: Option<&'a Path>,
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn eval(
     config: &Path,
@@ -156,7 +162,7 @@ pub fn eval(
     checkpoint: &Path,
     tasks: &[String],
     tasks_dir: &Path,
-    json: bool,
+    output: EvalOutput<'_>,
     num_fewshot: usize,
     limit: Option<usize>,
     max_batches: Option<usize>,
@@ -164,6 +170,14 @@ pub fn eval(
 ) -> miette::Result<ExitCode> {
     let executor = executor(exec)?;
     let cfg = load_config(config, set, None)?;
+    let json = output.json;
+    if output.log_samples.is_some() && tasks.is_empty() {
+        return Err(miette!(
+            code = "cli::usage",
+            help = "name tasks with --task",
+            "--log-samples records the examples of evaluation tasks; none was given"
+        ));
+    }
     let opts = EvalOptions {
         executor,
         checkpoint: checkpoint.to_path_buf(),
@@ -178,16 +192,25 @@ pub fn eval(
             if json {
                 println!(
                     "{}",
-                    serde_json::json!({"split": "val", "loss": v.loss, "perplexity": v.perplexity, "tokens": v.tokens})
+                    serde_json::json!({"split": "val", "loss": v.loss, "perplexity": v.perplexity, v.unit: v.tokens})
                 );
             } else {
                 println!(
-                    "val loss {:.4}, perplexity {:.4} ({} tokens)",
-                    v.loss, v.perplexity, v.tokens
+                    "val loss {:.4}, perplexity {:.4} ({} {})",
+                    v.loss, v.perplexity, v.tokens, v.unit
                 );
             }
         }
         EvalReport::Tasks(reports) => {
+            if let Some(dir) = output.log_samples {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    miette!(code = "cli::io", "cannot create {}: {e}", dir.display())
+                })?;
+                for r in &reports {
+                    let text: String = r.samples.iter().map(|v| format!("{v}\n")).collect();
+                    super::spec::write_atomic(&dir.join(format!("{}.jsonl", r.task)), &text)?;
+                }
+            }
             for r in reports {
                 if json {
                     println!("{}", r.to_json());

@@ -28,9 +28,12 @@ pub const VAL_FRACTION: f64 = 0.1;
 pub struct BuildConfig {
     pub seed: u64,
     pub val_fraction: f64,
-    /// Next-line examples from the validation split (at most one per speech) and in the pool.
+    /// Next-line examples: speeches used from the validation split and from the training split
+    /// (the pool), and examples per speech (at distinct lines) in each.
     pub nextline_val: usize,
     pub nextline_train: usize,
+    pub nextline_per_speech_val: usize,
+    pub nextline_per_speech_train: usize,
     /// A speaker qualifies with at least this many speeches in the split.
     pub min_speeches_val: usize,
     pub min_speeches_train: usize,
@@ -48,6 +51,8 @@ impl Default for BuildConfig {
             val_fraction: VAL_FRACTION,
             nextline_val: 300,
             nextline_train: 2500,
+            nextline_per_speech_val: 3,
+            nextline_per_speech_train: 1,
             min_speeches_val: 20,
             min_speeches_train: 30,
             per_speaker_val: 16,
@@ -101,11 +106,13 @@ fn rng_for(seed: u64, stream: u64) -> ChaCha8Rng {
 /// chance; and every distractor has the true line's length in characters, so summed and
 /// per-character log-likelihood (`acc` and `acc_norm`) rank the choices alike and neither can
 /// win by preferring short or long lines (with lengths left free, "pick the shortest line"
-/// scored 0.301 on the validation examples, exactly what a 4-layer character model scored). An example
-/// whose line has too rare a length for 3 distractors is left out.
+/// scored 0.301 on the validation examples, exactly what a 4-layer character model scored). An
+/// example whose line has too rare a length for 3 distractors is left out. `count` speeches are
+/// used, with up to `per_speech` examples each (at distinct true lines).
 pub fn build_nextline(
     speeches: &[Speech],
     count: usize,
+    per_speech: usize,
     rng: &mut ChaCha8Rng,
 ) -> Vec<MultipleChoiceDoc> {
     let eligible: Vec<usize> = (0..speeches.len())
@@ -118,13 +125,20 @@ pub fn build_nextline(
     chosen.shuffle(rng);
     chosen.truncate(count);
     chosen.sort_unstable();
-    let mut docs = Vec::with_capacity(chosen.len());
+    // Up to `per_speech` true lines of each chosen speech, at distinct indices uniform in
+    // [2, n - 1] as a distractor's is; then 2–4 lines before each. (Drawing the window first
+    // would favour last lines, which are short.)
+    let mut picks = Vec::with_capacity(chosen.len() * per_speech);
     for &si in &chosen {
+        let mut at: Vec<usize> = (2..speeches[si].lines.len()).collect();
+        at.shuffle(rng);
+        at.truncate(per_speech);
+        at.sort_unstable();
+        picks.extend(at.into_iter().map(|a| (si, a)));
+    }
+    let mut docs = Vec::with_capacity(picks.len());
+    for (si, truth_at) in picks {
         let sp = &speeches[si];
-        let n = sp.lines.len();
-        // The true line's index is uniform in [2, n - 1], as a distractor's is; then 2–4 lines
-        // before it. (Drawing the window first would favour last lines, which are short.)
-        let truth_at = rng.random_range(2..n);
         let k = rng.random_range(2..=4.min(truth_at));
         let start = truth_at - k;
         let mut context = format!("{}:\n", sp.speaker);
@@ -277,8 +291,18 @@ pub fn build_all(corpus: &str, config: &BuildConfig) -> Vec<(&'static str, Strin
     let train = parse_speeches(train_text);
     let seed = config.seed;
 
-    let nextline = build_nextline(&val, config.nextline_val, &mut rng_for(seed, 1));
-    let nextline_train = build_nextline(&train, config.nextline_train, &mut rng_for(seed, 2));
+    let nextline = build_nextline(
+        &val,
+        config.nextline_val,
+        config.nextline_per_speech_val,
+        &mut rng_for(seed, 1),
+    );
+    let nextline_train = build_nextline(
+        &train,
+        config.nextline_train,
+        config.nextline_per_speech_train,
+        &mut rng_for(seed, 2),
+    );
 
     let (val_lines, val_names) = speaker_lines(
         &val,

@@ -152,23 +152,35 @@ impl ChoiceBatcher {
             self.epoch += 1;
             self.shuffle();
         }
-        let (b, c, s) = (self.batch_size, self.choices, self.seq);
-        let mut tokens = Vec::with_capacity(b * c * (s + 1));
-        let mut mask = Vec::with_capacity(b * c * s);
-        let mut label = Vec::with_capacity(b);
-        for &i in &self.order[self.next..self.next + b] {
-            let r = &self.rows[i];
-            tokens.extend_from_slice(&r.tokens);
-            mask.extend_from_slice(&r.mask);
-            label.push(r.label);
-        }
-        self.next += b;
-        let mut batch = ObjectiveBatch::new(ObjectiveKind::MultipleChoice);
-        batch.insert("tokens", IntTensor::new(vec![b, c, s + 1], tokens)?);
-        batch.insert("mask", IntTensor::new(vec![b, c, s], mask)?);
-        batch.insert("label", IntTensor::new(vec![b], label)?);
-        Ok(batch)
+        let rows: Vec<ChoiceRows> = self.order[self.next..self.next + self.batch_size]
+            .iter()
+            .map(|&i| self.rows[i].clone())
+            .collect();
+        self.next += self.batch_size;
+        choice_batch(&rows, self.choices, self.seq)
     }
+}
+
+/// The batch of `rows` (each of `choices` rows of `seq + 1` tokens), in order.
+pub fn choice_batch(
+    rows: &[ChoiceRows],
+    choices: usize,
+    seq: usize,
+) -> Result<ObjectiveBatch, ObjectiveError> {
+    let (b, c, s) = (rows.len(), choices, seq);
+    let mut tokens = Vec::with_capacity(b * c * (s + 1));
+    let mut mask = Vec::with_capacity(b * c * s);
+    let mut label = Vec::with_capacity(b);
+    for r in rows {
+        tokens.extend_from_slice(&r.tokens);
+        mask.extend_from_slice(&r.mask);
+        label.push(r.label);
+    }
+    let mut batch = ObjectiveBatch::new(ObjectiveKind::MultipleChoice);
+    batch.insert("tokens", IntTensor::new(vec![b, c, s + 1], tokens)?);
+    batch.insert("mask", IntTensor::new(vec![b, c, s], mask)?);
+    batch.insert("label", IntTensor::new(vec![b], label)?);
+    Ok(batch)
 }
 
 #[cfg(test)]

@@ -4,7 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
 use kiln_runtime::config::RunConfig;
+use kiln_runtime::train::{ProgressOutput, TrainOptions};
 
 /// The repository root (the runtime crate's parent).
 pub fn repo() -> PathBuf {
@@ -50,5 +55,47 @@ pub fn load(path: &Path, set: &[&str]) -> RunConfig {
     match RunConfig::load(path, &set) {
         Ok(c) => c,
         Err(e) => panic!("config: {e:?}"),
+    }
+}
+
+/// Progress lines into a buffer; sets `stop` once the line of step `stop_at` is written (the loop
+/// checks the flag right after), as a SIGINT during that step would.
+#[derive(Clone)]
+struct StopAt {
+    stop: Arc<AtomicBool>,
+    stop_at: Option<u64>,
+    text: Arc<Mutex<String>>,
+}
+
+impl Write for StopAt {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let s = String::from_utf8_lossy(buf);
+        if let Some(n) = self.stop_at {
+            if s.starts_with(&format!("step {n}: train loss")) {
+                self.stop.store(true, Ordering::SeqCst);
+            }
+        }
+        self.text.lock().unwrap().push_str(&s);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Options whose progress output stops the run after step `stop_at` (the reference interpreter,
+/// the default executor).
+pub fn interruptible(resume: bool, stop_at: Option<u64>) -> TrainOptions {
+    let stop = Arc::new(AtomicBool::new(false));
+    let w = StopAt {
+        stop: Arc::clone(&stop),
+        stop_at,
+        text: Arc::default(),
+    };
+    TrainOptions {
+        resume,
+        stop: Some(stop),
+        progress: ProgressOutput::Lines(Box::new(w)),
+        ..TrainOptions::default()
     }
 }
