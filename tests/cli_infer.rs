@@ -96,32 +96,51 @@ fn generate_and_eval_a_trained_checkpoint() {
         "{r}"
     );
     // One record per example, in order, agreeing with the reported accuracy and the task file.
-    let text = std::fs::read_to_string(tmp.path().join("samples/shakespeare_nextline.jsonl"))
-        .unwrap();
-    let docs: Vec<serde_json::Value> = std::fs::read_to_string(tasks.join("shakespeare_nextline.jsonl"))
-        .unwrap()
+    let text =
+        std::fs::read_to_string(tmp.path().join("samples/shakespeare_nextline.jsonl")).unwrap();
+    let docs: Vec<serde_json::Value> =
+        std::fs::read_to_string(tasks.join("shakespeare_nextline.jsonl"))
+            .unwrap()
+            .lines()
+            .take(6)
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+    let recs: Vec<serde_json::Value> = text
         .lines()
-        .take(6)
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let recs: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(recs.len(), 6);
     let mut hits = 0.0;
     for (i, (rec, doc)) in recs.iter().zip(&docs).enumerate() {
         assert_eq!(rec["doc"], i);
         assert_eq!(rec["label"], doc["label"]);
-        let ll: Vec<f64> = rec["logliks"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+        let ll: Vec<f64> = rec["logliks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap())
+            .collect();
         assert_eq!(ll.len(), 4);
         let best = (0..4).fold(0, |b, j| if ll[j] > ll[b] { j } else { b });
         assert_eq!(rec["pred"], best);
         assert_eq!(rec["acc"], u8::from(rec["pred"] == rec["label"]));
         hits += rec["acc"].as_f64().unwrap();
     }
-    assert!((r["metrics"]["acc"].as_f64().unwrap() - hits / 6.0).abs() < 1e-12, "{r}");
+    assert!(
+        (r["metrics"]["acc"].as_f64().unwrap() - hits / 6.0).abs() < 1e-12,
+        "{r}"
+    );
     // Without a task there are no examples to record.
     let o = kiln(
         tmp.path(),
-        &["eval", "run.yaml", "--checkpoint", ckpt, "--log-samples", "s2"],
+        &[
+            "eval",
+            "run.yaml",
+            "--checkpoint",
+            ckpt,
+            "--log-samples",
+            "s2",
+        ],
     );
     assert_fails(&o, &["cli::usage", "--task"]);
 }

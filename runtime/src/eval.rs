@@ -471,7 +471,7 @@ fn weighted_loss(
         });
         let out = eval
             .run(
-                &crate::train::batch_inputs(&batch),
+                &crate::train::batch_inputs(batch),
                 crate::backend::StepRng {
                     seed: config.seed,
                     step: 0,

@@ -894,7 +894,10 @@ pub fn train(config: &RunConfig, opts: TrainOptions) -> Result<TrainSummary, Run
                     )
                     .into());
             }
-            Some(RunExamples::Seq2Seq(load_examples(config, &data.tokenizer)?))
+            Some(RunExamples::Seq2Seq(load_examples(
+                config,
+                &data.tokenizer,
+            )?))
         }
         ObjectiveKind::MultipleChoice => Some(load_choice_examples(config, &data.tokenizer)?),
         _ => None,

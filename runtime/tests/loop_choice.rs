@@ -188,7 +188,10 @@ fn fine_tuning_learns_a_rule_only_the_context_tells() {
     let vals = val_losses(dir.path());
     let (first, last) = (vals[0], *vals.last().unwrap());
     // Chance is ln 4 ≈ 1.386 for a model that cannot tell the answers apart.
-    assert!(last < 0.5 * first.min(4f32.ln()), "held-out loss {first} -> {last}");
+    assert!(
+        last < 0.5 * first.min(4f32.ln()),
+        "held-out loss {first} -> {last}"
+    );
 
     // Held-out accuracy by the evaluator's ranking: from chance to (nearly) every example.
     let acc = |path: &Path| {
@@ -212,7 +215,10 @@ fn fine_tuning_learns_a_rule_only_the_context_tells() {
     let tuned = summary.train.checkpoint.expect("checkpoint");
     let (before, after) = (acc(&base), acc(&tuned));
     eprintln!("held-out loss {first:.4} -> {last:.4}, accuracy {before} -> {after}");
-    assert!(after >= 0.875 && after > before, "accuracy {before} -> {after}");
+    assert!(
+        after >= 0.875 && after > before,
+        "accuracy {before} -> {after}"
+    );
 }
 
 #[test]
@@ -222,9 +228,10 @@ fn an_interrupted_run_resumes_its_example_order() {
     write_examples(&dir.path().join("examples.jsonl"), &examples(32));
     // 14 steps of 4 examples cross two epochs of the 24 training examples.
     let yaml = choice_config(dir.path(), &base, "", 14);
-    let text = std::fs::read_to_string(&yaml)
-        .unwrap()
-        .replace("checkpoint: {every: 0}", "checkpoint: {every: 5, keep: 5}\nlog_every: 1");
+    let text = std::fs::read_to_string(&yaml).unwrap().replace(
+        "checkpoint: {every: 0}",
+        "checkpoint: {every: 5, keep: 5}\nlog_every: 1",
+    );
     std::fs::write(&yaml, text).unwrap();
     let straight = loop_common::load(&yaml, &["out_dir=straight"]);
     finetune(&straight, loop_common::interruptible(false, None)).unwrap();

@@ -230,7 +230,10 @@ mod tests {
     fn bad_examples_say_which_and_why() {
         let t = tok();
         let e = choice_rows(&t, 7, &doc("a", &["b", "c", "d"], 0), 4, 8).unwrap_err();
-        assert_eq!(e.to_string(), "example 7 has 3 choices; the objective takes 4");
+        assert_eq!(
+            e.to_string(),
+            "example 7 has 3 choices; the objective takes 4"
+        );
         let e = choice_rows(&t, 2, &doc("a", &["b", "z"], 0), 2, 8).unwrap_err();
         assert!(e.to_string().starts_with("example 2: "), "{e}");
     }
