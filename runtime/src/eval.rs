@@ -387,29 +387,13 @@ fn seq2seq_val_loss(
     opts: &EvalOptions,
 ) -> Result<EvalReport, RunError> {
     let examples = crate::train::load_examples(config, &data.tokenizer)?;
-    let b = config.batch_size;
-    let mut batches = Vec::new();
-    for chunk in examples.val.chunks_exact(b) {
-        if opts.max_batches.is_some_and(|m| batches.len() >= m) {
-            break;
-        }
-        batches.push(crate::objectives::text_to_text::pad_batch(
+    let batches = held_out_batches(config, &examples.val, opts, |chunk| {
+        crate::objectives::text_to_text::pad_batch(
             chunk,
             &examples.format,
             crate::objectives::ObjectiveKind::Seq2Seq,
-        )?);
-    }
-    if batches.is_empty() {
-        return Err(config
-            .error_at(
-                &["data", "val_fraction"],
-                crate::config::ConfigErrorKind::Invalid,
-                format!("fewer held-out examples than one batch of {b}"),
-                "too few validation examples",
-                Some("raise `data.val_fraction` or lower `batch_size`".to_string()),
-            )
-            .into());
-    }
+        )
+    })?;
     weighted_loss(config, eval, &batches)
 }
 
@@ -429,17 +413,26 @@ fn choice_val_loss(
             help: None,
         });
     };
+    let batches = held_out_batches(config, &val, opts, |chunk| {
+        crate::objectives::choice::choice_batch(chunk, choices, config.seq_len)
+    })?;
+    weighted_loss(config, eval, &batches)
+}
+
+/// Whole batches of `batch_size` held-out examples, in file order, at most `max_batches`.
+fn held_out_batches<T>(
+    config: &RunConfig,
+    examples: &[T],
+    opts: &EvalOptions,
+    batch: impl Fn(&[T]) -> Result<crate::objectives::ObjectiveBatch, crate::objectives::ObjectiveError>,
+) -> Result<Vec<crate::objectives::ObjectiveBatch>, RunError> {
     let b = config.batch_size;
     let mut batches = Vec::new();
-    for chunk in val.chunks_exact(b) {
+    for chunk in examples.chunks_exact(b) {
         if opts.max_batches.is_some_and(|m| batches.len() >= m) {
             break;
         }
-        batches.push(crate::objectives::choice::choice_batch(
-            chunk,
-            choices,
-            config.seq_len,
-        )?);
+        batches.push(batch(chunk)?);
     }
     if batches.is_empty() {
         return Err(config
@@ -452,7 +445,7 @@ fn choice_val_loss(
             )
             .into());
     }
-    weighted_loss(config, eval, &batches)
+    Ok(batches)
 }
 
 /// The mean loss per target token over `batches` (the program's loss is the mean over a

@@ -367,20 +367,35 @@ impl RunExamples {
     }
 }
 
+/// The `data.examples` file of a run whose objective requires it (the config checks that).
+fn examples_path(config: &RunConfig) -> Result<&Path, RunError> {
+    config
+        .data
+        .examples
+        .as_deref()
+        .ok_or_else(|| RunError::Usage {
+            message: "internal: no `data.examples`".to_string(),
+            help: None,
+        })
+}
+
+/// Splits off and returns the last `data.val_fraction` (rounded) of `examples`.
+fn hold_out<T>(config: &RunConfig, examples: &mut Vec<T>) -> Vec<T> {
+    let frac = config
+        .data
+        .val_fraction
+        .unwrap_or(crate::config::DEFAULT_VAL_FRACTION);
+    let n_val = ((examples.len() as f64) * frac).round() as usize;
+    examples.split_off(examples.len() - n_val.min(examples.len()))
+}
+
 /// Reads `data.examples` for `multiple_choice` (JSONL `{"context", "choices", "label"}`), builds
 /// each example's rows at `seq_len` and holds out the last `val_fraction` of them.
 pub fn load_choice_examples(
     config: &RunConfig,
     tokenizer: &Tokenizer,
 ) -> Result<RunExamples, RunError> {
-    let path = config
-        .data
-        .examples
-        .as_ref()
-        .ok_or_else(|| RunError::Usage {
-            message: "internal: no `data.examples`".to_string(),
-            help: None,
-        })?;
+    let path = examples_path(config)?;
     let docs = crate::evaltasks::load::load_multiple_choice(path)?;
     let choices = crate::session::choice_count(config)?;
     let mut rows = Vec::with_capacity(docs.len());
@@ -398,12 +413,7 @@ pub fn load_choice_examples(
             })?,
         );
     }
-    let frac = config
-        .data
-        .val_fraction
-        .unwrap_or(crate::config::DEFAULT_VAL_FRACTION);
-    let n_val = ((rows.len() as f64) * frac).round() as usize;
-    let val = rows.split_off(rows.len() - n_val.min(rows.len()));
+    let val = hold_out(config, &mut rows);
     Ok(RunExamples::Choice {
         train: rows,
         val,
@@ -421,14 +431,7 @@ pub struct Examples {
 /// Reads `data.examples` (JSONL `{"input", "target"}`), encodes every example with the run's
 /// tokenizer and holds out the last `val_fraction` of them.
 pub fn load_examples(config: &RunConfig, tokenizer: &Tokenizer) -> Result<Examples, RunError> {
-    let path = config
-        .data
-        .examples
-        .as_ref()
-        .ok_or_else(|| RunError::Usage {
-            message: "internal: no `data.examples`".to_string(),
-            help: None,
-        })?;
+    let path = examples_path(config)?;
     // Bad lines are reported at their line of the file.
     let docs = crate::evaltasks::load::load_text_to_text(path)?;
     let format = crate::session::seq2seq_format(config, tokenizer.vocab_size())?;
@@ -443,12 +446,7 @@ pub fn load_examples(config: &RunConfig, tokenizer: &Tokenizer) -> Result<Exampl
                 })?,
         );
     }
-    let frac = config
-        .data
-        .val_fraction
-        .unwrap_or(crate::config::DEFAULT_VAL_FRACTION);
-    let n_val = ((encoded.len() as f64) * frac).round() as usize;
-    let val = encoded.split_off(encoded.len() - n_val.min(encoded.len()));
+    let val = hold_out(config, &mut encoded);
     if encoded.is_empty() {
         return Err(RunError::Usage {
             message: format!(

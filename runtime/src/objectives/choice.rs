@@ -6,14 +6,9 @@
 //! mask); `mask` marks the targets that are choice tokens.
 //!
 //! Batches visit every example once per epoch in a seeded order (epoch `e` has its own shuffle);
-//! the compiled step has a fixed batch, so an epoch's short remainder is left for the next
-//! epoch's order.
+//! the compiled step has a fixed batch, so an epoch's short remainder is skipped.
 
-use rand::seq::SliceRandom;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
-
-use super::{IntTensor, ObjectiveBatch, ObjectiveError, ObjectiveKind};
+use super::{EpochOrder, IntTensor, ObjectiveBatch, ObjectiveError, ObjectiveKind};
 use crate::evaltasks::fewshot::encode_pair;
 use crate::evaltasks::MultipleChoiceDoc;
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -89,17 +84,15 @@ pub fn choice_rows(
     })
 }
 
-/// Batches of examples, `batch_size` per batch, epoch after epoch.
+/// Batches of examples, `batch_size` per batch, epoch after epoch ([`EpochOrder`]); a batch
+/// never spans two epochs: an epoch's short remainder is skipped.
 #[derive(Debug, Clone)]
 pub struct ChoiceBatcher {
     rows: Vec<ChoiceRows>,
     choices: usize,
     seq: usize,
     batch_size: usize,
-    seed: u64,
-    epoch: u64,
-    order: Vec<usize>,
-    next: usize,
+    order: EpochOrder,
 }
 
 impl ChoiceBatcher {
@@ -113,50 +106,34 @@ impl ChoiceBatcher {
         if rows.len() < batch_size.max(1) {
             return Err(ObjectiveError::NoExamples);
         }
-        let mut b = ChoiceBatcher {
+        Ok(ChoiceBatcher {
+            order: EpochOrder::new(rows.len(), seed),
             rows,
             choices,
             seq,
             batch_size,
-            seed,
-            epoch: 0,
-            order: Vec::new(),
-            next: 0,
-        };
-        b.shuffle();
-        Ok(b)
-    }
-
-    fn shuffle(&mut self) {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        rng.set_stream(self.epoch);
-        self.order = (0..self.rows.len()).collect();
-        self.order.shuffle(&mut rng);
-        self.next = 0;
+        })
     }
 
     /// `(epoch, examples of the epoch's order already served)`.
     pub fn position(&self) -> (u64, usize) {
-        (self.epoch, self.next)
+        self.order.position()
     }
 
     /// Continues from a [`ChoiceBatcher::position`].
     pub fn seek(&mut self, epoch: u64, next: usize) {
-        self.epoch = epoch;
-        self.shuffle();
-        self.next = next.min(self.order.len());
+        self.order.seek(epoch, next);
     }
 
     pub fn next_batch(&mut self) -> Result<ObjectiveBatch, ObjectiveError> {
-        if self.next + self.batch_size > self.order.len() {
-            self.epoch += 1;
-            self.shuffle();
+        if self.order.remaining().len() < self.batch_size {
+            self.order.next_epoch();
         }
-        let rows: Vec<ChoiceRows> = self.order[self.next..self.next + self.batch_size]
+        let rows: Vec<ChoiceRows> = self.order.remaining()[..self.batch_size]
             .iter()
             .map(|&i| self.rows[i].clone())
             .collect();
-        self.next += self.batch_size;
+        self.order.advance(self.batch_size);
         choice_batch(&rows, self.choices, self.seq)
     }
 }
@@ -251,7 +228,9 @@ mod tests {
         assert_eq!(b1.get("tokens").unwrap().shape(), &[2, 2, 5]);
         assert_eq!(b1.get("mask").unwrap().shape(), &[2, 2, 4]);
         // Two batches of 2 from 5 examples: 4 distinct examples of the epoch's order.
-        let mut seen = a.order[..4].to_vec();
+        let (_, served) = a.order.position();
+        assert_eq!(served, 4);
+        let mut seen = a.order.order[..4].to_vec();
         seen.sort_unstable();
         seen.dedup();
         assert_eq!(seen.len(), 4);

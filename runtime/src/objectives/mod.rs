@@ -452,6 +452,71 @@ impl StreamBatcher {
     }
 }
 
+/// A seeded order over `len` examples for epoch-based batchers: each epoch visits every index
+/// once, in an order shuffled by `seed` (epoch `e` uses ChaCha8 stream `e`), and the order
+/// knows how much of the current epoch has been served, so a run can save and restore it.
+#[derive(Debug, Clone)]
+pub struct EpochOrder {
+    seed: u64,
+    epoch: u64,
+    order: Vec<usize>,
+    next: usize,
+}
+
+impl EpochOrder {
+    pub fn new(len: usize, seed: u64) -> EpochOrder {
+        let mut o = EpochOrder {
+            seed,
+            epoch: 0,
+            order: (0..len).collect(),
+            next: 0,
+        };
+        o.shuffle();
+        o
+    }
+
+    fn shuffle(&mut self) {
+        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
+        rng.set_stream(self.epoch);
+        self.order.sort_unstable();
+        self.order.shuffle(&mut rng);
+        self.next = 0;
+    }
+
+    /// Epochs completed.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// `(epoch, indices of the epoch's order already served)`.
+    pub fn position(&self) -> (u64, usize) {
+        (self.epoch, self.next)
+    }
+
+    /// Continues from a [`EpochOrder::position`] (a resumed run).
+    pub fn seek(&mut self, epoch: u64, next: usize) {
+        self.epoch = epoch;
+        self.shuffle();
+        self.next = next.min(self.order.len());
+    }
+
+    /// The current epoch's indices not served yet, in order.
+    pub fn remaining(&self) -> &[usize] {
+        &self.order[self.next..]
+    }
+
+    /// Marks the first `n` remaining indices served.
+    pub fn advance(&mut self, n: usize) {
+        self.next = (self.next + n).min(self.order.len());
+    }
+
+    /// Starts the next epoch (whatever is left of this one is skipped).
+    pub fn next_epoch(&mut self) {
+        self.epoch += 1;
+        self.shuffle();
+    }
+}
+
 /// Batches of supervised examples for `seq2seq`: each epoch visits every example once in an
 /// order shuffled by the seed (epoch `e` uses its own shuffle), padded or packed.
 #[derive(Debug, Clone)]
@@ -460,10 +525,7 @@ pub struct Seq2SeqBatcher {
     format: TextToTextFormat,
     batch_size: usize,
     pack: bool,
-    seed: u64,
-    epoch: u64,
-    order: Vec<usize>,
-    next: usize,
+    order: EpochOrder,
 }
 
 impl Seq2SeqBatcher {
@@ -478,31 +540,18 @@ impl Seq2SeqBatcher {
         if examples.is_empty() || batch_size == 0 {
             return Err(ObjectiveError::NoExamples);
         }
-        let mut s = Seq2SeqBatcher {
+        Ok(Seq2SeqBatcher {
+            order: EpochOrder::new(examples.len(), seed),
             examples,
             format,
             batch_size,
             pack,
-            seed,
-            epoch: 0,
-            order: Vec::new(),
-            next: 0,
-        };
-        s.shuffle();
-        Ok(s)
-    }
-
-    fn shuffle(&mut self) {
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
-        rng.set_stream(self.epoch);
-        self.order = (0..self.examples.len()).collect();
-        self.order.shuffle(&mut rng);
-        self.next = 0;
+        })
     }
 
     /// Epochs completed.
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.order.epoch()
     }
 
     /// Rows per batch.
@@ -512,24 +561,23 @@ impl Seq2SeqBatcher {
 
     /// Where the batcher is: `(epoch, examples of the epoch's order already served)`.
     pub fn position(&self) -> (u64, usize) {
-        (self.epoch, self.next)
+        self.order.position()
     }
 
     /// Continues from a [`Seq2SeqBatcher::position`] (a resumed run).
     pub fn seek(&mut self, epoch: u64, next: usize) {
-        self.epoch = epoch;
-        self.shuffle();
-        self.next = next.min(self.order.len());
+        self.order.seek(epoch, next);
     }
 
     /// The next batch; a batch never spans two epochs, so the last one of an epoch may have
     /// fewer (padded) or emptier (packed) rows.
     pub fn next_batch(&mut self) -> Result<ObjectiveBatch, ObjectiveError> {
-        if self.next >= self.order.len() {
-            self.epoch += 1;
-            self.shuffle();
+        if self.order.remaining().is_empty() {
+            self.order.next_epoch();
         }
-        let rest: Vec<EncodedExample> = self.order[self.next..]
+        let rest: Vec<EncodedExample> = self
+            .order
+            .remaining()
             .iter()
             // A packed row holds at most S + U examples (each brings at least one token, EOS
             // included); the cap keeps a batch from copying the whole epoch.
@@ -548,10 +596,10 @@ impl Seq2SeqBatcher {
                 &self.format,
                 ObjectiveKind::Seq2Seq,
             )?;
-            self.next += packing.consumed.max(1);
+            self.order.advance(packing.consumed.max(1));
             Ok(batch)
         } else {
-            self.next += rest.len();
+            self.order.advance(rest.len());
             text_to_text::pad_batch(&rest, &self.format, ObjectiveKind::Seq2Seq)
         }
     }
