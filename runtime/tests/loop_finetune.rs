@@ -5,6 +5,8 @@
 
 mod loop_common;
 
+use std::path::{Path, PathBuf};
+
 use kiln_runtime::finetune::{finetune, load_adapter, load_base};
 use kiln_runtime::generate::{load_inference, LogitsModel};
 use kiln_runtime::session::{compile_run, load_spec, make_backend, Executor, Programs};
@@ -19,27 +21,37 @@ fn options() -> TrainOptions {
     }
 }
 
-#[test]
-fn lora_trains_only_its_weights_and_the_adapter_reproduces_the_model() {
-    let dir = tempfile::tempdir().unwrap();
-    let base_yaml = loop_common::write_run(dir.path(), "");
+/// Trains the tiny base run in `dir`, then writes `<name>.yaml`: the same run into `<name>/`
+/// with a `finetune` section from the base checkpoint plus `section` (its further lines).
+/// Returns the base checkpoint and the fine-tuning config.
+fn base_and_finetune(dir: &Path, name: &str, section: &str) -> (PathBuf, PathBuf) {
+    let base_yaml = loop_common::write_run(dir, "");
     let base = train(&loop_common::load(&base_yaml, &[]), options()).unwrap();
     let base_ckpt = base.checkpoint.expect("base checkpoint");
-
     let text = std::fs::read_to_string(&base_yaml)
         .unwrap()
-        .replace("out_dir: out", "out_dir: ft");
-    let ft_yaml = dir.path().join("ft.yaml");
+        .replace("out_dir: out", &format!("out_dir: {name}"));
+    let ft_yaml = dir.join(format!("{name}.yaml"));
     std::fs::write(
         &ft_yaml,
         format!(
-            "{text}finetune:\n  from: {}\n  freeze: [\"*\"]\n  \
-             lora_targets: [\"*.attn.q.weight\", \"*.attn.v.weight\"]\n  \
-             lora_rank: 2\n  lora_alpha: 4.0\n",
+            "{text}finetune:\n  from: {}\n  {section}\n",
             base_ckpt.display()
         ),
     )
     .unwrap();
+    (base_ckpt, ft_yaml)
+}
+
+#[test]
+fn lora_trains_only_its_weights_and_the_adapter_reproduces_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base_ckpt, ft_yaml) = base_and_finetune(
+        dir.path(),
+        "ft",
+        "freeze: [\"*\"]\n  lora_targets: [\"*.attn.q.weight\", \"*.attn.v.weight\"]\n  \
+         lora_rank: 2\n  lora_alpha: 4.0",
+    );
     let config = loop_common::load(&ft_yaml, &[]);
     let summary = finetune(&config, options()).unwrap();
     // 4 adapted [32, 32] weights at rank 2: 4 · (32·2 + 2·32) of gpt2_tiny's parameters.
@@ -97,21 +109,8 @@ fn lora_trains_only_its_weights_and_the_adapter_reproduces_the_model() {
 #[test]
 fn gradual_unfreezing_trains_the_top_block_first() {
     let dir = tempfile::tempdir().unwrap();
-    let base_yaml = loop_common::write_run(dir.path(), "");
-    let base = train(&loop_common::load(&base_yaml, &[]), options()).unwrap();
-    let base_ckpt = base.checkpoint.expect("base checkpoint");
-    let text = std::fs::read_to_string(&base_yaml)
-        .unwrap()
-        .replace("out_dir: out", "out_dir: gu");
-    let ft_yaml = dir.path().join("gu.yaml");
-    std::fs::write(
-        &ft_yaml,
-        format!(
-            "{text}finetune:\n  from: {}\n  gradual_unfreezing: {{every: 3}}\n",
-            base_ckpt.display()
-        ),
-    )
-    .unwrap();
+    let (base_ckpt, ft_yaml) =
+        base_and_finetune(dir.path(), "gu", "gradual_unfreezing: {every: 3}");
     let config = loop_common::load(&ft_yaml, &["steps=6", "checkpoint.every=3"]);
     finetune(&config, options()).unwrap();
     let load = |step: u64| {
